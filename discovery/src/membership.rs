@@ -1,0 +1,603 @@
+//! The membership core: SWIM (foca) plus shoal's rules around it, with no I/O.
+//!
+//! Inputs are calls with the current time (`now_ms`, wall-clock milliseconds from the clock
+//! port); outputs are [`Effect`]s (send this sealed datagram, wake me after this long,
+//! this member changed state) that a driver carries out. Nothing in here sleeps, reads a
+//! clock, opens a socket or draws OS randomness, so the simulator can run it as it is.
+//!
+//! Rules kept here, beyond foca's SWIM:
+//! - peers come from discovery hints (mDNS or `--join` seeds); an unconnected hint is greeted
+//!   with a sealed `Hello` every `hello_interval_ms`, so partitions heal by themselves;
+//! - hints of another cluster id are ignored and counted;
+//! - a node leaving on purpose sends `Leave` to everyone, who mark it `left` at once;
+//! - node facts travel as foca custom broadcasts and are pulled directly when missing.
+
+use crate::codec::{store_if_newer, FactsHandler, FactsTable, WireCodec};
+use crate::identity::{NodeFacts, ShoalId};
+use crate::seal::{OpenError, Sealer, MAX_PLAINTEXT_LEN};
+use crate::secret::ClusterId;
+use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification, State, Timer};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use shoal_wire::NodeId;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Timing and size knobs of membership. Presets: [`MembershipConfig::lan`].
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    pub foca: foca::Config,
+    /// How often to greet a discovered or seed peer that is not (or no longer) a member.
+    pub hello_interval_ms: u64,
+    /// Period of the housekeeping tick (hellos, fact pulls, purges).
+    pub tick_ms: u64,
+    /// Minimum time between two fact requests to the same member.
+    pub facts_pull_interval_ms: u64,
+    /// How long a down or left member stays listed.
+    pub down_retention_ms: u64,
+    /// Bound on remembered discovery hints (seeds are never dropped).
+    pub max_hints: usize,
+}
+
+impl MembershipConfig {
+    /// foca's LAN preset sized for `expected_nodes`, with shoal's housekeeping on top.
+    pub fn lan(expected_nodes: u32) -> Self {
+        let mut foca = foca::Config::new_lan(NonZeroU32::new(expected_nodes.max(2)).unwrap_or(NonZeroU32::MIN));
+        // Leave room in a sealed datagram for the envelope around foca's payload.
+        foca.max_packet_size = std::num::NonZeroUsize::new(MAX_PLAINTEXT_LEN - 32).unwrap_or(foca.max_packet_size);
+        Self {
+            foca,
+            hello_interval_ms: 2_000,
+            tick_ms: 500,
+            facts_pull_interval_ms: 2_000,
+            down_retention_ms: 24 * 3600 * 1000,
+            max_hints: 1024,
+        }
+    }
+}
+
+/// A peer someone told us about: mDNS (with its TXT fields) or a `--join` seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerHint {
+    pub cluster: ClusterId,
+    pub node: NodeId,
+    pub addr: SocketAddr,
+}
+
+/// How a member is seen from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    Alive,
+    Suspect,
+    Down,
+    Left,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alive => "alive",
+            Self::Suspect => "suspect",
+            Self::Down => "down",
+            Self::Left => "left",
+        }
+    }
+}
+
+/// A change in how a member is seen, emitted once per change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberEvent {
+    pub node: NodeId,
+    pub state: MemberState,
+    pub addr: SocketAddr,
+    pub incarnation: u32,
+}
+
+/// One row of `shoal members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub name: Option<String>,
+    pub addr: SocketAddr,
+    pub state: MemberState,
+    pub labels: BTreeMap<String, String>,
+    /// Generation of the node's identity: grows on restart and on rejoin after being down.
+    pub incarnation: u32,
+    pub version: Option<String>,
+    /// When this state was first seen here (ms since the Unix epoch).
+    pub since_ms: u64,
+    pub is_self: bool,
+}
+
+/// Counters of gossip traffic; every dropped datagram is counted under its reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipStats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub dropped_forged: u64,
+    pub dropped_replayed: u64,
+    pub dropped_clock_skew: u64,
+    pub dropped_malformed: u64,
+    pub foca_rejected: u64,
+    pub foreign_cluster_hints: u64,
+}
+
+/// Timers the core asks the driver to fire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberTimer {
+    Foca(Timer<ShoalId>),
+    Tick,
+}
+
+/// What the driver must do after a call into the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Send { to: SocketAddr, packet: Vec<u8> },
+    Schedule { after: Duration, timer: MemberTimer },
+    Event(MemberEvent),
+}
+
+/// The plaintext of a sealed datagram.
+#[derive(Debug, Serialize, Deserialize)]
+enum Envelope {
+    Foca(Vec<u8>),
+    Hello(ShoalId),
+    Leave(ShoalId),
+    FactsPull(ShoalId),
+    Facts(NodeFacts),
+}
+
+struct Record {
+    id: ShoalId,
+    state: MemberState,
+    since_ms: u64,
+    /// The node announced it was leaving with exactly this identity.
+    left: bool,
+    last_pull_ms: Option<u64>,
+}
+
+struct Hint {
+    node: Option<NodeId>,
+    seed: bool,
+    last_hello_ms: Option<u64>,
+    last_heard_ms: u64,
+}
+
+/// The membership state machine of one node. See the module docs.
+pub struct Membership<R: Rng + SeedableRng> {
+    cfg: MembershipConfig,
+    cluster: ClusterId,
+    foca: Foca<ShoalId, WireCodec, R, FactsHandler>,
+    rt: AccumulatingRuntime<ShoalId>,
+    sealer: Sealer,
+    rng: R,
+    facts: FactsTable,
+    own_facts: NodeFacts,
+    records: BTreeMap<NodeId, Record>,
+    hints: BTreeMap<SocketAddr, Hint>,
+    leaving: bool,
+    stats: GossipStats,
+}
+
+impl<R: Rng + SeedableRng> Membership<R> {
+    /// `gossip_key` and `cluster` come from the join secret; `rng` is this node's only source
+    /// of randomness (OS-seeded for real, seed-derived in the simulator).
+    pub fn new(
+        cfg: MembershipConfig,
+        identity: ShoalId,
+        own_facts: NodeFacts,
+        cluster: ClusterId,
+        gossip_key: [u8; 32],
+        mut rng: R,
+    ) -> Self {
+        let facts: FactsTable = Arc::new(Mutex::new(BTreeMap::new()));
+        store_if_newer(&facts, own_facts.clone());
+        let foca_rng = R::from_rng(&mut rng);
+        let foca = Foca::with_custom_broadcast(
+            identity,
+            cfg.foca.clone(),
+            foca_rng,
+            WireCodec,
+            FactsHandler { table: facts.clone() },
+        );
+        Self {
+            cfg,
+            cluster,
+            foca,
+            rt: AccumulatingRuntime::new(),
+            sealer: Sealer::new(gossip_key),
+            rng,
+            facts,
+            own_facts,
+            records: BTreeMap::new(),
+            hints: BTreeMap::new(),
+            leaving: false,
+            stats: GossipStats::default(),
+        }
+    }
+
+    pub fn identity(&self) -> &ShoalId {
+        self.foca.identity()
+    }
+
+    pub fn cluster(&self) -> ClusterId {
+        self.cluster
+    }
+
+    pub fn stats(&self) -> &GossipStats {
+        &self.stats
+    }
+
+    /// First call after construction: starts the housekeeping tick and queues our facts.
+    pub fn start(&mut self, now_ms: u64) -> Vec<Effect> {
+        let mut out = vec![Effect::Schedule { after: Duration::from_millis(0), timer: MemberTimer::Tick }];
+        match self.own_facts.encode() {
+            Ok(bytes) => {
+                if let Err(e) = self.foca.add_broadcast(&bytes) {
+                    tracing::warn!(error = %e, "could not queue own facts for gossip");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not encode own facts"),
+        }
+        self.drain(now_ms, &mut out);
+        out
+    }
+
+    /// A static seed (`--join`): greeted until it answers, and again whenever it is not a member.
+    pub fn add_seed(&mut self, addr: SocketAddr) {
+        self.hints
+            .entry(addr)
+            .and_modify(|h| h.seed = true)
+            .or_insert(Hint { node: None, seed: true, last_hello_ms: None, last_heard_ms: 0 });
+    }
+
+    /// A peer seen by discovery.
+    pub fn handle_discovered(&mut self, now_ms: u64, hint: PeerHint) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if hint.cluster != self.cluster {
+            self.stats.foreign_cluster_hints += 1;
+            return out;
+        }
+        if hint.node == self.own_facts.node {
+            return out;
+        }
+        let is_new = !self.hints.contains_key(&hint.addr);
+        let entry = self.hints.entry(hint.addr).or_insert(Hint {
+            node: Some(hint.node),
+            seed: false,
+            last_hello_ms: None,
+            last_heard_ms: now_ms,
+        });
+        entry.node = Some(hint.node);
+        entry.last_heard_ms = now_ms;
+        if is_new {
+            tracing::debug!(peer = %hint.node.short(), addr = %hint.addr, "discovered peer");
+            self.bound_hints();
+        }
+        self.greet_due(now_ms, &mut out);
+        out
+    }
+
+    /// A datagram arrived from `from`.
+    pub fn handle_datagram(&mut self, now_ms: u64, from: SocketAddr, packet: &[u8]) -> Vec<Effect> {
+        let mut out = Vec::new();
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += packet.len() as u64;
+        let plaintext = match self.sealer.open(now_ms, packet) {
+            Ok(p) => p,
+            Err(e) => {
+                match e {
+                    OpenError::Forged => self.stats.dropped_forged += 1,
+                    OpenError::Replayed => self.stats.dropped_replayed += 1,
+                    OpenError::OutsideWindow { .. } => self.stats.dropped_clock_skew += 1,
+                    OpenError::TooShort | OpenError::TooLarge | OpenError::UnknownVersion => {
+                        self.stats.dropped_malformed += 1
+                    }
+                }
+                tracing::trace!(%from, error = %e, "dropped datagram");
+                return out;
+            }
+        };
+        let envelope: Envelope = match shoal_wire::decode::<_, MAX_PLAINTEXT_LEN>(&plaintext) {
+            Ok(env) => env,
+            Err(e) => {
+                self.stats.dropped_malformed += 1;
+                tracing::debug!(%from, error = %e, "dropped undecodable datagram");
+                return out;
+            }
+        };
+        if self.leaving {
+            return out;
+        }
+        match envelope {
+            Envelope::Foca(data) => {
+                if let Err(e) = self.foca.handle_data(&data, &mut self.rt) {
+                    self.stats.foca_rejected += 1;
+                    tracing::trace!(%from, error = %e, "foca rejected datagram");
+                }
+            }
+            Envelope::Hello(peer) => {
+                if peer.node != self.own_facts.node && !self.is_active_identity(&peer) {
+                    if let Err(e) = self.foca.announce(peer, &mut self.rt) {
+                        tracing::debug!(error = %e, "announce failed");
+                    }
+                }
+            }
+            Envelope::Leave(peer) => self.handle_leave(peer),
+            Envelope::FactsPull(peer) => {
+                if peer.node != self.own_facts.node {
+                    self.send(now_ms, peer.addr, &Envelope::Facts(self.own_facts.clone()), &mut out);
+                }
+            }
+            Envelope::Facts(facts) => match facts.validate() {
+                Ok(()) => {
+                    store_if_newer(&self.facts, facts);
+                }
+                Err(e) => {
+                    self.stats.dropped_malformed += 1;
+                    tracing::debug!(%from, error = %e, "dropped invalid facts");
+                }
+            },
+        }
+        self.drain(now_ms, &mut out);
+        out
+    }
+
+    /// A timer the driver scheduled has fired.
+    pub fn handle_timer(&mut self, now_ms: u64, timer: MemberTimer) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if self.leaving {
+            return out;
+        }
+        match timer {
+            MemberTimer::Foca(t) => {
+                if let Err(e) = self.foca.handle_timer(t, &mut self.rt) {
+                    tracing::debug!(error = %e, "foca timer failed");
+                }
+            }
+            MemberTimer::Tick => {
+                self.greet_due(now_ms, &mut out);
+                self.pull_missing_facts(now_ms, &mut out);
+                self.purge(now_ms);
+                out.push(Effect::Schedule {
+                    after: Duration::from_millis(self.cfg.tick_ms),
+                    timer: MemberTimer::Tick,
+                });
+            }
+        }
+        self.drain(now_ms, &mut out);
+        out
+    }
+
+    /// Leave on purpose: tell every member directly, then let foca gossip our departure.
+    /// After this the core ignores all input.
+    pub fn leave(&mut self, now_ms: u64) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if self.leaving {
+            return out;
+        }
+        let me = self.identity().clone();
+        let targets: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        for addr in targets {
+            self.send(now_ms, addr, &Envelope::Leave(me.clone()), &mut out);
+        }
+        if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
+            tracing::debug!(error = %e, "foca leave failed");
+        }
+        self.drain(now_ms, &mut out);
+        self.leaving = true;
+        out.retain(|e| !matches!(e, Effect::Schedule { .. }));
+        out
+    }
+
+    /// Every member known here, ourselves included, ordered by node id.
+    pub fn members(&self) -> Vec<MemberView> {
+        let facts = self.facts.lock().unwrap_or_else(|p| p.into_inner());
+        let view = |id: &ShoalId, state, since_ms, is_self| {
+            let f = facts.get(&id.node);
+            MemberView {
+                id: id.node,
+                name: f.map(|f| f.name.clone()),
+                addr: id.addr,
+                state,
+                labels: f.map(|f| f.labels.clone()).unwrap_or_default(),
+                incarnation: id.bump,
+                version: f.map(|f| f.version.clone()),
+                since_ms,
+                is_self,
+            }
+        };
+        let own_state = if self.leaving { MemberState::Left } else { MemberState::Alive };
+        let mut out: Vec<MemberView> = self
+            .records
+            .values()
+            .map(|r| view(&r.id, r.state, r.since_ms, false))
+            .collect();
+        out.push(view(self.identity(), own_state, 0, true));
+        out.sort_by_key(|m| m.id);
+        out
+    }
+
+    fn is_active_identity(&self, id: &ShoalId) -> bool {
+        self.foca.iter_members().any(|m| m.id() == id)
+    }
+
+    fn handle_leave(&mut self, peer: ShoalId) {
+        let Some(record) = self.records.get_mut(&peer.node) else { return };
+        if record.id.bump > peer.bump {
+            return; // a stale leave of an older generation
+        }
+        record.left = true;
+        record.id = peer.clone();
+        let update = Member::new(peer, 0, State::Down);
+        if let Err(e) = self.foca.apply_many(std::iter::once(update), true, &mut self.rt) {
+            tracing::debug!(error = %e, "could not apply leave");
+        }
+    }
+
+    fn send(&mut self, now_ms: u64, to: SocketAddr, envelope: &Envelope, out: &mut Vec<Effect>) {
+        let plaintext = match shoal_wire::encode::<_, MAX_PLAINTEXT_LEN>(envelope) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "gossip message too large, not sent");
+                return;
+            }
+        };
+        match self.sealer.seal(now_ms, &mut self.rng, &plaintext) {
+            Ok(packet) => {
+                self.stats.packets_out += 1;
+                self.stats.bytes_out += packet.len() as u64;
+                out.push(Effect::Send { to, packet });
+            }
+            Err(e) => tracing::warn!(error = %e, "could not seal gossip message"),
+        }
+    }
+
+    fn greet_due(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
+        let me = self.identity().clone();
+        let mut due = Vec::new();
+        for (addr, hint) in &self.hints {
+            let connected = hint.node.is_some_and(|n| {
+                self.records.get(&n).is_some_and(|r| matches!(r.state, MemberState::Alive | MemberState::Suspect))
+            });
+            let waited = hint.last_hello_ms.is_none_or(|t| now_ms.saturating_sub(t) >= self.cfg.hello_interval_ms);
+            if !connected && waited {
+                due.push(*addr);
+            }
+        }
+        for addr in due {
+            if let Some(h) = self.hints.get_mut(&addr) {
+                h.last_hello_ms = Some(now_ms);
+            }
+            self.send(now_ms, addr, &Envelope::Hello(me.clone()), out);
+        }
+    }
+
+    fn pull_missing_facts(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
+        let me = self.identity().clone();
+        let mut due = Vec::new();
+        {
+            let facts = self.facts.lock().unwrap_or_else(|p| p.into_inner());
+            for (node, r) in &self.records {
+                let missing = !facts.contains_key(node);
+                let active = matches!(r.state, MemberState::Alive | MemberState::Suspect);
+                let waited = r.last_pull_ms.is_none_or(|t| now_ms.saturating_sub(t) >= self.cfg.facts_pull_interval_ms);
+                if missing && active && waited {
+                    due.push((*node, r.id.addr));
+                }
+            }
+        }
+        for (node, addr) in due {
+            if let Some(r) = self.records.get_mut(&node) {
+                r.last_pull_ms = Some(now_ms);
+            }
+            self.send(now_ms, addr, &Envelope::FactsPull(me.clone()), out);
+        }
+    }
+
+    fn purge(&mut self, now_ms: u64) {
+        let retention = self.cfg.down_retention_ms;
+        let gone: Vec<NodeId> = self
+            .records
+            .iter()
+            .filter(|(_, r)| matches!(r.state, MemberState::Down | MemberState::Left))
+            .filter(|(_, r)| now_ms.saturating_sub(r.since_ms) > retention)
+            .map(|(n, _)| *n)
+            .collect();
+        for node in gone {
+            self.records.remove(&node);
+            self.facts.lock().unwrap_or_else(|p| p.into_inner()).remove(&node);
+        }
+    }
+
+    fn bound_hints(&mut self) {
+        while self.hints.len() > self.cfg.max_hints {
+            let oldest = self
+                .hints
+                .iter()
+                .filter(|(_, h)| !h.seed)
+                .min_by_key(|(_, h)| h.last_heard_ms)
+                .map(|(a, _)| *a);
+            match oldest {
+                Some(addr) => {
+                    self.hints.remove(&addr);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Turns what foca queued into effects, then reconciles the member table with foca.
+    fn drain(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
+        while let Some((to, data)) = self.rt.to_send() {
+            self.send(now_ms, to.addr, &Envelope::Foca(data.to_vec()), out);
+        }
+        while let Some((after, timer)) = self.rt.to_schedule() {
+            out.push(Effect::Schedule { after, timer: MemberTimer::Foca(timer) });
+        }
+        while let Some(n) = self.rt.to_notify() {
+            match n {
+                OwnedNotification::Defunct => {
+                    tracing::warn!("this node was declared down by the cluster; rejoining with a new generation")
+                }
+                OwnedNotification::Rejoin(id) => {
+                    tracing::info!(incarnation = id.bump, "rejoined the cluster")
+                }
+                OwnedNotification::Active => tracing::debug!("connected to the cluster"),
+                OwnedNotification::Idle => tracing::debug!("no other members known"),
+                _ => {}
+            }
+        }
+        self.sync(now_ms, out);
+    }
+
+    fn sync(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
+        let own = self.own_facts.node;
+        let seen: Vec<(ShoalId, State)> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.id().node != own)
+            .map(|m| (m.id().clone(), m.state()))
+            .collect();
+        for (id, foca_state) in seen {
+            let record = self.records.get(&id.node);
+            if let Some(r) = record {
+                // Only a newer or equal generation may change what we show.
+                if r.id.bump > id.bump {
+                    continue;
+                }
+            }
+            let left = record.is_some_and(|r| r.left && r.id == id);
+            let state = match foca_state {
+                State::Alive => MemberState::Alive,
+                State::Suspect => MemberState::Suspect,
+                State::Down if left => MemberState::Left,
+                State::Down => MemberState::Down,
+            };
+            let changed = record.is_none_or(|r| r.id != id || r.state != state);
+            if !changed {
+                continue;
+            }
+            let name = self.facts.lock().unwrap_or_else(|p| p.into_inner()).get(&id.node).map(|f| f.name.clone());
+            tracing::info!(
+                node = %id.node.short(),
+                name = name.as_deref().unwrap_or("?"),
+                addr = %id.addr,
+                incarnation = id.bump,
+                state = state.as_str(),
+                "member {}",
+                state.as_str()
+            );
+            let keep_left = left;
+            let last_pull_ms = record.and_then(|r| if r.id == id { r.last_pull_ms } else { None });
+            out.push(Effect::Event(MemberEvent { node: id.node, state, addr: id.addr, incarnation: id.bump }));
+            self.records.insert(id.node, Record { id, state, since_ms: now_ms, left: keep_left, last_pull_ms });
+        }
+    }
+}
