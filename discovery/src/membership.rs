@@ -387,11 +387,11 @@ impl<R: Rng + SeedableRng> Membership<R> {
         for addr in targets {
             self.send(now_ms, addr, &Envelope::Leave(me.clone()), &mut out);
         }
+        self.leaving = true;
         if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
             tracing::debug!(error = %e, "foca leave failed");
         }
         self.drain(now_ms, &mut out);
-        self.leaving = true;
         out.retain(|e| !matches!(e, Effect::Schedule { .. }));
         out
     }
@@ -543,6 +543,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
         }
         while let Some(n) = self.rt.to_notify() {
             match n {
+                OwnedNotification::Defunct if self.leaving => {}
                 OwnedNotification::Defunct => {
                     tracing::warn!("this node was declared down by the cluster; rejoining with a new generation")
                 }

@@ -1,1 +1,175 @@
-fn main() {}
+//! `shoal`: drop it on every machine of a small cluster; the machines find each other and
+//! form a secure cluster. This file is the CLI edge: parse flags, call into the modules.
+
+mod agent;
+mod api;
+mod config;
+mod identity;
+mod output;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "A self-forming, self-healing container cluster for home labs and small teams",
+    long_about = "shoal is one binary you run on every machine. Machines started with the same join \
+token find each other on the LAN (mDNS) or through --join seeds, and keep a gossiped view of \
+who is up.\n\nStart: `shoal token new` once, then `shoal agent --token <token>` on each machine."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join tokens: the shared secret of a cluster.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Run the node: discover peers, keep membership, serve the local API.
+    Agent(AgentArgs),
+    /// List the cluster's members as this node sees them.
+    Members(ClientArgs),
+    /// Show this node's gossip counters (traffic, dropped packets by reason).
+    Stats(ClientArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a fresh join token (256 random bits). Keep it secret: it admits machines.
+    New,
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Join token (from `shoal token new`).
+    #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Read the join token from this file instead.
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Where the node keeps its identity and state [default: $XDG_DATA_HOME/shoal, ~/.local/share/shoal, or /var/lib/shoal].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Node name shown to users [default: the hostname].
+    #[arg(long)]
+    name: Option<String>,
+    /// A label `key=value` for placement constraints (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// UDP address for gossip. Other ports derive from its port (API/Raft TCP = port + 1).
+    #[arg(long, default_value_t = config::default_bind())]
+    bind: SocketAddr,
+    /// IP that peers should use to reach this node [default: the bind IP, or the first non-loopback IPv4].
+    #[arg(long)]
+    advertise: Option<IpAddr>,
+    /// A peer's gossip address to join through, where multicast does not reach (repeatable).
+    #[arg(long = "join", value_name = "HOST:PORT")]
+    join: Vec<String>,
+    /// Use mDNS only on this interface (repeatable) [default: all; only loopback when bound to loopback].
+    #[arg(long = "mdns-interface", value_name = "IF")]
+    mdns_interfaces: Vec<String>,
+    /// Do not use mDNS at all (rely on --join).
+    #[arg(long)]
+    no_mdns: bool,
+    /// Expected cluster size; tunes gossip fan-out and suspicion time.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    expected_nodes: u32,
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Data dir of the local agent to ask.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,mdns_sd=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Token { command: TokenCommand::New } => {
+            let secret = shoal_discovery::JoinSecret::generate(&mut rand::rng());
+            println!("{}", secret.to_token());
+            eprintln!("Keep this token secret. Start every node with: shoal agent --token <token>");
+            Ok(())
+        }
+        Command::Agent(args) => {
+            init_logs();
+            let cfg = agent_config(args)?;
+            runtime()?.block_on(agent::run(cfg))
+        }
+        Command::Members(args) => {
+            let data_dir = args.data_dir.unwrap_or_else(identity::default_data_dir);
+            let response = runtime()?.block_on(api::call(&data_dir, &api::Request::Members))?;
+            if let api::Response::Members { members } = response {
+                output::print_members(&members, matches!(args.format, Format::Json))?;
+            }
+            Ok(())
+        }
+        Command::Stats(args) => {
+            let data_dir = args.data_dir.unwrap_or_else(identity::default_data_dir);
+            let response = runtime()?.block_on(api::call(&data_dir, &api::Request::Stats))?;
+            if let api::Response::Stats { stats } = response {
+                output::print_stats(&stats, matches!(args.format, Format::Json))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn agent_config(args: AgentArgs) -> Result<agent::AgentConfig> {
+    let secret = config::resolve_secret(args.token.as_deref(), args.token_file.as_deref())?;
+    let labels = config::parse_labels(&args.labels)?;
+    let name = config::resolve_name(args.name.as_deref())?;
+    let seeds = config::resolve_seeds(&args.join)?;
+    let advertise = config::resolve_advertise(args.bind, args.advertise, &args.mdns_interfaces)?;
+    let mut mdns_interfaces = args.mdns_interfaces;
+    if mdns_interfaces.is_empty() && args.bind.ip().is_loopback() {
+        // A node bound to loopback must not announce a loopback address on the LAN.
+        mdns_interfaces.push("lo".to_string());
+    }
+    Ok(agent::AgentConfig {
+        data_dir: args.data_dir.unwrap_or_else(identity::default_data_dir),
+        secret,
+        name,
+        labels,
+        bind: args.bind,
+        advertise,
+        seeds,
+        mdns: !args.no_mdns,
+        mdns_interfaces,
+        expected_nodes: args.expected_nodes,
+    })
+}

@@ -1,0 +1,121 @@
+//! The local API: a unix socket in the data dir (mode 0600), one JSON request per line and
+//! one JSON response per line. The `shoal` CLI is its only client today.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use shoal_discovery::{GossipStats, MemberView, MembershipHandle};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// File name of the socket inside the data dir.
+pub const SOCKET_FILE: &str = "shoal.sock";
+/// Longest request line accepted; requests are tiny, anything longer is an error.
+const MAX_REQUEST_LEN: u64 = 64 * 1024;
+/// Longest response line a client accepts (a members list of thousands of nodes fits).
+const MAX_RESPONSE_LEN: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Members,
+    Stats,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Members { members: Vec<MemberView> },
+    Stats { stats: GossipStats },
+    Error { message: String },
+}
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_FILE)
+}
+
+/// Binds the socket, refusing to start if another agent already serves this data dir.
+pub async fn bind(data_dir: &Path) -> Result<UnixListener> {
+    let path = socket_path(data_dir);
+    if path.as_os_str().len() >= 100 {
+        bail!("the data dir path is too long for a unix socket ({}); use a shorter --data-dir", path.display());
+    }
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            bail!(
+                "another shoal agent is already running with data dir {}; stop it first or use another --data-dir",
+                data_dir.display()
+            );
+        }
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(&path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves requests until the task is dropped.
+pub async fn serve(listener: UnixListener, membership: MembershipHandle) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let membership = membership.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, membership).await {
+                tracing::debug!(error = %e, "api connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(stream: UnixStream, membership: MembershipHandle) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read.take(MAX_REQUEST_LEN));
+    let mut line = String::new();
+    lines.read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Response::Error { message: format!("bad request: {e}") },
+        Ok(Request::Members) => match membership.members().await {
+            Ok(members) => Response::Members { members },
+            Err(e) => Response::Error { message: e.to_string() },
+        },
+        Ok(Request::Stats) => match membership.stats().await {
+            Ok(stats) => Response::Stats { stats },
+            Err(e) => Response::Error { message: e.to_string() },
+        },
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await?;
+    Ok(())
+}
+
+/// Sends one request to the agent serving `data_dir`.
+pub async fn call(data_dir: &Path, request: &Request) -> Result<Response> {
+    let path = socket_path(data_dir);
+    let stream = UnixStream::connect(&path).await.map_err(|e| {
+        anyhow!(
+            "cannot reach the shoal agent at {} ({e}); is `shoal agent --data-dir {}` running?",
+            path.display(),
+            data_dir.display()
+        )
+    })?;
+    let (read, mut write) = stream.into_split();
+    let mut req = serde_json::to_vec(request)?;
+    req.push(b'\n');
+    write.write_all(&req).await?;
+    let mut reader = BufReader::new(read.take(MAX_RESPONSE_LEN));
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    if line.is_empty() {
+        bail!("the agent closed the connection without answering");
+    }
+    let response: Response = serde_json::from_str(&line).context("the agent sent an unreadable answer")?;
+    if let Response::Error { message } = &response {
+        bail!("the agent refused the request: {message}");
+    }
+    Ok(response)
+}
+
+use tokio::io::AsyncReadExt as _;

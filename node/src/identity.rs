@@ -1,0 +1,136 @@
+//! The node's persistent identity in its data dir: a key pair (`node.key`, PEM, mode 0600),
+//! the node id derived from its public key, and a boot counter that makes every restart a
+//! newer gossip generation.
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use shoal_wire::NodeId;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+const KEY_FILE: &str = "node.key";
+const BOOT_FILE: &str = "boot_count";
+
+/// What a node is, loaded (or created on first start) from its data dir.
+pub struct NodeIdentity {
+    pub id: NodeId,
+    /// How many times an agent has started with this data dir, this start included.
+    pub boot_count: u16,
+    /// The key pair, PEM-encoded; the certificate work builds on it.
+    #[allow(dead_code)]
+    pub key_pem: String,
+}
+
+/// Where state lives when `--data-dir` is not given: `$XDG_DATA_HOME/shoal`,
+/// `$HOME/.local/share/shoal`, or `/var/lib/shoal` for a service without a home.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("shoal");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/share/shoal");
+    }
+    PathBuf::from("/var/lib/shoal")
+}
+
+/// Writes `data` to `path` so that a crash leaves either the old or the new file.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+fn node_id_of(key: &rcgen::KeyPair) -> NodeId {
+    let digest = Sha256::digest(key.public_key_raw());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    NodeId(id)
+}
+
+impl NodeIdentity {
+    /// Loads the identity, creating the data dir and key on first start, and counts this boot.
+    pub fn load_or_create(data_dir: &Path) -> Result<Self> {
+        fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+        fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot set permissions on {}", data_dir.display()))?;
+        let key_path = data_dir.join(KEY_FILE);
+        let key_pem = if key_path.exists() {
+            fs::read_to_string(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?
+        } else {
+            let key = rcgen::KeyPair::generate().context("cannot generate the node key pair")?;
+            let pem = key.serialize_pem();
+            write_atomic(&key_path, pem.as_bytes(), 0o600)?;
+            tracing::info!(path = %key_path.display(), "created node key");
+            pem
+        };
+        let key = rcgen::KeyPair::from_pem(&key_pem).with_context(|| {
+            format!("{} is not a valid key; move it away to let shoal create a new identity", key_path.display())
+        })?;
+        let boot_path = data_dir.join(BOOT_FILE);
+        let previous: u16 = match fs::read_to_string(&boot_path) {
+            Ok(text) => text.trim().parse().with_context(|| {
+                format!("{} is corrupt; delete it (the node keeps its id)", boot_path.display())
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", boot_path.display())),
+        };
+        let Some(boot_count) = previous.checked_add(1) else {
+            bail!("{} reached its limit; delete it (the node keeps its id)", boot_path.display());
+        };
+        write_atomic(&boot_path, boot_count.to_string().as_bytes(), 0o600)?;
+        Ok(Self { id: node_id_of(&key), boot_count, key_pem })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_survives_restart_and_counts_boots() {
+        let dir = std::env::temp_dir().join(format!("shoal-id-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let first = NodeIdentity::load_or_create(&dir).expect("first start");
+        let second = NodeIdentity::load_or_create(&dir).expect("restart");
+        assert_eq!(first.id, second.id);
+        assert_eq!((first.boot_count, second.boot_count), (1, 2));
+        let mode = fs::metadata(dir.join(KEY_FILE)).expect("key").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let other = std::env::temp_dir().join(format!("shoal-id-test-b-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&other);
+        let third = NodeIdentity::load_or_create(&other).expect("other node");
+        assert_ne!(third.id, first.id);
+        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(&other);
+    }
+
+    #[test]
+    fn corrupt_boot_counter_is_explained() {
+        let dir = std::env::temp_dir().join(format!("shoal-id-test-c-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        NodeIdentity::load_or_create(&dir).expect("first start");
+        fs::write(dir.join(BOOT_FILE), "garbage").expect("write");
+        let err = NodeIdentity::load_or_create(&dir).err().expect("must fail").to_string();
+        assert!(err.contains("corrupt"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
