@@ -40,6 +40,10 @@ pub struct MembershipConfig {
     pub down_retention_ms: u64,
     /// Bound on remembered discovery hints (seeds are never dropped).
     pub max_hints: usize,
+    /// Test-only: plants a known bug (a graceful leave is shown as `down`) so the simulator
+    /// can prove it catches it. Always `false` outside `shoal sim --planted-bug`.
+    #[doc(hidden)]
+    pub planted_bug: bool,
 }
 
 impl MembershipConfig {
@@ -55,6 +59,7 @@ impl MembershipConfig {
             facts_pull_interval_ms: 2_000,
             down_retention_ms: 24 * 3600 * 1000,
             max_hints: 1024,
+            planted_bug: false,
         }
     }
 }
@@ -151,6 +156,12 @@ enum Envelope {
     Leave(ShoalId),
     FactsPull(ShoalId),
     Facts(NodeFacts),
+    /// "I have suspected you at this incarnation for a long time": asks the member to refute.
+    /// Repairs a foca edge case: a suspicion whose down-timer was invalidated (our own
+    /// identity renewal or disconnect resets foca's timer token) and whose gossip never
+    /// reached the suspect stays `Suspect` forever. Refuting bumps the suspect's incarnation,
+    /// which clears the suspicion everywhere.
+    Suspected(ShoalId, u16),
 }
 
 struct Record {
@@ -160,6 +171,9 @@ struct Record {
     /// The node announced it was leaving with exactly this identity.
     left: bool,
     last_pull_ms: Option<u64>,
+    /// foca's incarnation of this member, as last seen.
+    swim_incarnation: u16,
+    last_nudge_ms: Option<u64>,
 }
 
 struct Hint {
@@ -335,6 +349,14 @@ impl<R: Rng + SeedableRng> Membership<R> {
                     self.send(now_ms, peer.addr, &Envelope::Facts(self.own_facts.clone()), &mut out);
                 }
             }
+            Envelope::Suspected(id, incarnation) => {
+                if id == *self.identity() {
+                    let update = Member::new(id, incarnation, State::Suspect);
+                    if let Err(e) = self.foca.apply_many(std::iter::once(update), true, &mut self.rt) {
+                        tracing::debug!(error = %e, "could not refute suspicion");
+                    }
+                }
+            }
             Envelope::Facts(facts) => match facts.validate() {
                 Ok(()) => {
                     store_if_newer(&self.facts, facts);
@@ -364,6 +386,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
             MemberTimer::Tick => {
                 self.greet_due(now_ms, &mut out);
                 self.pull_missing_facts(now_ms, &mut out);
+                self.nudge_stuck_suspects(now_ms, &mut out);
                 self.purge(now_ms);
                 out.push(Effect::Schedule {
                     after: Duration::from_millis(self.cfg.tick_ms),
@@ -433,7 +456,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
         if record.id.bump > peer.bump {
             return; // a stale leave of an older generation
         }
-        record.left = true;
+        record.left = !self.cfg.planted_bug;
         record.id = peer.clone();
         let update = Member::new(peer, 0, State::Down);
         if let Err(e) = self.foca.apply_many(std::iter::once(update), true, &mut self.rt) {
@@ -501,6 +524,26 @@ impl<R: Rng + SeedableRng> Membership<R> {
         }
     }
 
+    fn nudge_stuck_suspects(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
+        let stuck_after = 2 * self.cfg.foca.suspect_to_down_after.as_millis() as u64;
+        let mut due = Vec::new();
+        for (node, r) in &self.records {
+            let stuck = r.state == MemberState::Suspect && now_ms.saturating_sub(r.since_ms) > stuck_after;
+            let waited = r.last_nudge_ms.is_none_or(|t| now_ms.saturating_sub(t) >= stuck_after);
+            if stuck && waited {
+                due.push((*node, r.id.clone(), r.swim_incarnation));
+            }
+        }
+        for (node, id, incarnation) in due {
+            if let Some(r) = self.records.get_mut(&node) {
+                r.last_nudge_ms = Some(now_ms);
+            }
+            tracing::debug!(node = %node.short(), "suspicion outlived its timer; asking the member to refute");
+            let to = id.addr;
+            self.send(now_ms, to, &Envelope::Suspected(id, incarnation), out);
+        }
+    }
+
     fn purge(&mut self, now_ms: u64) {
         let retention = self.cfg.down_retention_ms;
         let gone: Vec<NodeId> = self
@@ -560,13 +603,18 @@ impl<R: Rng + SeedableRng> Membership<R> {
 
     fn sync(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
         let own = self.own_facts.node;
-        let seen: Vec<(ShoalId, State)> = self
+        let seen: Vec<(ShoalId, State, u16)> = self
             .foca
             .iter_membership_state()
             .filter(|m| m.id().node != own)
-            .map(|m| (m.id().clone(), m.state()))
+            .map(|m| (m.id().clone(), m.state(), m.incarnation()))
             .collect();
-        for (id, foca_state) in seen {
+        for (id, foca_state, swim_incarnation) in seen {
+            if let Some(r) = self.records.get_mut(&id.node) {
+                if r.id == id {
+                    r.swim_incarnation = swim_incarnation;
+                }
+            }
             let record = self.records.get(&id.node);
             if let Some(r) = record {
                 // Only a newer or equal generation may change what we show.
@@ -598,7 +646,10 @@ impl<R: Rng + SeedableRng> Membership<R> {
             let keep_left = left;
             let last_pull_ms = record.and_then(|r| if r.id == id { r.last_pull_ms } else { None });
             out.push(Effect::Event(MemberEvent { node: id.node, state, addr: id.addr, incarnation: id.bump }));
-            self.records.insert(id.node, Record { id, state, since_ms: now_ms, left: keep_left, last_pull_ms });
+            self.records.insert(
+                id.node,
+                Record { id, state, since_ms: now_ms, left: keep_left, last_pull_ms, swim_incarnation, last_nudge_ms: None },
+            );
         }
     }
 }
