@@ -3,7 +3,6 @@
 //! newer gossip generation.
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use shoal_wire::NodeId;
 use std::fs;
 use std::io::Write;
@@ -58,13 +57,6 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-fn node_id_of(key: &rcgen::KeyPair) -> NodeId {
-    let digest = Sha256::digest(key.public_key_raw());
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&digest[..16]);
-    NodeId(id)
-}
-
 impl NodeIdentity {
     /// Loads the identity, creating the data dir and key on first start, and counts this boot.
     pub fn load_or_create(data_dir: &Path) -> Result<Self> {
@@ -97,7 +89,7 @@ impl NodeIdentity {
             bail!("{} reached its limit; delete it (the node keeps its id)", boot_path.display());
         };
         write_atomic(&boot_path, boot_count.to_string().as_bytes(), 0o600)?;
-        Ok(Self { id: node_id_of(&key), boot_count, key_pem })
+        Ok(Self { id: crate::pki::node_id_of_key(&key), boot_count, key_pem })
     }
 }
 

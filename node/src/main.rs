@@ -6,6 +6,7 @@ mod api;
 mod config;
 mod identity;
 mod output;
+mod pki;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
