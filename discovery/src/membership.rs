@@ -196,6 +196,7 @@ pub struct Membership<R: Rng + SeedableRng> {
     records: BTreeMap<NodeId, Record>,
     hints: BTreeMap<SocketAddr, Hint>,
     leaving: bool,
+    started_ms: u64,
     stats: GossipStats,
 }
 
@@ -232,6 +233,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
             records: BTreeMap::new(),
             hints: BTreeMap::new(),
             leaving: false,
+            started_ms: 0,
             stats: GossipStats::default(),
         }
     }
@@ -250,6 +252,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
 
     /// First call after construction: starts the housekeeping tick and queues our facts.
     pub fn start(&mut self, now_ms: u64) -> Vec<Effect> {
+        self.started_ms = now_ms;
         let mut out = vec![Effect::Schedule { after: Duration::from_millis(0), timer: MemberTimer::Tick }];
         match self.own_facts.encode() {
             Ok(bytes) => {
@@ -442,7 +445,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
             .values()
             .map(|r| view(&r.id, r.state, r.since_ms, false))
             .collect();
-        out.push(view(self.identity(), own_state, 0, true));
+        out.push(view(self.identity(), own_state, self.started_ms, true));
         out.sort_by_key(|m| m.id);
         out
     }

@@ -125,8 +125,32 @@ mod tests {
 
 /// A node's permanent identifier: 128 bits derived from its public key, printed as 32 hex
 /// digits. Stable across restarts (it lives in the data dir).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+///
+/// Serialised as its 32-hex-digit text in human-readable formats (JSON for the CLI and API)
+/// and as 16 raw bytes in binary ones (the wire codec).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(pub [u8; 16]);
+
+impl serde::Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            serde::Serialize::serialize(&self.0, serializer)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+            Self::parse(&text).ok_or_else(|| serde::de::Error::custom("node id must be 32 hex digits"))
+        } else {
+            <[u8; 16] as serde::Deserialize>::deserialize(deserializer).map(Self)
+        }
+    }
+}
 
 impl NodeId {
     /// Parses the 32-hex-digit form.
@@ -174,5 +198,17 @@ mod node_id_tests {
         assert_eq!(id.short(), "abababababab");
         assert_eq!(NodeId::parse("xyz"), None);
         assert_eq!(NodeId::parse(&"g".repeat(32)), None);
+    }
+
+    #[test]
+    fn node_id_is_hex_in_text_formats_and_bytes_on_the_wire() {
+        let id = NodeId([0x0f; 16]);
+        let bytes = crate::encode::<_, 64>(&id).expect("encode");
+        assert_eq!(bytes, vec![0x0f; 16]);
+        assert_eq!(crate::decode::<NodeId, 64>(&bytes), Ok(id));
+        let json = serde_json::to_string(&id).expect("json");
+        assert_eq!(json, format!("\"{id}\""));
+        assert_eq!(serde_json::from_str::<NodeId>(&json).expect("parse"), id);
+        assert!(serde_json::from_str::<NodeId>("\"nothex\"").is_err());
     }
 }

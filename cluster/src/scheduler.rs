@@ -1,0 +1,332 @@
+//! The scheduler: a pure function from the cluster's state (nodes with their health,
+//! services, tasks) to decisions the leader commits through Raft.
+//!
+//! Rules:
+//! - spread: a slot goes to the eligible node with the fewest tasks of this service, then
+//!   the fewest tasks overall, then the lowest node id (deterministic);
+//! - eligible = alive (not suspect, down or left), availability active, engine healthy,
+//!   every constraint satisfied, enough unreserved CPU and memory;
+//! - a slot that cannot be placed is reported `Pending` with the reason, per node class;
+//! - tasks on a node that has been down (or left) longer than `down_grace_ms`, or that is
+//!   drained, or gone, are shut down and their slot placed anew; a slot is never given a
+//!   second live task while its first is live (the old one is shut down in the same batch);
+//! - scale-down removes the highest slots; removing a service shuts all its tasks down.
+
+use crate::constraint::{Constraint, NodeFields};
+use serde::{Deserialize, Serialize};
+use shoal_wire::NodeId;
+use std::collections::BTreeMap;
+
+pub type TaskId = u64;
+
+/// How membership sees a node, as far as scheduling cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    Alive,
+    Suspect,
+    Down { since_ms: u64 },
+    Left { since_ms: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Availability {
+    Active,
+    Drain,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub hostname: String,
+    pub arch: String,
+    pub labels: BTreeMap<String, String>,
+    pub health: Health,
+    pub availability: Availability,
+    pub engine_ok: bool,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+impl NodeFields for NodeView {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+    fn hostname(&self) -> &str {
+        &self.hostname
+    }
+    fn arch(&self) -> &str {
+        &self.arch
+    }
+    fn id_text(&self) -> String {
+        self.id.to_string()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    Replicated(u32),
+    Global,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub mode: Mode,
+    pub constraints: Vec<Constraint>,
+    pub reserve_cpu_millis: u64,
+    pub reserve_memory_bytes: u64,
+}
+
+/// Which replica a task is: an index for replicated services, the node for global ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Slot {
+    Index(u32),
+    Node(NodeId),
+}
+
+/// A task that is still meant to run (desired state running). Tasks already told to shut
+/// down are not passed in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub id: TaskId,
+    pub service: String,
+    pub slot: Slot,
+    pub node: NodeId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShutdownReason {
+    ServiceRemoved,
+    ScaledDown,
+    NodeDown,
+    NodeDrained,
+    NodeGone,
+    NotEligible,
+    Duplicate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Decision {
+    /// Create a task for `slot` of `service` on `node`.
+    Place { service: String, slot: Slot, node: NodeId },
+    /// `slot` of `service` could not be placed.
+    Pending { service: String, slot: Slot, reason: String },
+    /// Set the task's desired state to shutdown.
+    Shutdown { task: TaskId, reason: ShutdownReason },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig {
+    /// How long a node may be down before its tasks are placed elsewhere.
+    pub down_grace_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self { down_grace_ms: 5_000 }
+    }
+}
+
+/// Per-node bookkeeping during one scheduling pass.
+struct Load {
+    tasks: u64,
+    per_service: BTreeMap<String, u64>,
+    cpu_millis: u64,
+    memory_bytes: u64,
+}
+
+/// Why a node cannot take a task; counted per class for the pending reason.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Reject {
+    Unhealthy,
+    Drained,
+    NoEngine,
+    Constraint(String),
+    Cpu,
+    Memory,
+    HasGlobalTask,
+}
+
+impl Reject {
+    fn describe(&self) -> String {
+        match self {
+            Reject::Unhealthy => "not alive".into(),
+            Reject::Drained => "drained".into(),
+            Reject::NoEngine => "container engine unavailable".into(),
+            Reject::Constraint(c) => format!("constraint {c} not met"),
+            Reject::Cpu => "insufficient CPU".into(),
+            Reject::Memory => "insufficient memory".into(),
+            Reject::HasGlobalTask => "already runs this global service".into(),
+        }
+    }
+}
+
+fn static_reject(node: &NodeView, service: &ServiceView) -> Option<Reject> {
+    if node.health != Health::Alive {
+        return Some(Reject::Unhealthy);
+    }
+    if node.availability == Availability::Drain {
+        return Some(Reject::Drained);
+    }
+    if !node.engine_ok {
+        return Some(Reject::NoEngine);
+    }
+    service.constraints.iter().find(|c| !c.matches(node)).map(|c| Reject::Constraint(c.to_string()))
+}
+
+fn gone_for(node: Option<&NodeView>, now_ms: u64, cfg: &SchedulerConfig) -> Option<ShutdownReason> {
+    match node {
+        None => Some(ShutdownReason::NodeGone),
+        Some(n) => match n.health {
+            Health::Down { since_ms } | Health::Left { since_ms } if now_ms.saturating_sub(since_ms) >= cfg.down_grace_ms => {
+                Some(ShutdownReason::NodeDown)
+            }
+            _ if n.availability == Availability::Drain => Some(ShutdownReason::NodeDrained),
+            _ => None,
+        },
+    }
+}
+
+/// One scheduling pass. Deterministic: same input, same decisions, in the same order.
+pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services: &[ServiceView], tasks: &[TaskView]) -> Vec<Decision> {
+    let mut out = Vec::new();
+    let node_by_id: BTreeMap<NodeId, &NodeView> = nodes.iter().map(|n| (n.id, n)).collect();
+    let service_by_name: BTreeMap<&str, &ServiceView> = services.iter().map(|s| (s.name.as_str(), s)).collect();
+
+    // Tasks grouped by service then slot; orphaned services are shut down right away.
+    let mut by_service: BTreeMap<&str, BTreeMap<Slot, Vec<&TaskView>>> = BTreeMap::new();
+    let mut ordered: Vec<&TaskView> = tasks.iter().collect();
+    ordered.sort_by_key(|t| t.id);
+    for t in ordered {
+        if service_by_name.contains_key(t.service.as_str()) {
+            by_service.entry(t.service.as_str()).or_default().entry(t.slot).or_default().push(t);
+        } else {
+            out.push(Decision::Shutdown { task: t.id, reason: ShutdownReason::ServiceRemoved });
+        }
+    }
+
+    // Current load of every node from the tasks that stay.
+    let mut load: BTreeMap<NodeId, Load> = nodes
+        .iter()
+        .map(|n| (n.id, Load { tasks: 0, per_service: BTreeMap::new(), cpu_millis: 0, memory_bytes: 0 }))
+        .collect();
+    let add_load = |load: &mut BTreeMap<NodeId, Load>, node: NodeId, svc: &ServiceView| {
+        if let Some(l) = load.get_mut(&node) {
+            l.tasks += 1;
+            *l.per_service.entry(svc.name.clone()).or_insert(0) += 1;
+            l.cpu_millis += svc.reserve_cpu_millis;
+            l.memory_bytes += svc.reserve_memory_bytes;
+        }
+    };
+
+    // First pass: decide which existing tasks stay, so the load is known before placing.
+    let mut missing: Vec<(&ServiceView, Slot)> = Vec::new();
+    for svc in services {
+        let slots = by_service.remove(svc.name.as_str()).unwrap_or_default();
+        let wanted: Vec<Slot> = match svc.mode {
+            Mode::Replicated(n) => (1..=n).map(Slot::Index).collect(),
+            Mode::Global => nodes
+                .iter()
+                .filter(|n| static_reject(n, svc).is_none())
+                .map(|n| Slot::Node(n.id))
+                .collect(),
+        };
+        let wanted_set: std::collections::BTreeSet<Slot> = wanted.iter().copied().collect();
+        for (slot, live) in &slots {
+            if !wanted_set.contains(slot) {
+                let reason = match slot {
+                    Slot::Index(_) => ShutdownReason::ScaledDown,
+                    Slot::Node(_) => match svc.mode {
+                        Mode::Global => ShutdownReason::NotEligible,
+                        Mode::Replicated(_) => ShutdownReason::ScaledDown,
+                    },
+                };
+                // A global slot whose node is down within grace keeps its task for now.
+                let keep_in_grace = matches!((svc.mode, slot), (Mode::Global, Slot::Node(_)))
+                    && live.iter().all(|t| node_by_id.get(&t.node).is_some_and(|n| matches!(n.health, Health::Suspect | Health::Down { .. } | Health::Left { .. })) && gone_for(node_by_id.get(&t.node).copied(), now_ms, cfg).is_none());
+                if keep_in_grace {
+                    for t in live {
+                        add_load(&mut load, t.node, svc);
+                    }
+                    continue;
+                }
+                for t in live {
+                    out.push(Decision::Shutdown { task: t.id, reason });
+                }
+            }
+        }
+        for slot in wanted {
+            let live = slots.get(&slot).map(Vec::as_slice).unwrap_or(&[]);
+            let mut kept = false;
+            for t in live {
+                if let Some(reason) = gone_for(node_by_id.get(&t.node).copied(), now_ms, cfg) {
+                    out.push(Decision::Shutdown { task: t.id, reason });
+                } else if kept {
+                    out.push(Decision::Shutdown { task: t.id, reason: ShutdownReason::Duplicate });
+                } else {
+                    kept = true;
+                    add_load(&mut load, t.node, svc);
+                }
+            }
+            if !kept {
+                missing.push((svc, slot));
+            }
+        }
+    }
+
+    // Second pass: place every missing slot.
+    let mut eligible_cache: BTreeMap<&str, Vec<(NodeId, Option<Reject>)>> = BTreeMap::new();
+    for (svc, slot) in missing {
+        let statics = eligible_cache
+            .entry(svc.name.as_str())
+            .or_insert_with(|| nodes.iter().map(|n| (n.id, static_reject(n, svc))).collect());
+        let mut best: Option<((u64, u64, NodeId), NodeId)> = None;
+        let mut rejects: BTreeMap<Reject, u64> = BTreeMap::new();
+        for (id, reject) in statics.iter() {
+            let candidate_ok = match slot {
+                Slot::Node(target) => *id == target,
+                Slot::Index(_) => true,
+            };
+            if !candidate_ok {
+                continue;
+            }
+            if let Some(r) = reject {
+                *rejects.entry(r.clone()).or_insert(0) += 1;
+                continue;
+            }
+            let (Some(l), Some(n)) = (load.get(id), node_by_id.get(id)) else { continue };
+            if l.cpu_millis + svc.reserve_cpu_millis > n.cpu_millis && svc.reserve_cpu_millis > 0 {
+                *rejects.entry(Reject::Cpu).or_insert(0) += 1;
+                continue;
+            }
+            if l.memory_bytes + svc.reserve_memory_bytes > n.memory_bytes && svc.reserve_memory_bytes > 0 {
+                *rejects.entry(Reject::Memory).or_insert(0) += 1;
+                continue;
+            }
+            let key = (l.per_service.get(&svc.name).copied().unwrap_or(0), l.tasks, *id);
+            if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                best = Some((key, *id));
+            }
+        }
+        match best {
+            Some((_, node)) => {
+                add_load(&mut load, node, svc);
+                out.push(Decision::Place { service: svc.name.clone(), slot, node });
+            }
+            None => {
+                let considered = match slot {
+                    Slot::Node(_) => 1,
+                    Slot::Index(_) => nodes.len(),
+                };
+                let detail: Vec<String> = rejects.iter().map(|(r, n)| format!("{n} {}", r.describe())).collect();
+                let reason = if considered == 0 {
+                    "no nodes in the cluster".to_string()
+                } else {
+                    format!("no suitable node (0/{considered}): {}", detail.join(", "))
+                };
+                out.push(Decision::Pending { service: svc.name.clone(), slot, reason });
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,270 @@
+//! Scheduler rules as stories: apply each pass's decisions to a small in-memory state and
+//! check what users are promised (spread, constraints, reservations, drain, pending reasons,
+//! rescheduling after the grace period, never one slot twice), up to 1,000 nodes × 10,000 tasks.
+
+use shoal_cluster::constraint::Constraint;
+use shoal_cluster::scheduler::*;
+use shoal_wire::NodeId;
+use std::collections::{BTreeMap, BTreeSet};
+
+const GB: u64 = 1 << 30;
+
+fn nid(i: usize) -> NodeId {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+    NodeId(b)
+}
+
+fn node(i: usize) -> NodeView {
+    NodeView {
+        id: nid(i),
+        hostname: format!("pi{i}"),
+        arch: if i % 2 == 0 { "aarch64".into() } else { "x86_64".into() },
+        labels: BTreeMap::from([("zone".to_string(), if i % 3 == 0 { "attic".into() } else { "cellar".into() })]),
+        health: Health::Alive,
+        availability: Availability::Active,
+        engine_ok: true,
+        cpu_millis: 4000,
+        memory_bytes: 8 * GB,
+    }
+}
+
+fn service(name: &str, replicas: u32) -> ServiceView {
+    ServiceView { name: name.into(), mode: Mode::Replicated(replicas), constraints: vec![], reserve_cpu_millis: 0, reserve_memory_bytes: 0 }
+}
+
+/// The cluster state the leader would hold, and a way to apply decisions to it.
+#[derive(Default)]
+struct World {
+    nodes: Vec<NodeView>,
+    services: Vec<ServiceView>,
+    tasks: BTreeMap<TaskId, TaskView>,
+    next_id: TaskId,
+    pending: Vec<(String, Slot, String)>,
+    now_ms: u64,
+}
+
+impl World {
+    fn with_nodes(n: usize) -> Self {
+        Self { nodes: (0..n).map(node).collect(), ..Default::default() }
+    }
+
+    /// One pass; returns the decisions after applying them.
+    fn pass(&mut self) -> Vec<Decision> {
+        let tasks: Vec<TaskView> = self.tasks.values().cloned().collect();
+        let decisions = schedule(&SchedulerConfig::default(), self.now_ms, &self.nodes, &self.services, &tasks);
+        self.pending.clear();
+        for d in &decisions {
+            match d {
+                Decision::Place { service, slot, node } => {
+                    self.next_id += 1;
+                    self.tasks.insert(self.next_id, TaskView { id: self.next_id, service: service.clone(), slot: *slot, node: *node });
+                }
+                Decision::Shutdown { task, .. } => {
+                    self.tasks.remove(task);
+                }
+                Decision::Pending { service, slot, reason } => self.pending.push((service.clone(), *slot, reason.clone())),
+            }
+        }
+        decisions
+    }
+
+    /// Passes until nothing changes; asserts it converges and stays converged.
+    fn converge(&mut self) {
+        for _ in 0..10 {
+            let d = self.pass();
+            if d.iter().all(|d| matches!(d, Decision::Pending { .. })) {
+                let again = self.pass();
+                assert!(again.iter().all(|d| matches!(d, Decision::Pending { .. })), "not idempotent: {again:?}");
+                self.assert_no_slot_twice();
+                return;
+            }
+        }
+        panic!("did not converge in 10 passes");
+    }
+
+    fn per_node(&self, svc: &str) -> BTreeMap<NodeId, usize> {
+        let mut m = BTreeMap::new();
+        for t in self.tasks.values().filter(|t| t.service == svc) {
+            *m.entry(t.node).or_insert(0) += 1;
+        }
+        m
+    }
+
+    fn assert_no_slot_twice(&self) {
+        let mut seen = BTreeSet::new();
+        for t in self.tasks.values() {
+            assert!(seen.insert((t.service.clone(), t.slot)), "slot {:?} of {} runs twice", t.slot, t.service);
+        }
+    }
+}
+
+#[test]
+fn six_replicas_spread_two_per_node_on_three_nodes() {
+    let mut w = World::with_nodes(3);
+    w.services.push(service("web", 6));
+    w.converge();
+    assert_eq!(w.per_node("web").values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+    // Scale to 3: the highest slots go, one per node remains.
+    w.services[0].mode = Mode::Replicated(3);
+    w.converge();
+    assert_eq!(w.per_node("web").values().copied().collect::<Vec<_>>(), vec![1, 1, 1]);
+    let slots: BTreeSet<Slot> = w.tasks.values().map(|t| t.slot).collect();
+    assert_eq!(slots, BTreeSet::from([Slot::Index(1), Slot::Index(2), Slot::Index(3)]));
+}
+
+#[test]
+fn spread_breaks_ties_by_total_load() {
+    let mut w = World::with_nodes(3);
+    w.services.push(service("db", 2));
+    w.converge();
+    w.services.push(service("web", 1));
+    w.converge();
+    let db_nodes: BTreeSet<NodeId> = w.per_node("db").keys().copied().collect();
+    let web_node = *w.per_node("web").keys().next().expect("placed");
+    assert!(!db_nodes.contains(&web_node), "web should land on the empty node");
+}
+
+#[test]
+fn constraints_are_respected_and_unmet_ones_pend_with_reason() {
+    let mut w = World::with_nodes(6);
+    let mut s = service("attic-only", 4);
+    s.constraints = vec![Constraint::parse("node.labels.zone==attic").expect("c")];
+    w.services.push(s);
+    let mut arm = service("arm", 3);
+    arm.constraints = vec![Constraint::parse("node.arch==aarch64").expect("c"), Constraint::parse("node.hostname!=pi0").expect("c")];
+    w.services.push(arm);
+    let mut none = service("nowhere", 1);
+    none.constraints = vec![Constraint::parse("node.labels.zone==garage").expect("c")];
+    w.services.push(none);
+    w.converge();
+    for t in w.tasks.values().filter(|t| t.service == "attic-only") {
+        let i = w.nodes.iter().position(|n| n.id == t.node).expect("node");
+        assert_eq!(i % 3, 0);
+    }
+    for t in w.tasks.values().filter(|t| t.service == "arm") {
+        let n = w.nodes.iter().find(|n| n.id == t.node).expect("node");
+        assert_eq!(n.arch, "aarch64");
+        assert_ne!(n.hostname, "pi0");
+    }
+    assert_eq!(w.per_node("nowhere").len(), 0);
+    let (_, _, reason) = w.pending.iter().find(|p| p.0 == "nowhere").expect("pending");
+    assert!(reason.contains("constraint node.labels.zone==garage not met"), "{reason}");
+    assert!(reason.contains("0/6"), "{reason}");
+}
+
+#[test]
+fn reservations_limit_what_fits() {
+    let mut w = World::with_nodes(2);
+    let mut s = service("big", 5);
+    s.reserve_memory_bytes = 3 * GB; // two fit on an 8 GB node
+    w.services.push(s);
+    w.converge();
+    assert_eq!(w.tasks.len(), 4);
+    assert_eq!(w.pending.len(), 1);
+    assert!(w.pending[0].2.contains("2 insufficient memory"), "{}", w.pending[0].2);
+    let mut c = service("cpu", 1);
+    c.reserve_cpu_millis = 5000;
+    w.services.push(c);
+    w.converge();
+    assert!(w.pending.iter().any(|p| p.0 == "cpu" && p.2.contains("insufficient CPU")));
+}
+
+#[test]
+fn drained_down_and_engineless_nodes_get_nothing_and_drain_moves_tasks() {
+    let mut w = World::with_nodes(4);
+    w.nodes[1].health = Health::Down { since_ms: 0 };
+    w.nodes[2].engine_ok = false;
+    w.services.push(service("web", 4));
+    w.converge();
+    assert_eq!(w.per_node("web").keys().copied().collect::<Vec<_>>().len(), 2);
+    assert!(!w.per_node("web").contains_key(&nid(1)));
+    assert!(!w.per_node("web").contains_key(&nid(2)));
+    w.nodes[0].availability = Availability::Drain;
+    w.converge();
+    assert_eq!(w.per_node("web").keys().copied().collect::<Vec<_>>(), vec![nid(3)]);
+    assert_eq!(w.tasks.len(), 4);
+}
+
+#[test]
+fn down_node_keeps_its_tasks_during_grace_then_they_move_once() {
+    let mut w = World::with_nodes(3);
+    w.services.push(service("web", 6));
+    w.converge();
+    let before = w.per_node("web");
+    w.now_ms = 100_000;
+    w.nodes[2].health = Health::Down { since_ms: 99_000 };
+    w.converge();
+    assert_eq!(w.per_node("web"), before, "moved within the grace period");
+    w.now_ms = 99_000 + SchedulerConfig::default().down_grace_ms;
+    w.converge();
+    assert!(!w.per_node("web").contains_key(&nid(2)));
+    assert_eq!(w.tasks.len(), 6);
+    assert_eq!(w.per_node("web").values().copied().collect::<Vec<_>>(), vec![3, 3]);
+    // The node comes back: nothing moves back and nothing runs twice.
+    w.nodes[2].health = Health::Alive;
+    w.converge();
+    assert_eq!(w.tasks.len(), 6);
+}
+
+#[test]
+fn removing_a_service_shuts_all_its_tasks_down() {
+    let mut w = World::with_nodes(3);
+    w.services.push(service("web", 3));
+    w.services.push(service("db", 1));
+    w.converge();
+    w.services.retain(|s| s.name != "web");
+    let d = w.pass();
+    assert_eq!(d.iter().filter(|d| matches!(d, Decision::Shutdown { reason: ShutdownReason::ServiceRemoved, .. })).count(), 3);
+    assert_eq!(w.tasks.len(), 1);
+}
+
+#[test]
+fn global_service_runs_once_per_eligible_node() {
+    let mut w = World::with_nodes(5);
+    w.nodes[4].availability = Availability::Drain;
+    let mut g = service("agent", 0);
+    g.mode = Mode::Global;
+    g.constraints = vec![Constraint::parse("node.hostname!=pi0").expect("c")];
+    w.services.push(g);
+    w.converge();
+    assert_eq!(w.per_node("agent").keys().copied().collect::<Vec<_>>(), vec![nid(1), nid(2), nid(3)]);
+    w.nodes.push(node(5));
+    w.converge();
+    assert_eq!(w.per_node("agent").len(), 4);
+}
+
+#[test]
+fn duplicate_live_tasks_of_one_slot_are_reduced_to_one() {
+    let mut w = World::with_nodes(2);
+    w.services.push(service("web", 1));
+    w.tasks.insert(1, TaskView { id: 1, service: "web".into(), slot: Slot::Index(1), node: nid(0) });
+    w.tasks.insert(2, TaskView { id: 2, service: "web".into(), slot: Slot::Index(1), node: nid(1) });
+    w.next_id = 2;
+    w.converge();
+    assert_eq!(w.tasks.keys().copied().collect::<Vec<_>>(), vec![1]);
+}
+
+#[test]
+fn thousand_nodes_ten_thousand_tasks_spread_evenly_and_reschedule_without_doubles() {
+    let mut w = World::with_nodes(1000);
+    for s in 0..100 {
+        w.services.push(service(&format!("svc{s}"), 100));
+    }
+    w.converge();
+    assert_eq!(w.tasks.len(), 10_000);
+    let mut per_node: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for t in w.tasks.values() {
+        *per_node.entry(t.node).or_insert(0) += 1;
+    }
+    assert_eq!(per_node.len(), 1000);
+    assert!(per_node.values().all(|&c| c == 10), "uneven: {:?}", per_node.values().collect::<BTreeSet<_>>());
+    // Ten nodes die; after the grace period their 100 tasks move, none twice.
+    for i in 0..10 {
+        w.nodes[i].health = Health::Down { since_ms: 0 };
+    }
+    w.now_ms = SchedulerConfig::default().down_grace_ms;
+    w.converge();
+    assert_eq!(w.tasks.len(), 10_000);
+    assert!(w.tasks.values().all(|t| w.nodes.iter().position(|n| n.id == t.node).is_some_and(|i| i >= 10)));
+}
