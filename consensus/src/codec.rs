@@ -1,0 +1,156 @@
+//! Encoding of everything consensus persists or ships, through the project's one codec
+//! (`shoal_wire`), each kind with a named size limit that also bounds decoder allocations.
+
+use std::io;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::state::ClusterState;
+use crate::state::Command;
+use crate::types::SnapshotMeta;
+
+/// Largest encoded [`Command`]. A leader must refuse to propose anything larger.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// Largest encoded log entry: a command plus its log id, or a membership config (hundreds
+/// of nodes fit easily).
+pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+/// Largest encoded vote, log id, or snapshot metadata (which carries a membership config).
+pub const MAX_META_BYTES: usize = 1024 * 1024;
+/// Largest encoded snapshot of the cluster state.
+pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
+/// Largest stored snapshot record (metadata plus data).
+pub const MAX_STORED_SNAPSHOT_BYTES: usize = MAX_SNAPSHOT_BYTES + MAX_META_BYTES;
+/// Largest Raft RPC message (request or response) a peer may send: a full snapshot with its
+/// vote and metadata. An AppendEntries batch must also fit, so the Raft network must keep
+/// openraft's `max_payload_entries` × [`MAX_COMMAND_BYTES`] below this.
+pub const MAX_RPC_BYTES: usize = MAX_STORED_SNAPSHOT_BYTES + MAX_META_BYTES;
+
+/// Version of the snapshot layout ([`SnapshotEnvelope`]); bump it when [`ClusterState`]
+/// changes shape, and keep decoding old versions.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+/// Why consensus data could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error(transparent)]
+    Encode(#[from] shoal_wire::EncodeError),
+    #[error(transparent)]
+    Decode(#[from] shoal_wire::DecodeError),
+    #[error("snapshot format {0} is not supported (this build reads {SNAPSHOT_FORMAT})")]
+    SnapshotFormat(u32),
+}
+
+impl From<CodecError> for io::Error {
+    fn from(e: CodecError) -> Self {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+}
+
+/// Encodes `value` with a limit of `LIMIT` bytes.
+pub fn encode<T: Serialize, const LIMIT: usize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    Ok(shoal_wire::encode::<T, LIMIT>(value)?)
+}
+
+/// Decodes exactly one `T` from at most `LIMIT` bytes.
+pub fn decode<T: DeserializeOwned, const LIMIT: usize>(bytes: &[u8]) -> Result<T, CodecError> {
+    Ok(shoal_wire::decode::<T, LIMIT>(bytes)?)
+}
+
+/// Encodes a command as a client would send it to the leader.
+pub fn encode_command(cmd: &Command) -> Result<Vec<u8>, CodecError> {
+    encode::<_, MAX_COMMAND_BYTES>(cmd)
+}
+
+/// Decodes a command received from a client.
+pub fn decode_command(bytes: &[u8]) -> Result<Command, CodecError> {
+    decode::<_, MAX_COMMAND_BYTES>(bytes)
+}
+
+/// The snapshot payload: a format version, then the state.
+#[derive(Serialize, Deserialize)]
+struct SnapshotEnvelope {
+    format: u32,
+    state: ClusterState,
+}
+
+/// Encodes the state as snapshot data.
+pub fn encode_snapshot(state: &ClusterState) -> Result<Vec<u8>, CodecError> {
+    // Same encoding as `SnapshotEnvelope`, without cloning the state.
+    #[derive(Serialize)]
+    struct Ref<'a> {
+        format: u32,
+        state: &'a ClusterState,
+    }
+    encode::<_, MAX_SNAPSHOT_BYTES>(&Ref {
+        format: SNAPSHOT_FORMAT,
+        state,
+    })
+}
+
+/// Decodes snapshot data into a state.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<ClusterState, CodecError> {
+    let envelope: SnapshotEnvelope = decode::<_, MAX_SNAPSHOT_BYTES>(bytes)?;
+    if envelope.format != SNAPSHOT_FORMAT {
+        return Err(CodecError::SnapshotFormat(envelope.format));
+    }
+    Ok(envelope.state)
+}
+
+/// A snapshot as stores keep it: metadata and data.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredSnapshot {
+    /// Last included log id and membership.
+    pub meta: SnapshotMeta,
+    /// [`encode_snapshot`] output.
+    pub data: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use shoal_wire::NodeId;
+
+    use super::*;
+    use crate::state::NodeRecord;
+
+    #[test]
+    fn command_round_trip_and_limit() {
+        let cmd = Command::RegisterNode {
+            id: NodeId([7; 16]),
+            record: NodeRecord {
+                name: "pi-1".into(),
+                addr: "10.0.0.1:7481".parse().expect("addr"),
+                labels: BTreeMap::new(),
+            },
+        };
+        let bytes = encode_command(&cmd).expect("encode");
+        assert_eq!(decode_command(&bytes).expect("decode"), cmd);
+        assert!(decode_command(&bytes[..bytes.len() - 1]).is_err());
+        let huge = Command::SetCa(crate::state::CaRecord {
+            cert_pem: "x".repeat(MAX_COMMAND_BYTES),
+            sealed_key: vec![],
+        });
+        assert!(
+            encode_command(&huge).is_err(),
+            "over-limit commands cannot be encoded"
+        );
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_version_check() {
+        let mut state = ClusterState::default();
+        state.revoked.insert(NodeId([3; 16]));
+        let bytes = encode_snapshot(&state).expect("encode");
+        assert_eq!(decode_snapshot(&bytes).expect("decode"), state);
+        let future = encode::<_, MAX_SNAPSHOT_BYTES>(&SnapshotEnvelope { format: 99, state })
+            .expect("encode");
+        assert!(matches!(
+            decode_snapshot(&future),
+            Err(CodecError::SnapshotFormat(99))
+        ));
+        assert!(decode_snapshot(&[0xff; 7]).is_err());
+    }
+}
