@@ -5,3 +5,5 @@
 
 pub mod constraint;
 pub mod scheduler;
+pub mod autopilot;
+pub mod bootstrap;
