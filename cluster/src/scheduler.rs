@@ -144,7 +144,6 @@ enum Reject {
     Constraint(String),
     Cpu,
     Memory,
-    HasGlobalTask,
 }
 
 impl Reject {
@@ -156,7 +155,6 @@ impl Reject {
             Reject::Constraint(c) => format!("constraint {c} not met"),
             Reject::Cpu => "insufficient CPU".into(),
             Reject::Memory => "insufficient memory".into(),
-            Reject::HasGlobalTask => "already runs this global service".into(),
         }
     }
 }

@@ -19,8 +19,8 @@ fn node(i: usize) -> NodeView {
     NodeView {
         id: nid(i),
         hostname: format!("pi{i}"),
-        arch: if i % 2 == 0 { "aarch64".into() } else { "x86_64".into() },
-        labels: BTreeMap::from([("zone".to_string(), if i % 3 == 0 { "attic".into() } else { "cellar".into() })]),
+        arch: if i.is_multiple_of(2) { "aarch64".into() } else { "x86_64".into() },
+        labels: BTreeMap::from([("zone".to_string(), if i.is_multiple_of(3) { "attic".into() } else { "cellar".into() })]),
         health: Health::Alive,
         availability: Availability::Active,
         engine_ok: true,
