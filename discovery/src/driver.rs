@@ -124,7 +124,16 @@ async fn run<R, D, C, P>(
     // One byte more than the largest valid datagram, so oversized ones are seen as such.
     let mut buf = vec![0u8; MAX_SEALED_LEN + 1];
     let mut peers_open = true;
+    // Set while a leave waits for acknowledgements; answered once the core is done.
+    let mut leave_reply: Option<oneshot::Sender<()>> = None;
     loop {
+        if leave_reply.is_some() && core.leave_done() {
+            tracing::info!("left the cluster");
+            if let Some(reply) = leave_reply.take() {
+                let _ = reply.send(());
+            }
+            return;
+        }
         let next_deadline = d.timers.keys().next().map(|(at, _)| *at);
         let sleep = async {
             match next_deadline {
@@ -134,7 +143,7 @@ async fn run<R, D, C, P>(
         };
         tokio::select! {
             biased;
-            cmd = commands.recv() => {
+            cmd = commands.recv(), if leave_reply.is_none() => {
                 let Some(cmd) = cmd else { return };
                 match cmd {
                     Command::Members(reply) => { let _ = reply.send(core.members()); }
@@ -142,9 +151,7 @@ async fn run<R, D, C, P>(
                     Command::Leave(reply) => {
                         let effects = core.leave(d.clock.now_ms());
                         d.apply(effects).await;
-                        tracing::info!("left the cluster");
-                        let _ = reply.send(());
-                        return;
+                        leave_reply = Some(reply);
                     }
                 }
             }

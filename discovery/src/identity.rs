@@ -60,6 +60,8 @@ pub struct NodeFacts {
     pub gossip_addr: SocketAddr,
     pub labels: BTreeMap<String, String>,
     pub version: String,
+    /// The node left on purpose (set in its last facts before it goes).
+    pub left: bool,
 }
 
 /// Why facts (from a flag or from a peer) are not acceptable.
@@ -183,6 +185,7 @@ mod tests {
             gossip_addr: "10.0.0.1:7480".parse().expect("addr"),
             labels: BTreeMap::new(),
             version: "0.1.0".into(),
+            left: false,
         };
         let bytes = f.encode().expect("encode");
         assert_eq!(NodeFacts::decode(&bytes).expect("decode"), f);

@@ -9,12 +9,15 @@
 //! - peers come from discovery hints (mDNS or `--join` seeds); an unconnected hint is greeted
 //!   with a sealed `Hello` every `hello_interval_ms`, so partitions heal by themselves;
 //! - hints of another cluster id are ignored and counted;
-//! - a node leaving on purpose sends `Leave` to everyone, who mark it `left` at once;
+//! - a node leaving on purpose sends `Leave` to everyone (repeated until acknowledged, a few
+//!   times at most) and gossips facts saying it left, so others mark it `left`, not `down`;
+//! - a `Hello` is always answered with an announce, even from a member we think is active:
+//!   the greeter evidently does not see us (typically after our automatic rejoin);
 //! - node facts travel as foca custom broadcasts and are pulled directly when missing.
 
 use crate::codec::{store_if_newer, FactsHandler, FactsTable, WireCodec};
 use crate::identity::{NodeFacts, ShoalId};
-use crate::seal::{OpenError, Sealer, MAX_PLAINTEXT_LEN};
+use crate::seal::{Addressee, OpenError, Sealer, ANYONE, MAX_PLAINTEXT_LEN};
 use crate::secret::ClusterId;
 use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification, State, Timer};
 use rand::{Rng, SeedableRng};
@@ -129,6 +132,8 @@ pub struct GossipStats {
     pub dropped_replayed: u64,
     pub dropped_clock_skew: u64,
     pub dropped_malformed: u64,
+    /// Authentic, but sealed for another node (a replay of someone else's traffic).
+    pub dropped_misdirected: u64,
     pub foca_rejected: u64,
     pub foreign_cluster_hints: u64,
 }
@@ -138,7 +143,13 @@ pub struct GossipStats {
 pub enum MemberTimer {
     Foca(Timer<ShoalId>),
     Tick,
+    /// Resend `Leave` to members that have not acknowledged it.
+    LeaveRetry,
 }
+
+/// How often, and how many times, a leaving node repeats unacknowledged `Leave`s.
+pub const LEAVE_RETRY_MS: u64 = 200;
+pub const LEAVE_ATTEMPTS: u32 = 5;
 
 /// What the driver must do after a call into the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +165,7 @@ enum Envelope {
     Foca(Vec<u8>),
     Hello(ShoalId),
     Leave(ShoalId),
+    LeaveAck(NodeId),
     FactsPull(ShoalId),
     Facts(NodeFacts),
     /// "I have suspected you at this incarnation for a long time": asks the member to refute.
@@ -161,7 +173,16 @@ enum Envelope {
     /// identity renewal or disconnect resets foca's timer token) and whose gossip never
     /// reached the suspect stays `Suspect` forever. Refuting bumps the suspect's incarnation,
     /// which clears the suspicion everywhere.
-    Suspected(ShoalId, u16),
+    /// `from` suspects `about` at `incarnation`. If `about` is an older generation of the
+    /// receiver, the receiver announces itself to `from` instead.
+    Suspected { from: ShoalId, about: ShoalId, incarnation: u16 },
+}
+
+/// A leave in progress.
+struct Leaving {
+    /// Members that have not acknowledged our `Leave`.
+    pending: BTreeMap<NodeId, SocketAddr>,
+    attempts: u32,
 }
 
 struct Record {
@@ -195,7 +216,9 @@ pub struct Membership<R: Rng + SeedableRng> {
     own_facts: NodeFacts,
     records: BTreeMap<NodeId, Record>,
     hints: BTreeMap<SocketAddr, Hint>,
-    leaving: bool,
+    leaving: Option<Leaving>,
+    /// foca is connected to the cluster (false after an automatic rejoin until data flows).
+    connected: bool,
     started_ms: u64,
     stats: GossipStats,
 }
@@ -232,7 +255,8 @@ impl<R: Rng + SeedableRng> Membership<R> {
             own_facts,
             records: BTreeMap::new(),
             hints: BTreeMap::new(),
-            leaving: false,
+            leaving: None,
+            connected: false,
             started_ms: 0,
             stats: GossipStats::default(),
         }
@@ -306,7 +330,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
         let mut out = Vec::new();
         self.stats.packets_in += 1;
         self.stats.bytes_in += packet.len() as u64;
-        let plaintext = match self.sealer.open(now_ms, packet) {
+        let (plaintext, addressee) = match self.sealer.open(now_ms, &self.own_facts.node.0, packet) {
             Ok(p) => p,
             Err(e) => {
                 match e {
@@ -329,7 +353,14 @@ impl<R: Rng + SeedableRng> Membership<R> {
                 return out;
             }
         };
-        if self.leaving {
+        if !matches!(envelope, Envelope::Hello(_)) && addressee == Addressee::Anyone {
+            self.stats.dropped_misdirected += 1;
+            return out;
+        }
+        if let Some(leaving) = self.leaving.as_mut() {
+            if let Envelope::LeaveAck(node) = envelope {
+                leaving.pending.remove(&node);
+            }
             return out;
         }
         match envelope {
@@ -340,23 +371,35 @@ impl<R: Rng + SeedableRng> Membership<R> {
                 }
             }
             Envelope::Hello(peer) => {
-                if peer.node != self.own_facts.node && !self.is_active_identity(&peer) {
+                if peer.node != self.own_facts.node {
                     if let Err(e) = self.foca.announce(peer, &mut self.rt) {
                         tracing::debug!(error = %e, "announce failed");
                     }
                 }
             }
-            Envelope::Leave(peer) => self.handle_leave(peer),
-            Envelope::FactsPull(peer) => {
+            Envelope::Leave(peer) => {
                 if peer.node != self.own_facts.node {
-                    self.send(now_ms, peer.addr, &Envelope::Facts(self.own_facts.clone()), &mut out);
+                    let (addr, node) = (peer.addr, peer.node);
+                    self.handle_leave(peer);
+                    self.send(now_ms, addr, Some(node), &Envelope::LeaveAck(self.own_facts.node), &mut out);
                 }
             }
-            Envelope::Suspected(id, incarnation) => {
-                if id == *self.identity() {
-                    let update = Member::new(id, incarnation, State::Suspect);
+            Envelope::LeaveAck(_) => {}
+            Envelope::FactsPull(peer) => {
+                if peer.node != self.own_facts.node {
+                    self.send(now_ms, peer.addr, Some(peer.node), &Envelope::Facts(self.own_facts.clone()), &mut out);
+                }
+            }
+            Envelope::Suspected { from, about, incarnation } => {
+                if about == *self.identity() {
+                    let update = Member::new(about, incarnation, State::Suspect);
                     if let Err(e) = self.foca.apply_many(std::iter::once(update), true, &mut self.rt) {
                         tracing::debug!(error = %e, "could not refute suspicion");
+                    }
+                } else if about.node == self.own_facts.node && from.node != self.own_facts.node {
+                    // They suspect an older generation of us: tell them who we are now.
+                    if let Err(e) = self.foca.announce(from, &mut self.rt) {
+                        tracing::debug!(error = %e, "announce failed");
                     }
                 }
             }
@@ -377,7 +420,10 @@ impl<R: Rng + SeedableRng> Membership<R> {
     /// A timer the driver scheduled has fired.
     pub fn handle_timer(&mut self, now_ms: u64, timer: MemberTimer) -> Vec<Effect> {
         let mut out = Vec::new();
-        if self.leaving {
+        if self.leaving.is_some() {
+            if timer == MemberTimer::LeaveRetry {
+                self.retry_leave(now_ms, &mut out);
+            }
             return out;
         }
         match timer {
@@ -396,30 +442,58 @@ impl<R: Rng + SeedableRng> Membership<R> {
                     timer: MemberTimer::Tick,
                 });
             }
+            MemberTimer::LeaveRetry => {}
         }
         self.drain(now_ms, &mut out);
         out
     }
 
-    /// Leave on purpose: tell every member directly, then let foca gossip our departure.
-    /// After this the core ignores all input.
+    /// Leave on purpose: gossip facts saying we left, tell every member directly (repeating
+    /// to those that do not acknowledge, see [`Self::leave_done`]), then let foca gossip our
+    /// departure. After this the core only handles acknowledgements and its retry timer.
     pub fn leave(&mut self, now_ms: u64) -> Vec<Effect> {
         let mut out = Vec::new();
-        if self.leaving {
+        if self.leaving.is_some() {
             return out;
         }
-        let me = self.identity().clone();
-        let targets: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
-        for addr in targets {
-            self.send(now_ms, addr, &Envelope::Leave(me.clone()), &mut out);
+        self.own_facts.left = true;
+        self.own_facts.seq += 1;
+        store_if_newer(&self.facts, self.own_facts.clone());
+        if let Ok(bytes) = self.own_facts.encode() {
+            if let Err(e) = self.foca.add_broadcast(&bytes) {
+                tracing::debug!(error = %e, "could not queue leave facts");
+            }
         }
-        self.leaving = true;
+        let pending: BTreeMap<NodeId, SocketAddr> = self.foca.iter_members().map(|m| (m.id().node, m.id().addr)).collect();
+        self.leaving = Some(Leaving { pending, attempts: 0 });
+        self.retry_leave(now_ms, &mut out);
         if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
             tracing::debug!(error = %e, "foca leave failed");
         }
         self.drain(now_ms, &mut out);
-        out.retain(|e| !matches!(e, Effect::Schedule { .. }));
+        out.retain(|e| !matches!(e, Effect::Schedule { timer: MemberTimer::Foca(_) | MemberTimer::Tick, .. }));
         out
+    }
+
+    /// The leave is over: every member acknowledged it, or the attempts ran out.
+    pub fn leave_done(&self) -> bool {
+        self.leaving.as_ref().is_some_and(|l| l.pending.is_empty() || l.attempts >= LEAVE_ATTEMPTS)
+    }
+
+    fn retry_leave(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
+        if self.leave_done() {
+            return;
+        }
+        let me = self.identity().clone();
+        let Some(leaving) = self.leaving.as_mut() else { return };
+        leaving.attempts += 1;
+        let targets: Vec<(NodeId, SocketAddr)> = leaving.pending.iter().map(|(n, a)| (*n, *a)).collect();
+        for (node, addr) in targets {
+            self.send(now_ms, addr, Some(node), &Envelope::Leave(me.clone()), out);
+        }
+        if !self.leave_done() {
+            out.push(Effect::Schedule { after: Duration::from_millis(LEAVE_RETRY_MS), timer: MemberTimer::LeaveRetry });
+        }
     }
 
     /// Every member known here, ourselves included, ordered by node id.
@@ -439,7 +513,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
                 is_self,
             }
         };
-        let own_state = if self.leaving { MemberState::Left } else { MemberState::Alive };
+        let own_state = if self.leaving.is_some() { MemberState::Left } else { MemberState::Alive };
         let mut out: Vec<MemberView> = self
             .records
             .values()
@@ -450,16 +524,12 @@ impl<R: Rng + SeedableRng> Membership<R> {
         out
     }
 
-    fn is_active_identity(&self, id: &ShoalId) -> bool {
-        self.foca.iter_members().any(|m| m.id() == id)
-    }
-
     fn handle_leave(&mut self, peer: ShoalId) {
         let Some(record) = self.records.get_mut(&peer.node) else { return };
         if record.id.bump > peer.bump {
             return; // a stale leave of an older generation
         }
-        record.left = !self.cfg.planted_bug;
+        record.left = true;
         record.id = peer.clone();
         let update = Member::new(peer, 0, State::Down);
         if let Err(e) = self.foca.apply_many(std::iter::once(update), true, &mut self.rt) {
@@ -467,7 +537,8 @@ impl<R: Rng + SeedableRng> Membership<R> {
         }
     }
 
-    fn send(&mut self, now_ms: u64, to: SocketAddr, envelope: &Envelope, out: &mut Vec<Effect>) {
+    /// Seals `envelope` for node `dst` (or for anyone, when its id is not known) at `to`.
+    fn send(&mut self, now_ms: u64, to: SocketAddr, dst: Option<NodeId>, envelope: &Envelope, out: &mut Vec<Effect>) {
         let plaintext = match shoal_wire::encode::<_, MAX_PLAINTEXT_LEN>(envelope) {
             Ok(p) => p,
             Err(e) => {
@@ -475,7 +546,8 @@ impl<R: Rng + SeedableRng> Membership<R> {
                 return;
             }
         };
-        match self.sealer.seal(now_ms, &mut self.rng, &plaintext) {
+        let dst = dst.map(|n| n.0).unwrap_or(ANYONE);
+        match self.sealer.seal(now_ms, &mut self.rng, &dst, &plaintext) {
             Ok(packet) => {
                 self.stats.packets_out += 1;
                 self.stats.bytes_out += packet.len() as u64;
@@ -489,7 +561,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
         let me = self.identity().clone();
         let mut due = Vec::new();
         for (addr, hint) in &self.hints {
-            let connected = hint.node.is_some_and(|n| {
+            let connected = self.connected && hint.node.is_some_and(|n| {
                 self.records.get(&n).is_some_and(|r| matches!(r.state, MemberState::Alive | MemberState::Suspect))
             });
             let waited = hint.last_hello_ms.is_none_or(|t| now_ms.saturating_sub(t) >= self.cfg.hello_interval_ms);
@@ -501,7 +573,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
             if let Some(h) = self.hints.get_mut(&addr) {
                 h.last_hello_ms = Some(now_ms);
             }
-            self.send(now_ms, addr, &Envelope::Hello(me.clone()), out);
+            self.send(now_ms, addr, None, &Envelope::Hello(me.clone()), out);
         }
     }
 
@@ -511,7 +583,8 @@ impl<R: Rng + SeedableRng> Membership<R> {
         {
             let facts = self.facts.lock().unwrap_or_else(|p| p.into_inner());
             for (node, r) in &self.records {
-                let missing = !facts.contains_key(node);
+                // Missing, or saying it left while the member is active again (stale).
+                let missing = facts.get(node).is_none_or(|f| f.left);
                 let active = matches!(r.state, MemberState::Alive | MemberState::Suspect);
                 let waited = r.last_pull_ms.is_none_or(|t| now_ms.saturating_sub(t) >= self.cfg.facts_pull_interval_ms);
                 if missing && active && waited {
@@ -523,7 +596,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
             if let Some(r) = self.records.get_mut(&node) {
                 r.last_pull_ms = Some(now_ms);
             }
-            self.send(now_ms, addr, &Envelope::FactsPull(me.clone()), out);
+            self.send(now_ms, addr, Some(node), &Envelope::FactsPull(me.clone()), out);
         }
     }
 
@@ -542,8 +615,9 @@ impl<R: Rng + SeedableRng> Membership<R> {
                 r.last_nudge_ms = Some(now_ms);
             }
             tracing::debug!(node = %node.short(), "suspicion outlived its timer; asking the member to refute");
-            let to = id.addr;
-            self.send(now_ms, to, &Envelope::Suspected(id, incarnation), out);
+            let (to, node) = (id.addr, id.node);
+            let from = self.identity().clone();
+            self.send(now_ms, to, Some(node), &Envelope::Suspected { from, about: id, incarnation }, out);
         }
     }
 
@@ -582,22 +656,32 @@ impl<R: Rng + SeedableRng> Membership<R> {
     /// Turns what foca queued into effects, then reconciles the member table with foca.
     fn drain(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
         while let Some((to, data)) = self.rt.to_send() {
-            self.send(now_ms, to.addr, &Envelope::Foca(data.to_vec()), out);
+            self.send(now_ms, to.addr, Some(to.node), &Envelope::Foca(data.to_vec()), out);
         }
         while let Some((after, timer)) = self.rt.to_schedule() {
             out.push(Effect::Schedule { after, timer: MemberTimer::Foca(timer) });
         }
         while let Some(n) = self.rt.to_notify() {
             match n {
-                OwnedNotification::Defunct if self.leaving => {}
+                OwnedNotification::Defunct if self.leaving.is_some() => self.connected = false,
                 OwnedNotification::Defunct => {
-                    tracing::warn!("this node was declared down by the cluster; rejoining with a new generation")
+                    self.connected = false;
+                    tracing::warn!("this node was declared down by the cluster and cannot rejoin")
                 }
                 OwnedNotification::Rejoin(id) => {
-                    tracing::info!(incarnation = id.bump, "rejoined the cluster")
+                    // foca reset itself: until data flows again it probes nobody, so greet
+                    // every known peer (see `greet_due`).
+                    self.connected = false;
+                    tracing::warn!(incarnation = id.bump, "the cluster declared this node down; rejoining with a new generation")
                 }
-                OwnedNotification::Active => tracing::debug!("connected to the cluster"),
-                OwnedNotification::Idle => tracing::debug!("no other members known"),
+                OwnedNotification::Active => {
+                    self.connected = true;
+                    tracing::debug!("connected to the cluster")
+                }
+                OwnedNotification::Idle => {
+                    self.connected = false;
+                    tracing::debug!("no other members known")
+                }
                 _ => {}
             }
         }
@@ -625,7 +709,10 @@ impl<R: Rng + SeedableRng> Membership<R> {
                     continue;
                 }
             }
-            let left = record.is_some_and(|r| r.left && r.id == id);
+            let said_left = record.is_some_and(|r| r.left && r.id == id)
+                || self.facts.lock().unwrap_or_else(|p| p.into_inner()).get(&id.node).is_some_and(|f| f.left);
+            // The planted bug (simulator only) forgets every leave.
+            let left = said_left && !self.cfg.planted_bug;
             let state = match foca_state {
                 State::Alive => MemberState::Alive,
                 State::Suspect => MemberState::Suspect,

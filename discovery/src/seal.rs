@@ -3,7 +3,10 @@
 //! wall-clock time, and checked against a replay window.
 //!
 //! Layout: `version (1) | sent_at_ms (8, big endian) | nonce (24) | ciphertext+tag`.
-//! The version and timestamp are authenticated as associated data.
+//! The version, the timestamp and the destination node id (not transmitted: the receiver
+//! supplies its own) are authenticated as associated data, so a datagram captured on its way
+//! to one node is refused by every other. Datagrams to a peer whose id is not known yet
+//! (greetings to a `--join` seed) are sealed to [`ANYONE`].
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
@@ -45,6 +48,25 @@ pub enum OpenError {
     Forged,
 }
 
+/// The destination of a datagram sealed for whoever receives it.
+pub const ANYONE: [u8; 16] = [0; 16];
+
+/// To whom an opened datagram was sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressee {
+    /// To the node that opened it.
+    Me,
+    /// To [`ANYONE`]: only acceptable for messages that are harmless to replay.
+    Anyone,
+}
+
+fn aad(header: &[u8], dst: &[u8; 16]) -> [u8; 25] {
+    let mut a = [0u8; 25];
+    a[..9].copy_from_slice(&header[..9]);
+    a[9..].copy_from_slice(dst);
+    a
+}
+
 /// Why a datagram could not be sealed: a bug in the caller (payload too big).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("plaintext of {0} bytes does not fit in one datagram")]
@@ -74,7 +96,8 @@ impl Sealer {
         }
     }
 
-    pub fn seal(&self, now_ms: u64, rng: &mut impl Rng, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+    /// Seals `plaintext` for the node `dst` (or [`ANYONE`]).
+    pub fn seal(&self, now_ms: u64, rng: &mut impl Rng, dst: &[u8; 16], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         if plaintext.len() > MAX_PLAINTEXT_LEN {
             return Err(SealError(plaintext.len()));
         }
@@ -84,7 +107,7 @@ impl Sealer {
         out.push(SEAL_VERSION);
         out.extend_from_slice(&now_ms.to_be_bytes());
         out.extend_from_slice(&nonce);
-        let aad = out[..9].to_vec();
+        let aad = aad(&out, dst);
         let sealed = self
             .cipher
             .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
@@ -93,8 +116,9 @@ impl Sealer {
         Ok(out)
     }
 
-    /// Authenticates and decrypts; accepts each packet at most once.
-    pub fn open(&mut self, now_ms: u64, packet: &[u8]) -> Result<Vec<u8>, OpenError> {
+    /// Authenticates and decrypts a datagram received by node `me`; accepts each packet at
+    /// most once.
+    pub fn open(&mut self, now_ms: u64, me: &[u8; 16], packet: &[u8]) -> Result<(Vec<u8>, Addressee), OpenError> {
         if packet.len() > MAX_SEALED_LEN {
             return Err(OpenError::TooLarge);
         }
@@ -115,13 +139,14 @@ impl Sealer {
         }
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&packet[9..9 + NONCE_LEN]);
-        let plaintext = self
-            .cipher
-            .decrypt(
-                XNonce::from_slice(&nonce),
-                Payload { msg: &packet[9 + NONCE_LEN..], aad: &packet[..9] },
-            )
-            .map_err(|_| OpenError::Forged)?;
+        let body = &packet[9 + NONCE_LEN..];
+        let try_open = |dst: &[u8; 16]| {
+            self.cipher.decrypt(XNonce::from_slice(&nonce), Payload { msg: body, aad: &aad(packet, dst) }).ok()
+        };
+        let (plaintext, addressee) = match try_open(me) {
+            Some(p) => (p, Addressee::Me),
+            None => (try_open(&ANYONE).ok_or(OpenError::Forged)?, Addressee::Anyone),
+        };
         // Only authentic packets reach the replay memory, so forgeries cannot flood it.
         self.forget_before(now_ms.saturating_sub(self.window_ms));
         if sent_at_ms <= self.floor_ms || !self.seen.insert((sent_at_ms, nonce)) {
@@ -132,7 +157,7 @@ impl Sealer {
                 self.floor_ms = self.floor_ms.max(oldest.0);
             }
         }
-        Ok(plaintext)
+        Ok((plaintext, addressee))
     }
 
     fn forget_before(&mut self, cutoff_ms: u64) {
@@ -156,6 +181,7 @@ mod tests {
     use rand::SeedableRng;
 
     const NOW: u64 = 1_764_000_000_000;
+    const ME: [u8; 16] = [9; 16];
 
     fn rng() -> rand::rngs::StdRng {
         rand::rngs::StdRng::seed_from_u64(7)
@@ -164,62 +190,62 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut s = Sealer::new([1; 32]);
-        let packet = s.seal(NOW, &mut rng(), b"hello").expect("seal");
+        let packet = s.seal(NOW, &mut rng(), &ME, b"hello").expect("seal");
         assert_eq!(packet.len(), 5 + SEAL_OVERHEAD);
-        assert_eq!(s.open(NOW + 10, &packet), Ok(b"hello".to_vec()));
+        assert_eq!(s.open(NOW + 10, &ME, &packet), Ok((b"hello".to_vec(), Addressee::Me)));
     }
 
     #[test]
     fn tampered_packets_are_rejected_at_every_byte() {
         let mut s = Sealer::new([1; 32]);
-        let packet = s.seal(NOW, &mut rng(), b"membership update").expect("seal");
+        let packet = s.seal(NOW, &mut rng(), &ME, b"membership update").expect("seal");
         for i in 0..packet.len() {
             let mut bad = packet.clone();
             bad[i] ^= 0x01;
-            let got = s.open(NOW, &bad);
+            let got = s.open(NOW, &ME, &bad);
             assert!(got.is_err(), "flipping byte {i} was accepted");
         }
         // The untouched packet still opens: rejected forgeries did not poison the replay memory.
-        assert!(s.open(NOW, &packet).is_ok());
+        assert!(s.open(NOW, &ME, &packet).is_ok());
     }
 
     #[test]
     fn replayed_packet_is_rejected() {
         let mut s = Sealer::new([1; 32]);
-        let packet = s.seal(NOW, &mut rng(), b"x").expect("seal");
-        assert!(s.open(NOW, &packet).is_ok());
-        assert_eq!(s.open(NOW + 1, &packet), Err(OpenError::Replayed));
+        let packet = s.seal(NOW, &mut rng(), &ME, b"x").expect("seal");
+        assert!(s.open(NOW, &ME, &packet).is_ok());
+        assert_eq!(s.open(NOW + 1, &ME, &packet), Err(OpenError::Replayed));
     }
 
     #[test]
     fn wrong_key_is_rejected() {
         let sender = Sealer::new([1; 32]);
         let mut receiver = Sealer::new([2; 32]);
-        let packet = sender.seal(NOW, &mut rng(), b"x").expect("seal");
-        assert_eq!(receiver.open(NOW, &packet), Err(OpenError::Forged));
+        let packet = sender.seal(NOW, &mut rng(), &ME, b"x").expect("seal");
+        assert_eq!(receiver.open(NOW, &ME, &packet), Err(OpenError::Forged));
     }
 
     #[test]
     fn truncated_and_oversized_are_rejected() {
         let mut s = Sealer::new([1; 32]);
-        let packet = s.seal(NOW, &mut rng(), b"some payload").expect("seal");
+        let packet = s.seal(NOW, &mut rng(), &ME, b"some payload").expect("seal");
         for cut in 0..packet.len() {
-            assert!(s.open(NOW, &packet[..cut]).is_err(), "truncated to {cut} accepted");
+            assert!(s.open(NOW, &ME, &packet[..cut]).is_err(), "truncated to {cut} accepted");
         }
-        assert_eq!(s.open(NOW, &vec![SEAL_VERSION; MAX_SEALED_LEN + 1]), Err(OpenError::TooLarge));
-        assert_eq!(s.seal(NOW, &mut rng(), &vec![0; MAX_PLAINTEXT_LEN + 1]), Err(SealError(MAX_PLAINTEXT_LEN + 1)));
-        let full = s.seal(NOW, &mut rng(), &vec![0; MAX_PLAINTEXT_LEN]).expect("max size seals");
+        assert_eq!(s.open(NOW, &ME, &vec![SEAL_VERSION; MAX_SEALED_LEN + 1]), Err(OpenError::TooLarge));
+        assert_eq!(s.seal(NOW, &mut rng(), &ME, &vec![0; MAX_PLAINTEXT_LEN + 1]), Err(SealError(MAX_PLAINTEXT_LEN + 1)));
+        let full = s.seal(NOW, &mut rng(), &ME, &vec![0; MAX_PLAINTEXT_LEN]).expect("max size seals");
         assert_eq!(full.len(), MAX_SEALED_LEN);
-        assert!(s.open(NOW, &full).is_ok());
+        assert!(s.open(NOW, &ME, &full).is_ok());
     }
 
     #[test]
     fn stale_and_future_timestamps_are_rejected() {
         let mut s = Sealer::with_window([1; 32], 1_000);
-        let old = s.seal(NOW - 5_000, &mut rng(), b"x").expect("seal");
-        assert!(matches!(s.open(NOW, &old), Err(OpenError::OutsideWindow { skew_ms: -5_000 })));
-        let future = s.seal(NOW + 5_000, &mut rng(), b"x").expect("seal");
-        assert!(matches!(s.open(NOW, &future), Err(OpenError::OutsideWindow { skew_ms: 5_000 })));
+        let old = s.seal(NOW - 5_000, &mut rng(), &ME, b"x").expect("seal");
+        assert!(matches!(s.open(NOW, &ME, &old), Err(OpenError::OutsideWindow { skew_ms: -5_000 })));
+        let future = s.seal(NOW + 5_000, &mut rng(), &ME, b"x").expect("seal");
+        assert!(matches!(s.open(NOW, &ME, &future), Err(OpenError::OutsideWindow { skew_ms: 5_000 })));
     }
 
     #[test]
@@ -227,9 +253,19 @@ mod tests {
         let mut s = Sealer::with_window([1; 32], 1_000);
         let mut r = rng();
         for i in 0..100 {
-            let p = s.seal(NOW + i * 100, &mut r, b"x").expect("seal");
-            assert!(s.open(NOW + i * 100, &p).is_ok());
+            let p = s.seal(NOW + i * 100, &mut r, &ME, b"x").expect("seal");
+            assert!(s.open(NOW + i * 100, &ME, &p).is_ok());
         }
         assert!(s.remembered() <= 11, "remembered {}", s.remembered());
+    }
+
+    #[test]
+    fn a_datagram_for_one_node_is_refused_by_another() {
+        let s = Sealer::new([1; 32]);
+        let mut other = Sealer::new([1; 32]);
+        let packet = s.seal(NOW, &mut rng(), &ME, b"for ME only").expect("seal");
+        assert_eq!(other.open(NOW, &[8; 16], &packet), Err(OpenError::Forged));
+        let greeting = s.seal(NOW, &mut rng(), &ANYONE, b"hello whoever").expect("seal");
+        assert_eq!(other.open(NOW, &[8; 16], &greeting), Ok((b"hello whoever".to_vec(), Addressee::Anyone)));
     }
 }

@@ -49,6 +49,7 @@ impl Lab {
             gossip_addr: id.addr,
             labels: BTreeMap::from([("zone".to_string(), format!("z{}", i % 2))]),
             version: "test".into(),
+            left: false,
         };
         let mut core = Membership::new(
             MembershipConfig::lan(8),

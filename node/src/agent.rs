@@ -44,6 +44,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         gossip_addr: cfg.advertise,
         labels: cfg.labels.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        left: false,
     };
     facts.validate().context("node facts")?;
     tracing::info!(

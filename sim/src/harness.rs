@@ -17,7 +17,7 @@ use crate::trace::{CoreLogs, Trace};
 use foca::Timer;
 use rand::rngs::StdRng;
 use rand::RngExt;
-use shoal_discovery::membership::{Effect, MemberTimer};
+use shoal_discovery::membership::{Effect, MemberTimer, LEAVE_ATTEMPTS, LEAVE_RETRY_MS};
 use shoal_discovery::{GossipStats, JoinSecret};
 use shoal_wire::NodeId;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -40,8 +40,18 @@ enum BootWhy {
     Rejoin,
 }
 
+struct Departing {
+    bump: u32,
+    at_ms: u64,
+    witnesses: Vec<(usize, u32)>,
+    comes_back: bool,
+    back: u64,
+}
+
 enum Ev {
     Boot { slot: usize, why: BootWhy },
+    /// The leaving process exits even if not every `Leave` was acknowledged.
+    LeaveExit { slot: usize, epoch: u32 },
     Timer { slot: usize, epoch: u32, timer: MemberTimer },
     Datagram { from: usize, to: usize, epoch: u32, packet: Vec<u8>, replay: bool },
     Hint { from: usize, to: usize, epoch: u32 },
@@ -76,6 +86,8 @@ struct Sim {
     next_partition: u64,
     /// Departed nodes that come back when the heal starts.
     rejoin_at_heal: BTreeSet<usize>,
+    /// Nodes finishing a graceful leave, with what the leave checker needs once they exit.
+    leaving: BTreeMap<usize, Departing>,
     /// Slots whose mDNS announcement the LAN still carries.
     announced: BTreeSet<usize>,
     sniffed: VecDeque<Vec<u8>>,
@@ -98,6 +110,7 @@ fn ceil_ms(d: Duration) -> u64 {
 fn timer_name(t: &MemberTimer) -> &'static str {
     match t {
         MemberTimer::Tick => "tick",
+        MemberTimer::LeaveRetry => "leave-retry",
         MemberTimer::Foca(Timer::ProbeRandomMember(_)) => "probe",
         MemberTimer::Foca(Timer::SendIndirectProbe { .. }) => "indirect-probe",
         MemberTimer::Foca(Timer::ChangeSuspectToDown { .. }) => "suspect-to-down",
@@ -108,11 +121,11 @@ fn timer_name(t: &MemberTimer) -> &'static str {
     }
 }
 
-fn drops(s: &GossipStats) -> [u64; 5] {
-    [s.dropped_forged, s.dropped_replayed, s.dropped_clock_skew, s.dropped_malformed, s.foca_rejected]
+fn drops(s: &GossipStats) -> [u64; 6] {
+    [s.dropped_forged, s.dropped_replayed, s.dropped_clock_skew, s.dropped_malformed, s.dropped_misdirected, s.foca_rejected]
 }
 
-const DROP_NAMES: [&str; 5] = ["forged", "replayed", "clock-skew", "malformed", "foca-rejected"];
+const DROP_NAMES: [&str; 6] = ["forged", "replayed", "clock-skew", "malformed", "misdirected", "foca-rejected"];
 
 /// Runs one simulation. `opts` must pass [`SimOptions::validate`].
 pub fn run(opts: &SimOptions) -> SimReport {
@@ -178,6 +191,7 @@ impl Sim {
             partitions: BTreeMap::new(),
             next_partition: 0,
             rejoin_at_heal: BTreeSet::new(),
+            leaving: BTreeMap::new(),
             announced: BTreeSet::new(),
             sniffed: VecDeque::new(),
             checkers,
@@ -296,8 +310,17 @@ impl Sim {
                     None => return,
                 };
                 self.apply(slot, effects);
+                self.finish_leave_if_done(slot);
             }
-            Ev::Datagram { from, to, epoch, packet, replay } => self.deliver(from, to, epoch, &packet, replay),
+            Ev::Datagram { from, to, epoch, packet, replay } => {
+                self.deliver(from, to, epoch, &packet, replay);
+                self.finish_leave_if_done(to);
+            }
+            Ev::LeaveExit { slot, epoch } => {
+                if self.slots[slot].epoch == epoch && self.slots[slot].status == Status::Leaving {
+                    self.finish_leave(slot);
+                }
+            }
             Ev::Hint { from, to, epoch } => {
                 if !self.alive_in(to, epoch) {
                     return;
@@ -349,7 +372,7 @@ impl Sim {
 
     fn alive_in(&self, slot: usize, epoch: u32) -> bool {
         let s = &self.slots[slot];
-        s.running() && s.epoch == epoch
+        s.process_up() && s.epoch == epoch
     }
 
     // ------------------------------------------------------------------ nodes
@@ -464,7 +487,7 @@ impl Sim {
             }
         }
         let to = match self.by_addr.get(&to_addr) {
-            Some(to) if self.slots[*to].running() => *to,
+            Some(to) if self.slots[*to].process_up() => *to,
             _ => {
                 self.dropped(from, None, DropReason::NoHost, packet.len());
                 return;
@@ -565,6 +588,8 @@ impl Sim {
     fn leave(&mut self) {
         let p = self.plan.clone();
         let running = self.running_honest();
+        // The process keeps running until its leave is acknowledged (or retries run out),
+        // like `shoal agent` on SIGTERM; then it exits.
         if let Some(l) = self.pick(&running) {
             self.count("leave");
             let witnesses = LeftIsLeft::witnesses(&self.slots, l, |a, b| !self.net.is_cut(a, b));
@@ -576,23 +601,41 @@ impl Sim {
             let bump = self.slots[l].bump().unwrap_or(0);
             let now = self.abs();
             let effects = self.slots[l].core.as_mut().map(|c| c.leave(now)).unwrap_or_default();
-            self.apply(l, effects);
-            // The process exits after sending its goodbyes; mDNS sends its goodbye too.
-            self.slots[l].stop(Status::Left);
+            // mDNS sends its goodbye at once.
+            self.slots[l].status = Status::Leaving;
             self.announced.remove(&l);
-            let epoch = self.slots[l].epoch;
-            self.checkers.leave.record(l, epoch, bump, self.now, witnesses);
             let comes_back = self.fault_rng.random_bool(0.5);
             let back = self.fault_rng.random_range(p.rejoin_after_ms.0..=p.rejoin_after_ms.1);
-            if comes_back {
-                if self.in_fault_phase(self.now + back) {
-                    self.after(back, Ev::Return { slot: l, epoch, why: BootWhy::Rejoin });
-                } else {
-                    self.rejoin_at_heal.insert(l);
-                }
-            }
+            self.leaving.insert(l, Departing { bump, at_ms: self.now, witnesses, comes_back, back });
+            self.apply(l, effects);
+            let epoch = self.slots[l].epoch;
+            let deadline = LEAVE_RETRY_MS * u64::from(LEAVE_ATTEMPTS) + 1;
+            self.after(deadline, Ev::LeaveExit { slot: l, epoch });
+            self.finish_leave_if_done(l);
         }
         self.schedule_fault(FaultKind::Leave, p.leave_every_ms, Ev::Leave);
+    }
+
+    fn finish_leave_if_done(&mut self, slot: usize) {
+        let s = &self.slots[slot];
+        if s.status == Status::Leaving && s.core.as_ref().is_some_and(|c| c.leave_done()) {
+            self.finish_leave(slot);
+        }
+    }
+
+    /// The leaving process exits.
+    fn finish_leave(&mut self, l: usize) {
+        self.slots[l].stop(Status::Left);
+        let Some(d) = self.leaving.remove(&l) else { return };
+        let epoch = self.slots[l].epoch;
+        self.checkers.leave.record(l, epoch, d.bump, d.at_ms, d.witnesses);
+        if d.comes_back {
+            if self.in_fault_phase(self.now + d.back) {
+                self.after(d.back, Ev::Return { slot: l, epoch, why: BootWhy::Rejoin });
+            } else {
+                self.rejoin_at_heal.insert(l);
+            }
+        }
     }
 
     fn partition(&mut self) {
@@ -691,7 +734,7 @@ impl Sim {
                 Status::Crashed => BootWhy::Restart,
                 Status::Left if self.rejoin_at_heal.contains(&i) => BootWhy::Rejoin,
                 // Nodes not booted yet have their boot queued at the latest for now.
-                Status::Waiting | Status::Left | Status::Running => continue,
+                Status::Waiting | Status::Left | Status::Running | Status::Leaving => continue,
             };
             self.boot(i, why);
         }

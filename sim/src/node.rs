@@ -21,6 +21,8 @@ pub(crate) enum Status {
     Running,
     /// Lost power; boots again later.
     Crashed,
+    /// Leaving gracefully: still sends and receives until its leave is acknowledged.
+    Leaving,
     /// Left gracefully; the process has exited.
     Left,
 }
@@ -72,8 +74,14 @@ impl Slot {
         }
     }
 
+    /// A member of the cluster: running and not leaving.
     pub(crate) fn running(&self) -> bool {
         self.status == Status::Running
+    }
+
+    /// The process exists (it may be finishing a leave).
+    pub(crate) fn process_up(&self) -> bool {
+        matches!(self.status, Status::Running | Status::Leaving)
     }
 
     /// The generation of the current boot, if running.
@@ -103,6 +111,7 @@ impl Slot {
             gossip_addr: self.addr,
             labels: BTreeMap::from([("sim.slot".to_string(), slot.to_string())]),
             version: "sim".to_string(),
+            left: false,
         };
         let mut cfg = MembershipConfig::lan(u32::try_from(expected_nodes).unwrap_or(u32::MAX));
         cfg.planted_bug = planted_bug;
