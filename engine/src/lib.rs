@@ -1,0 +1,26 @@
+//! shoal-engine: the container engine port (a trait with a Docker implementation over
+//! bollard and an in-memory fake on the caller's clock), one conformance suite both pass,
+//! and the node-side reconciler (pure) with the small driver that applies its actions.
+//!
+//! *Architecture invariant:* `reconcile` and `types` do no I/O and read no clock; only
+//! `docker` talks to the Docker Engine, and nothing here ever pulls an image.
+
+#![forbid(unsafe_code)]
+
+pub mod conformance;
+pub mod docker;
+pub mod driver;
+pub mod engine;
+pub mod error;
+pub mod fake;
+pub mod reconcile;
+pub mod testimage;
+pub mod types;
+
+pub use docker::{DockerConfig, DockerEngine};
+pub use driver::{apply, reconcile_once};
+pub use engine::Engine;
+pub use error::EngineError;
+pub use fake::{Behaviour, FakeEngine};
+pub use reconcile::{Action, AssignedTask, Desired, Reconciler, ReconcilerConfig, RemoveReason, RestartPolicy, TaskReport, TaskState};
+pub use types::{ContainerId, ContainerInfo, ContainerSpec, ContainerState, CreateRequest, LabelFilter, Owner, PortMapping, Protocol, TaskId};

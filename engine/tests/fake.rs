@@ -1,0 +1,176 @@
+//! The conformance suite and the reconciler loop on the in-memory fake engine, whose
+//! clock the test drives.
+
+#![allow(clippy::unwrap_used)]
+
+use shoal_engine::conformance::{self, Harness};
+use shoal_engine::*;
+
+struct FakeHarness {
+    engine: FakeEngine,
+}
+
+impl FakeHarness {
+    fn new() -> Self {
+        let engine = FakeEngine::new(300);
+        engine.add_image("busybox:fake");
+        Self { engine }
+    }
+}
+
+impl Harness for FakeHarness {
+    type E = FakeEngine;
+    fn engine(&self) -> &FakeEngine {
+        &self.engine
+    }
+    fn image(&self) -> String {
+        "busybox:fake".to_string()
+    }
+    fn run_forever(&self) -> Vec<String> {
+        vec!["sleep".to_string(), "100000".to_string()]
+    }
+    fn exit_with(&self, code: i64) -> Vec<String> {
+        let command = vec!["sh".to_string(), "-c".to_string(), format!("exit {code}")];
+        self.engine.set_behaviour(command.clone(), Behaviour::ExitAfter { after_ms: 50, code });
+        command
+    }
+    fn missing_executable(&self) -> Vec<String> {
+        let command = vec!["/no/such/binary".to_string()];
+        self.engine.set_behaviour(command.clone(), Behaviour::FailToStart);
+        command
+    }
+    fn node(&self, name: &str) -> String {
+        format!("fake-{name}")
+    }
+    async fn pass_time(&self) {
+        self.engine.set_now_ms(self.engine.now_ms() + 100);
+    }
+}
+
+#[tokio::test]
+async fn fake_engine_passes_the_conformance_suite() {
+    conformance::run_all(&FakeHarness::new()).await;
+}
+
+#[tokio::test]
+async fn fake_containers_start_after_the_delay_and_crash_on_demand() {
+    let h = FakeHarness::new();
+    let e = h.engine();
+    let req = CreateRequest {
+        owner: Owner { node: "n".to_string(), service: "s".to_string(), task: 1 },
+        spec: ContainerSpec { image: h.image(), ..Default::default() },
+    };
+    let id = e.run(&req).await.unwrap();
+    assert_eq!(e.inspect(&id).await.unwrap(), ContainerState::Starting);
+    e.set_now_ms(299);
+    assert_eq!(e.inspect(&id).await.unwrap(), ContainerState::Starting);
+    e.set_now_ms(300);
+    assert_eq!(e.inspect(&id).await.unwrap(), ContainerState::Running);
+    assert!(e.crash(&id, "killed: out of memory"));
+    assert_eq!(e.inspect(&id).await.unwrap(), ContainerState::Failed { reason: "killed: out of memory".to_string() });
+    e.set_healthy(false);
+    assert!(matches!(e.ping().await, Err(EngineError::Unavailable(_))));
+}
+
+fn web_task(id: TaskId, command: Vec<String>, restart: RestartPolicy) -> AssignedTask {
+    AssignedTask {
+        id,
+        service: "web".to_string(),
+        spec: ContainerSpec { image: "busybox:fake".to_string(), command, ..Default::default() },
+        desired: Desired::Running,
+        restart,
+    }
+}
+
+/// The driver loop on the fake: the same code the agent runs on Docker.
+#[tokio::test]
+async fn reconciler_loop_on_the_fake_engine() {
+    let h = FakeHarness::new();
+    let e = h.engine().clone();
+    let mut r = Reconciler::new("n1", ReconcilerConfig::default());
+    let mut other = Reconciler::new("n2", ReconcilerConfig::default());
+    let crash = h.exit_with(3);
+    let mut assigned: Vec<AssignedTask> = (1..=3).map(|i| web_task(i, h.run_forever(), RestartPolicy::Always)).collect();
+    assigned.push(web_task(4, crash, RestartPolicy::OnFailure { max_attempts: 2 }));
+    // n2 runs task 1 too (a stale copy from before a partition, say): n1 must not touch it.
+    let theirs = [web_task(1, h.run_forever(), RestartPolicy::Always)];
+    let mut reports = Vec::new();
+    for step in 0..100u64 {
+        let now = step * 100;
+        e.set_now_ms(now);
+        reports.extend(reconcile_once(&e, &mut r, now, &assigned).await.unwrap());
+        reconcile_once(&e, &mut other, now, &theirs).await.unwrap();
+    }
+    let mine = e.list(&LabelFilter::node("n1")).await.unwrap();
+    let running: Vec<TaskId> = mine.iter().filter(|c| c.state == ContainerState::Running).map(|c| c.owner.task).collect();
+    assert_eq!(running, vec![1, 2, 3]);
+    let t4: Vec<&TaskReport> = reports.iter().filter(|r| r.task == 4).collect();
+    assert!(t4.iter().any(|r| r.state == TaskState::Exited { code: 3 }));
+    let last = t4.last().unwrap();
+    assert_eq!((last.state.clone(), last.restarts), (TaskState::Exited { code: 3 }, 2), "{t4:?}");
+    assert_eq!(e.list(&LabelFilter::node("n2")).await.unwrap().len(), 1);
+
+    // Task 2 goes away: its container is removed, the others stay.
+    assigned.retain(|t| t.id != 2);
+    reconcile_once(&e, &mut r, 10_000, &assigned).await.unwrap();
+    let tasks: Vec<TaskId> = e.list(&LabelFilter::node("n1")).await.unwrap().iter().map(|c| c.owner.task).collect();
+    assert_eq!(tasks, vec![1, 3, 4]);
+    assert_eq!(e.list(&LabelFilter::node("n2")).await.unwrap().len(), 1);
+}
+
+/// The partition story on one shared fake engine: task 1 runs on n1; n1 is cut off, the
+/// cluster gives task 1 to n2, which starts it; n1 comes back, learns it no longer owns
+/// task 1 and removes its copy. At no point does either agent touch the other's container.
+#[tokio::test]
+async fn a_node_back_from_a_partition_removes_what_was_given_to_another() {
+    let h = FakeHarness::new();
+    let e = h.engine().clone();
+    let mut n1 = Reconciler::new("n1", ReconcilerConfig::default());
+    let mut n2 = Reconciler::new("n2", ReconcilerConfig::default());
+    let t1 = [web_task(1, h.run_forever(), RestartPolicy::Always)];
+    let mut now = 0;
+    let mut tick = |n: u64| {
+        now += n;
+        e.set_now_ms(now);
+        now
+    };
+    let t = tick(0);
+    reconcile_once(&e, &mut n1, t, &t1).await.unwrap();
+    let t = tick(1_000);
+    reconcile_once(&e, &mut n1, t, &t1).await.unwrap();
+    // Partition: n1 is not reconciled (it cannot hear the leader); n2 gets task 1.
+    for _ in 0..3 {
+        let t = tick(500);
+        reconcile_once(&e, &mut n2, t, &t1).await.unwrap();
+    }
+    let running = |node: &str| {
+        let e = e.clone();
+        let node = node.to_string();
+        async move { e.list(&LabelFilter::node(node)).await.unwrap().into_iter().filter(|c| c.state == ContainerState::Running).count() }
+    };
+    assert_eq!((running("n1").await, running("n2").await), (1, 1), "both run it during the partition (n1 cannot know)");
+    // Heal: n1 hears its assignment list no longer has task 1.
+    let t = tick(500);
+    reconcile_once(&e, &mut n1, t, &[]).await.unwrap();
+    assert_eq!((running("n1").await, running("n2").await), (0, 1));
+    assert_eq!(e.container_count(), 1);
+}
+
+/// An engine that goes away makes the pass fail (the node reports its engine unhealthy),
+/// counts no task failure, and the node converges once the engine is back.
+#[tokio::test]
+async fn an_engine_outage_is_survived() {
+    let h = FakeHarness::new();
+    let e = h.engine().clone();
+    let mut r = Reconciler::new("n1", ReconcilerConfig::default());
+    let tasks = [web_task(1, h.run_forever(), RestartPolicy::Never)];
+    e.set_healthy(false);
+    assert!(matches!(reconcile_once(&e, &mut r, 0, &tasks).await, Err(EngineError::Unavailable(_))));
+    e.set_healthy(true);
+    let mut reports = Vec::new();
+    for step in 1..10 {
+        e.set_now_ms(step * 200);
+        reports.extend(reconcile_once(&e, &mut r, step * 200, &tasks).await.unwrap());
+    }
+    assert_eq!(reports.last().map(|r| (r.state.clone(), r.restarts)), Some((TaskState::Running, 0)), "{reports:?}");
+}
