@@ -18,6 +18,7 @@ const EVENT_QUEUE: usize = 1024;
 enum Command {
     Members(oneshot::Sender<Vec<MemberView>>),
     Stats(oneshot::Sender<GossipStats>),
+    KnownPeers(oneshot::Sender<Vec<std::net::SocketAddr>>),
     Leave(oneshot::Sender<()>),
 }
 
@@ -40,6 +41,11 @@ impl MembershipHandle {
 
     pub async fn stats(&self) -> Result<GossipStats, Stopped> {
         self.ask(Command::Stats).await
+    }
+
+    /// Gossip addresses of every node known so far (see `Membership::known_peers`).
+    pub async fn known_peers(&self) -> Result<Vec<std::net::SocketAddr>, Stopped> {
+        self.ask(Command::KnownPeers).await
     }
 
     /// Leaves the cluster gracefully; returns once the leave messages are sent.
@@ -148,6 +154,7 @@ async fn run<R, D, C, P>(
                 match cmd {
                     Command::Members(reply) => { let _ = reply.send(core.members()); }
                     Command::Stats(reply) => { let _ = reply.send(core.stats().clone()); }
+                    Command::KnownPeers(reply) => { let _ = reply.send(core.known_peers()); }
                     Command::Leave(reply) => {
                         let effects = core.leave(d.clock.now_ms());
                         d.apply(effects).await;

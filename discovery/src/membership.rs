@@ -234,8 +234,10 @@ impl<R: Rng + SeedableRng> Membership<R> {
         gossip_key: [u8; 32],
         mut rng: R,
     ) -> Self {
+        // Our own facts enter the table through `publish_own_facts` (foca's broadcast
+        // handler stores them): storing them here first would make the handler see them as
+        // stale and foca would never disseminate them.
         let facts: FactsTable = Arc::new(Mutex::new(BTreeMap::new()));
-        store_if_newer(&facts, own_facts.clone());
         let foca_rng = R::from_rng(&mut rng);
         let foca = Foca::with_custom_broadcast(
             identity,
@@ -278,16 +280,26 @@ impl<R: Rng + SeedableRng> Membership<R> {
     pub fn start(&mut self, now_ms: u64) -> Vec<Effect> {
         self.started_ms = now_ms;
         let mut out = vec![Effect::Schedule { after: Duration::from_millis(0), timer: MemberTimer::Tick }];
-        match self.own_facts.encode() {
-            Ok(bytes) => {
-                if let Err(e) = self.foca.add_broadcast(&bytes) {
-                    tracing::warn!(error = %e, "could not queue own facts for gossip");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not encode own facts"),
-        }
+        self.publish_own_facts();
         self.drain(now_ms, &mut out);
         out
+    }
+
+    /// Queues our facts for dissemination; foca's handler stores them in the table.
+    fn publish_own_facts(&mut self) {
+        let queued = match self.own_facts.encode() {
+            Ok(bytes) => self.foca.add_broadcast(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "could not queue own facts for gossip");
+                false
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not encode own facts");
+                false
+            }
+        };
+        if !queued {
+            store_if_newer(&self.facts, self.own_facts.clone());
+        }
     }
 
     /// A static seed (`--join`): greeted until it answers, and again whenever it is not a member.
@@ -458,12 +470,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
         }
         self.own_facts.left = true;
         self.own_facts.seq += 1;
-        store_if_newer(&self.facts, self.own_facts.clone());
-        if let Ok(bytes) = self.own_facts.encode() {
-            if let Err(e) = self.foca.add_broadcast(&bytes) {
-                tracing::debug!(error = %e, "could not queue leave facts");
-            }
-        }
+        self.publish_own_facts();
         let pending: BTreeMap<NodeId, SocketAddr> = self.foca.iter_members().map(|m| (m.id().node, m.id().addr)).collect();
         self.leaving = Some(Leaving { pending, attempts: 0 });
         self.retry_leave(now_ms, &mut out);
@@ -494,6 +501,16 @@ impl<R: Rng + SeedableRng> Membership<R> {
         if !self.leave_done() {
             out.push(Effect::Schedule { after: Duration::from_millis(LEAVE_RETRY_MS), timer: MemberTimer::LeaveRetry });
         }
+    }
+
+    /// Gossip addresses of every other node this one has known (alive or not), for the
+    /// agent to persist: a restarted node greets them as seeds, so it finds the cluster even
+    /// when discovery stays silent (a lost mDNS exchange, or no multicast at all).
+    pub fn known_peers(&self) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> = self.records.values().map(|r| r.id.addr).collect();
+        addrs.sort();
+        addrs.dedup();
+        addrs
     }
 
     /// Every member known here, ourselves included, ordered by node id.
@@ -741,5 +758,44 @@ impl<R: Rng + SeedableRng> Membership<R> {
                 Record { id, state, since_ms: now_ms, left: keep_left, last_pull_ms, swim_incarnation, last_nudge_ms: None },
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core(n: u8) -> Membership<rand::rngs::StdRng> {
+        let id = ShoalId { node: NodeId([n; 16]), addr: format!("10.0.0.{n}:7480").parse().expect("addr"), bump: 1 << 16 };
+        let facts = NodeFacts {
+            node: id.node,
+            seq: 1 << 16,
+            name: format!("n{n}"),
+            gossip_addr: id.addr,
+            labels: BTreeMap::new(),
+            version: "t".into(),
+            left: false,
+        };
+        Membership::new(MembershipConfig::lan(4), id, facts, ClusterId([1; 8]), [7; 32], rand::rngs::StdRng::seed_from_u64(u64::from(n)))
+    }
+
+    #[test]
+    fn own_facts_are_queued_for_gossip_and_listed() {
+        let mut a = core(1);
+        a.start(0);
+        assert_eq!(a.foca.custom_broadcast_backlog(), 1, "own facts must be disseminated");
+        assert_eq!(a.members()[0].name.as_deref(), Some("n1"));
+        a.leave(10);
+        assert_eq!(a.foca.custom_broadcast_backlog(), 1, "the left facts replace the old ones");
+        assert!(a.facts.lock().expect("lock").get(&NodeId([1; 16])).is_some_and(|f| f.left));
+    }
+
+    #[test]
+    fn foreign_cluster_hints_are_ignored_and_counted() {
+        let mut a = core(1);
+        a.start(0);
+        let out = a.handle_discovered(5, PeerHint { cluster: ClusterId([2; 8]), node: NodeId([2; 16]), addr: "10.0.0.2:7480".parse().expect("addr") });
+        assert!(out.is_empty());
+        assert_eq!(a.stats().foreign_cluster_hints, 1);
     }
 }

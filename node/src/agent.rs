@@ -28,6 +28,40 @@ pub struct AgentConfig {
 
 /// How long a graceful leave may take before the process exits anyway.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// File in the data dir listing the gossip addresses of every peer known so far; a restarted
+/// node greets them, so it finds its cluster even when discovery stays silent.
+const PEERS_FILE: &str = "peers";
+/// How often the known peers are saved.
+const PEERS_SAVE_EVERY: Duration = Duration::from_secs(10);
+/// Bound on remembered peers read back (the file is ours, but may be damaged).
+const MAX_REMEMBERED_PEERS: usize = 1024;
+
+fn load_peers(path: &std::path::Path) -> Vec<SocketAddr> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let mut out = Vec::new();
+    for line in text.lines().take(MAX_REMEMBERED_PEERS) {
+        match line.trim().parse::<SocketAddr>() {
+            Ok(addr) => out.push(addr),
+            Err(_) => tracing::warn!(path = %path.display(), "ignoring a malformed line in the peers file"),
+        }
+    }
+    out
+}
+
+async fn save_peers_periodically(handle: shoal_discovery::MembershipHandle, path: PathBuf) {
+    let mut saved: Vec<SocketAddr> = Vec::new();
+    loop {
+        tokio::time::sleep(PEERS_SAVE_EVERY).await;
+        let Ok(peers) = handle.known_peers().await else { return };
+        if peers != saved {
+            let text: String = peers.iter().map(|p| format!("{p}\n")).collect();
+            match crate::identity::write_atomic(&path, text.as_bytes(), 0o600) {
+                Ok(()) => saved = peers,
+                Err(e) => tracing::warn!(error = %e, "could not save known peers"),
+            }
+        }
+    }
+}
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let identity = NodeIdentity::load_or_create(&cfg.data_dir)?;
@@ -65,7 +99,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         cfg.secret.gossip_key(),
         rand::rngs::StdRng::from_rng(&mut rand::rng()),
     );
-    for seed in &cfg.seeds {
+    let peers_path = cfg.data_dir.join(PEERS_FILE);
+    for seed in cfg.seeds.iter().chain(&load_peers(&peers_path)) {
         if *seed != cfg.advertise {
             core.add_seed(*seed);
         }
@@ -86,6 +121,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         (h, t, None)
     };
     let api_task = tokio::spawn(api::serve(listener, handle.clone()));
+    let peers_task = tokio::spawn(save_peers_periodically(handle.clone(), peers_path));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -105,6 +141,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         m.stop();
     }
     api_task.abort();
+    peers_task.abort();
     let _ = std::fs::remove_file(api::socket_path(&cfg.data_dir));
     outcome
 }

@@ -7,6 +7,7 @@ mod config;
 mod identity;
 mod output;
 mod pki;
+mod raftnet;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};

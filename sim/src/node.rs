@@ -38,6 +38,8 @@ pub(crate) struct Slot {
     pub announced_cluster: ClusterId,
     /// `--join` seeds (the intruder gets every honest address: it sniffed them).
     pub seed_addrs: Vec<SocketAddr>,
+    /// Peers the last process knew, kept "on disk" across restarts (see `known_peers`).
+    pub remembered_peers: Vec<SocketAddr>,
     /// Boots so far; the current boot's generation is `ShoalId::first_bump(boots)`.
     pub boots: u16,
     /// Grows on every boot and every stop; timers and datagrams carry it so that those of a
@@ -67,6 +69,7 @@ impl Slot {
             secret,
             announced_cluster,
             seed_addrs: Vec::new(),
+            remembered_peers: Vec::new(),
             boots: 0,
             epoch: 0,
             status: Status::Waiting,
@@ -117,7 +120,7 @@ impl Slot {
         cfg.planted_bug = planted_bug;
         let rng = stream(run_seed, Stream::Node { slot, boot: self.boots });
         let mut core = Membership::new(cfg, identity, facts, self.secret.cluster_id(), self.secret.gossip_key(), rng);
-        for seed in &self.seed_addrs {
+        for seed in self.seed_addrs.iter().chain(&self.remembered_peers) {
             core.add_seed(*seed);
         }
         let effects = core.start(now_ms);
@@ -127,6 +130,10 @@ impl Slot {
 
     /// The process stops (power cut or after a leave): the core and its state are gone.
     pub(crate) fn stop(&mut self, status: Status) {
+        // What the agent persists in its data dir (known peers) survives the process.
+        if let Some(core) = &self.core {
+            self.remembered_peers = core.known_peers();
+        }
         self.core = None;
         self.epoch += 1;
         self.status = status;

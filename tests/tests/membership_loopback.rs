@@ -110,3 +110,32 @@ fn cli_fails_clearly_when_no_agent_runs() {
         }
     }
 }
+
+#[test]
+fn restarted_nodes_find_each_other_from_remembered_peers_without_seeds() {
+    let mut c = pair("remember");
+    for i in 0..2 {
+        let peers = c.node(i).data_dir.join("peers");
+        c.wait_until(Duration::from_secs(30), "the agent saved its known peers", || {
+            std::fs::read_to_string(&peers).is_ok_and(|t| t.lines().count() == 1)
+        });
+    }
+    let ids: Vec<String> = (0..2).map(|i| c.node(i).self_id().unwrap_or_else(|e| panic!("{e}"))).collect();
+    // Power cut on both, then start them again with no --join and no mDNS at all.
+    for i in 0..2 {
+        c.node_mut(i).kill();
+        let args = &mut c.node_mut(i).spec.args;
+        if let Some(pos) = args.iter().position(|a| a == "--join") {
+            args.drain(pos..pos + 2);
+        }
+        assert!(!c.node(i).spec.args.iter().any(|a| a == "--join"));
+    }
+    for i in 0..2 {
+        c.node_mut(i).start();
+    }
+    c.wait_until(Duration::from_secs(30), "both see each other alive again, same ids", || {
+        every(0..2, |i| {
+            c.node(i).members().is_ok_and(|v| v.len() == 2 && v.iter().all(|m| m.state == "alive" && ids.contains(&m.id)))
+        })
+    });
+}

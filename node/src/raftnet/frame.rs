@@ -1,0 +1,187 @@
+//! The Raft wire protocol: frames of a `u32` big-endian length followed by a body encoded
+//! with `shoal_wire` (bincode 2 through `shoal_consensus::codec`), at most
+//! [`MAX_RPC_BYTES`] long. A request body is a [`RequestFrame`] (id + [`Request`]), an answer
+//! a [`ResponseFrame`] (the same id + [`Response`]); ids let several RPCs share a
+//! connection and be answered in any order.
+//!
+//! Reading never trusts the length prefix with memory: it is checked against the limit
+//! first, and the body buffer then grows with the bytes that actually arrive.
+
+use serde::{Deserialize, Serialize};
+use shoal_consensus::codec::{self, CodecError, MAX_RPC_BYTES};
+use shoal_consensus::openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use shoal_consensus::types::{SnapshotData, SnapshotMeta, Vote};
+use shoal_consensus::TypeConfig;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Bytes of the length prefix.
+pub const HEADER_BYTES: usize = 4;
+/// The body buffer starts at most this large and grows as bytes arrive.
+const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
+
+/// One RPC, as the client sends it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    /// A whole snapshot in one message (openraft 0.10's `full_snapshot`).
+    FullSnapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        data: SnapshotData,
+    },
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+}
+
+impl Request {
+    /// Short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::AppendEntries(_) => "append_entries",
+            Request::Vote(_) => "vote",
+            Request::PreVote(_) => "pre_vote",
+            Request::FullSnapshot { .. } => "full_snapshot",
+            Request::TransferLeader(_) => "transfer_leader",
+        }
+    }
+}
+
+/// The answer of the server's Raft to one [`Request`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    AppendEntries(AppendEntriesResponse<TypeConfig>),
+    /// The answer to `Vote` and to `PreVote`.
+    Vote(VoteResponse<TypeConfig>),
+    Snapshot(SnapshotResponse<TypeConfig>),
+    TransferLeader(TransferLeaderResponse<TypeConfig>),
+    /// The local Raft could not handle the request (it is shutting down or stopped on a
+    /// fatal error). The client treats the node as unreachable.
+    Unavailable(String),
+}
+
+/// A request with the id its answer will carry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestFrame {
+    pub id: u64,
+    pub request: Request,
+}
+
+/// An answer with the id of its request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    pub id: u64,
+    pub response: Response,
+}
+
+/// Why a frame could not be read or written. Any of these ends the connection it happened
+/// on, and only that one.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { len: u64, limit: usize },
+    #[error("connection ended inside a frame ({got} of {want} bytes)")]
+    Truncated { got: usize, want: usize },
+    #[error("frame does not decode: {0}")]
+    Undecodable(#[source] CodecError),
+    #[error("message cannot be encoded within the limit: {0}")]
+    Unencodable(#[source] CodecError),
+    #[error("no frame within the idle timeout of {0:?}")]
+    Idle(Duration),
+    #[error("frame not complete within {0:?}")]
+    SlowFrame(Duration),
+    #[error("the peer's node id was revoked")]
+    Revoked,
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes `value` as a frame body (length prefix included), within [`MAX_RPC_BYTES`].
+pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
+    let body = codec::encode::<T, MAX_RPC_BYTES>(value).map_err(FrameError::Unencodable)?;
+    // MAX_RPC_BYTES is far below u32::MAX (checked by a test), so this never fails.
+    let len =
+        u32::try_from(body.len()).map_err(|_| FrameError::TooLarge { len: body.len() as u64, limit: MAX_RPC_BYTES })?;
+    let mut frame = Vec::with_capacity(HEADER_BYTES + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// Decodes a frame body read by [`read_frame`].
+pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    codec::decode::<T, MAX_RPC_BYTES>(body).map_err(FrameError::Undecodable)
+}
+
+/// Writes an encoded frame and flushes it.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), FrameError> {
+    w.write_all(frame).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// How long [`read_frame`] waits.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadTimeouts {
+    /// For the first byte of the next frame (`None`: forever).
+    pub idle: Option<Duration>,
+    /// From the first byte to the last byte of a frame.
+    pub frame: Duration,
+}
+
+async fn maybe_timeout<F: std::future::Future>(limit: Option<Duration>, fut: F) -> Option<F::Output> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
+/// Reads one frame body of at most `limit` bytes. `Ok(None)` is a clean end of the
+/// connection between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+    timeouts: ReadTimeouts,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut header = [0u8; HEADER_BYTES];
+    let first = maybe_timeout(timeouts.idle, r.read(&mut header[..1]))
+        .await
+        .ok_or(FrameError::Idle(timeouts.idle.unwrap_or_default()))??;
+    if first == 0 {
+        return Ok(None);
+    }
+    tokio::time::timeout(timeouts.frame, read_rest(r, header, limit))
+        .await
+        .map_err(|_| FrameError::SlowFrame(timeouts.frame))?
+}
+
+async fn read_rest<R: AsyncRead + Unpin>(
+    r: &mut R,
+    mut header: [u8; HEADER_BYTES],
+    limit: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut got = 1;
+    while got < HEADER_BYTES {
+        let n = r.read(&mut header[got..]).await?;
+        if n == 0 {
+            return Err(FrameError::Truncated { got, want: HEADER_BYTES });
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(header);
+    let want = usize::try_from(len).map_err(|_| FrameError::TooLarge { len: u64::from(len), limit })?;
+    if want > limit {
+        return Err(FrameError::TooLarge { len: u64::from(len), limit });
+    }
+    // Grows with what arrives: a peer claiming 60 MiB and sending 10 bytes costs 64 KiB.
+    let mut body = Vec::with_capacity(want.min(INITIAL_BODY_CAPACITY));
+    let read = (&mut *r).take(u64::from(len)).read_to_end(&mut body).await?;
+    if read < want {
+        return Err(FrameError::Truncated { got: read, want });
+    }
+    Ok(Some(body))
+}

@@ -1,0 +1,676 @@
+//! The Raft network end to end: real TCP on 127.0.0.1 (ephemeral ports), real mutual TLS
+//! with certificates from the cluster CA (`pki`), openraft nodes on the in-memory store.
+//! Every test is bounded by a timeout.
+
+use super::frame::{self, Request, RequestFrame, HEADER_BYTES};
+use super::{ClientConfig, RaftNetwork, RaftServer, ServerConfig};
+use crate::pki::issuer::{IssuePolicy, Issuer, NodeGrant};
+use crate::pki::tls::{client_config_builder, server_name};
+use crate::pki::{
+    node_dns_name, node_id_of_key, ClusterCa, JoinRequest, MutualTls, NodeCredentials, NodeRole, Revocations,
+};
+use rand::SeedableRng;
+use rcgen::KeyPair;
+use rustls::pki_types::CertificateDer;
+use shoal_consensus::codec::MAX_RPC_BYTES;
+use shoal_consensus::openraft::async_runtime::WatchReceiver;
+use shoal_consensus::openraft::error::{ClientWriteError, RPCError, RaftError};
+use shoal_consensus::openraft::network::RPCOption;
+use shoal_consensus::openraft::raft::{ClientWriteResponse, VoteRequest};
+use shoal_consensus::openraft::{Config, RaftNetworkFactory, RaftNetworkV2, SnapshotPolicy};
+use shoal_consensus::runtime::{os_seed, with_seed};
+use shoal_consensus::store::mem::MemSnapshots;
+use shoal_consensus::types::{ShoalRaft, Vote};
+use shoal_consensus::{propose, Applied, ClusterState, Command, MemStore, NodeRecord, ProposeError, StateMachineStore};
+use shoal_consensus::{RaftNodeId, ShoalNode, TypeConfig};
+use shoal_discovery::JoinSecret;
+use shoal_wire::NodeId;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+type Raft = ShoalRaft<StateMachineStore<MemSnapshots>>;
+
+/// Every test finishes well within this or fails.
+const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+const WAIT: Option<Duration> = Some(Duration::from_secs(20));
+
+async fn bounded<F: Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test).await.expect("test timed out");
+}
+
+fn rng(seed: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// A cluster's secret and CA (created now, so certificates are valid for real TLS).
+struct Ca {
+    secret: JoinSecret,
+    issuer: Issuer,
+}
+
+impl Ca {
+    fn new(seed: u64) -> Self {
+        let secret = JoinSecret::generate(&mut rng(1000 + seed));
+        let ca = ClusterCa::create(
+            secret.cluster_id(),
+            KeyPair::generate().expect("key"),
+            SystemTime::now(),
+            &mut rng(seed),
+        )
+        .expect("ca");
+        let issuer = Issuer::new(ca, &secret, IssuePolicy::default());
+        Self { secret, issuer }
+    }
+
+    fn cert_der(&self) -> &CertificateDer<'static> {
+        self.issuer.ca().cert_der()
+    }
+
+    /// A fresh key and its certificate from this CA.
+    fn issue(&self) -> (KeyPair, CertificateDer<'static>) {
+        let key = KeyPair::generate().expect("key");
+        let csr = JoinRequest::new(&self.secret, &key, &mut rng(7)).expect("csr").csr_der;
+        let grant = NodeGrant { role: NodeRole::Manager, addresses: vec!["127.0.0.1".parse().expect("ip")] };
+        let cert = self
+            .issuer
+            .issue(&csr, node_id_of_key(&key), &grant, &BTreeSet::new(), SystemTime::now(), &mut rng(8))
+            .expect("issue");
+        (key, cert)
+    }
+}
+
+/// A TLS endpoint presenting `cert` and trusting `ca`.
+fn endpoint(ca: &CertificateDer<'static>, cert: CertificateDer<'static>, key: &KeyPair) -> (MutualTls, Revocations) {
+    let creds = NodeCredentials::new(cert, key).expect("credentials");
+    let revoked = Revocations::new();
+    let tls = MutualTls::new(ca, creds, revoked.clone()).expect("tls").with_handshake_timeout(Duration::from_secs(3));
+    (tls, revoked)
+}
+
+fn raft_config() -> Arc<Config> {
+    Arc::new(base_config().validate().expect("valid config"))
+}
+
+fn base_config() -> Config {
+    Config {
+        cluster_name: "shoal-raftnet-test".into(),
+        heartbeat_interval: 50,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        ..Default::default()
+    }
+}
+
+/// Snapshots every 10 entries and purges the log behind them: a late node can only catch up
+/// through a snapshot.
+fn compacting_config() -> Arc<Config> {
+    let config = Config {
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(10),
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..base_config()
+    };
+    Arc::new(config.validate().expect("valid config"))
+}
+
+/// One node: its Raft, its server on 127.0.0.1, its client network and revoked set.
+struct Node {
+    id: RaftNodeId,
+    addr: SocketAddr,
+    raft: Raft,
+    server: RaftServer,
+    network: RaftNetwork,
+    revoked: Revocations,
+}
+
+async fn start_node(ca: &Ca) -> Node {
+    start_node_with(ca, raft_config()).await
+}
+
+async fn start_node_with(ca: &Ca, config: Arc<Config>) -> Node {
+    let (key, cert) = ca.issue();
+    let id = RaftNodeId(node_id_of_key(&key));
+    let (tls, revoked) = endpoint(ca.cert_der(), cert, &key);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let network = RaftNetwork::new(id, tls.clone(), ClientConfig::default());
+    let (log, sm) = MemStore::new().open();
+    let raft = with_seed(os_seed(), Raft::new(id, config, network.clone(), log, sm)).await.expect("raft");
+    let config = ServerConfig { revoked: Some(revoked.clone()), ..ServerConfig::default() };
+    let server = RaftServer::serve(listener, tls, Arc::new(raft.clone()), config).expect("serve");
+    Node { id, addr, raft, server, network, revoked }
+}
+
+/// Three nodes, initialised by the first; returns them and the time to a leader whose lease
+/// a quorum acknowledged.
+async fn start_cluster(ca: &Ca) -> (Vec<Node>, Duration) {
+    start_cluster_with(ca, raft_config()).await
+}
+
+async fn start_cluster_with(ca: &Ca, config: Arc<Config>) -> (Vec<Node>, Duration) {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(start_node_with(ca, config.clone()).await);
+    }
+    let members: BTreeMap<RaftNodeId, ShoalNode> =
+        nodes.iter().enumerate().map(|(i, n)| (n.id, ShoalNode::new(format!("node-{i}"), n.addr))).collect();
+    let started = Instant::now();
+    nodes[0].raft.initialize(members).await.expect("initialize");
+    leader_of(&nodes, None).await;
+    (nodes, started.elapsed())
+}
+
+/// The leader among `nodes` (other than `not`), once its lease is acknowledged.
+async fn leader_of(nodes: &[Node], not: Option<RaftNodeId>) -> &Node {
+    let any = &nodes[0];
+    let metrics = any
+        .raft
+        .wait(WAIT)
+        .metrics(|m| m.current_leader.is_some_and(|l| Some(l) != not), "a leader")
+        .await
+        .expect("leader elected in time");
+    let leader = metrics.current_leader.expect("leader");
+    let node = nodes.iter().find(|n| n.id == leader).expect("leader is one of ours");
+    node.raft.wait(WAIT).leader_with_quorum_acked(None, "leader lease").await.expect("leader lease in time");
+    node
+}
+
+/// Writes through `leader`, retrying while its lease is being (re)established.
+async fn write(leader: &Raft, cmd: Command) -> ClientWriteResponse<TypeConfig> {
+    for _ in 0..200 {
+        match propose(leader, cmd.clone()).await {
+            Ok(resp) => return resp,
+            Err(ProposeError::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f))))
+                if f.leader_id.is_none() =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("client write failed: {e}"),
+        }
+    }
+    panic!("leader never accepted the write");
+}
+
+fn register(n: u8) -> Command {
+    Command::RegisterNode {
+        id: NodeId([n; 16]),
+        record: NodeRecord { name: format!("pi-{n}"), addr: ([10, 0, 0, n], 7481).into(), labels: BTreeMap::new() },
+    }
+}
+
+async fn state_of(raft: &Raft) -> ClusterState {
+    raft.with_state_machine(|sm| Box::pin(async move { sm.state().clone() })).await.expect("read state machine")
+}
+
+/// Writes `register(n)` through the leader and checks every node in `nodes` applied it.
+async fn write_everywhere(nodes: &[Node], leader: &Node, n: u8) {
+    let written = write(&leader.raft, register(n)).await;
+    assert!(matches!(written.data, Ok(Applied::NodeRegistered { .. })), "{:?}", written.data);
+    for node in nodes {
+        node.raft
+            .wait(WAIT)
+            .applied_index_at_least(Some(written.log_id.index), "applied")
+            .await
+            .expect("entry applied in time");
+        assert!(state_of(&node.raft).await.nodes.contains_key(&NodeId([n; 16])), "every replica applied it");
+    }
+}
+
+async fn shutdown(nodes: Vec<Node>) {
+    for node in nodes {
+        node.raft.shutdown().await.expect("shutdown");
+        drop(node.server);
+    }
+}
+
+/// A harmless vote request: term 0 is below any real term, so it is refused.
+fn stale_vote(from: RaftNodeId) -> VoteRequest<TypeConfig> {
+    VoteRequest::new(Vote::new(0, from), None)
+}
+
+/// Waits (at most 5 s) until `cond` holds; the caller asserts it afterwards.
+async fn eventually(cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn rpc_option() -> RPCOption {
+    RPCOption::new(Duration::from_secs(4))
+}
+
+/// A client of the cluster's Raft port that is not a member: its own key and `cert`.
+fn outsider(
+    ca: &CertificateDer<'static>,
+    cert: CertificateDer<'static>,
+    key: &KeyPair,
+) -> (RaftNetwork, RaftNodeId, Revocations) {
+    let id = RaftNodeId(node_id_of_key(key));
+    let (tls, revoked) = endpoint(ca, cert, key);
+    (RaftNetwork::new(id, tls, ClientConfig::default()), id, revoked)
+}
+
+async fn vote_to(network: &RaftNetwork, from: RaftNodeId, target: &Node) -> Result<bool, RPCError<TypeConfig>> {
+    let mut client = network.clone().new_client(target.id, &ShoalNode::new("t", target.addr)).await;
+    client.vote(stale_vote(from), rpc_option()).await.map(|r| r.is_granted_to(&Vote::new(0, from)))
+}
+
+#[test]
+fn frame_limit_fits_the_length_prefix_and_a_batch_of_commands() {
+    assert!(u32::try_from(MAX_RPC_BYTES).is_ok());
+    let batch = raft_config().max_payload_entries as usize * shoal_consensus::codec::MAX_COMMAND_BYTES;
+    assert!(batch < MAX_RPC_BYTES, "an AppendEntries batch of commands must fit in a frame");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_elect_and_replicate_over_mutual_tls() {
+    bounded(async {
+        let ca = Ca::new(1);
+        let (nodes, elected_in) = start_cluster(&ca).await;
+        let leader = leader_of(&nodes, None).await;
+        write_everywhere(&nodes, leader, 2).await;
+
+        // Sequential committed writes through the leader over loopback TLS.
+        let writes = 200u8;
+        let started = Instant::now();
+        let mut last = None;
+        for n in 0..writes {
+            last = Some(write(&leader.raft, register(n)).await.log_id.index);
+        }
+        let took = started.elapsed();
+        for node in &nodes {
+            node.raft.wait(WAIT).applied_index_at_least(last, "applied").await.expect("applied");
+        }
+        println!(
+            "raftnet: 3 nodes over mutual TLS: leader with quorum-acked lease {elected_in:?} after initialize; \
+             {writes} sequential committed writes in {took:?} = {:.0} writes/s ({} build)",
+            f64::from(writes) / took.as_secs_f64(),
+            if cfg!(debug_assertions) { "debug" } else { "release" }
+        );
+        for node in &nodes {
+            let stats = node.server.stats();
+            assert_eq!(stats.handshakes_failed + stats.frames_undecodable + stats.frames_truncated, 0, "{stats:?}");
+        }
+        // Connections are reused: a handful per node, not one per RPC.
+        let opened: u64 = nodes.iter().map(|n| n.network.stats().connections).sum();
+        let rpcs: u64 = nodes.iter().map(|n| n.network.stats().rpcs_ok).sum();
+        println!("raftnet: {opened} connections carried {rpcs} RPCs");
+        assert!(opened <= 12, "{opened} connections for {rpcs} RPCs");
+        shutdown(nodes).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_without_a_cluster_certificate_are_refused() {
+    bounded(async {
+        let ca = Ca::new(2);
+        let (nodes, _) = start_cluster(&ca).await;
+        let target = &nodes[1];
+        let before = target.server.stats().handshakes_failed;
+
+        // A self-made certificate, with the right name for its own key: only the issuer is wrong.
+        let key = KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec![node_dns_name(node_id_of_key(&key))]).expect("params");
+        let self_made = params.self_signed(&key).expect("self-signed").der().clone();
+        let (mallory, mallory_id, _) = outsider(ca.cert_der(), self_made, &key);
+        let refused = vote_to(&mallory, mallory_id, target).await;
+        assert!(matches!(refused, Err(RPCError::Unreachable(_))), "{refused:?}");
+
+        // A certificate of another cluster's CA.
+        let other = Ca::new(3);
+        let (key, cert) = other.issue();
+        let (stranger, stranger_id, _) = outsider(ca.cert_der(), cert, &key);
+        let refused = vote_to(&stranger, stranger_id, target).await;
+        assert!(matches!(refused, Err(RPCError::Unreachable(_))), "{refused:?}");
+
+        // No certificate at all: the handshake or the first read fails, no answer comes back.
+        let config = client_config_builder(ca.cert_der(), Revocations::new()).expect("builder").with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(target.addr).await.expect("tcp");
+        if let Ok(mut stream) = connector.connect(server_name(Some(target.id.node_id())), tcp).await {
+            let request = RequestFrame { id: 1, request: Request::Vote(stale_vote(target.id)) };
+            let bytes = frame::encode_frame(&request).expect("encode");
+            let _ = stream.write_all(&bytes).await;
+            let _ = stream.flush().await;
+            let mut reply = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+                .await
+                .expect("server closes");
+            assert!(read.is_err() || reply.is_empty(), "got an answer without a certificate: {reply:?}");
+        }
+
+        eventually(|| target.server.stats().handshakes_failed >= before + 3).await;
+        assert_eq!(target.server.stats().handshakes_failed, before + 3, "three refused handshakes counted");
+
+        // The client side: a cluster node answering at an address where membership says
+        // another node lives is refused (the client names the node id it dials).
+        let (key, cert) = ca.issue();
+        let (member, member_id, _) = outsider(ca.cert_der(), cert, &key);
+        let mut misdirected = member.clone().new_client(nodes[0].id, &ShoalNode::new("moved", nodes[1].addr)).await;
+        let refused = misdirected.vote(stale_vote(member_id), rpc_option()).await;
+        assert!(matches!(refused, Err(RPCError::Unreachable(_))), "{refused:?}");
+        assert_eq!(member.stats().handshakes_failed, 1);
+        assert!(!vote_to(&member, member_id, &nodes[1]).await.expect("the right name is served"));
+
+        // The cluster did not notice.
+        let leader = leader_of(&nodes, None).await;
+        write_everywhere(&nodes, leader, 3).await;
+        shutdown(nodes).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_node_is_refused() {
+    bounded(async {
+        let ca = Ca::new(4);
+        let (nodes, _) = start_cluster(&ca).await;
+        let target = &nodes[2];
+        let (key, cert) = ca.issue();
+        let (dave, dave_id, _) = outsider(ca.cert_der(), cert, &key);
+        // With a valid certificate the Raft port answers (a stale vote is refused by Raft, not TLS).
+        let granted = vote_to(&dave, dave_id, target).await.expect("answered before revocation");
+        assert!(!granted);
+        for node in &nodes {
+            node.revoked.revoke(dave_id.node_id());
+        }
+        // Dave's connection opened before the revocation is cut at its next request, and
+        // the client's redial is refused at the handshake.
+        let refused = vote_to(&dave, dave_id, target).await;
+        assert!(matches!(refused, Err(RPCError::Unreachable(_))), "{refused:?}");
+        assert_eq!(target.server.stats().revoked, 1);
+        // TLS 1.3: the client may see the alert before the server task counts it.
+        eventually(|| target.server.stats().handshakes_failed >= 1).await;
+        assert!(target.server.stats().handshakes_failed >= 1);
+        // A fresh connection is refused too.
+        dave.close_all();
+        let refused = vote_to(&dave, dave_id, target).await;
+        assert!(matches!(refused, Err(RPCError::Unreachable(_))), "{refused:?}");
+        // Members are unaffected.
+        let leader = leader_of(&nodes, None).await;
+        write_everywhere(&nodes, leader, 4).await;
+        shutdown(nodes).await;
+    })
+    .await;
+}
+
+/// Opens an authenticated connection to `target`, writes `bytes` (then closes the sending
+/// side if `close`), and checks that the server closes the connection without answering.
+async fn send_bad(tls: &MutualTls, target: &Node, bytes: &[u8], close: bool) {
+    let tcp = TcpStream::connect(target.addr).await.expect("tcp");
+    let (mut stream, server) = tls.connect(tcp, Some(target.id.node_id())).await.expect("authenticated");
+    assert_eq!(server, target.id.node_id());
+    stream.write_all(bytes).await.expect("write");
+    stream.flush().await.expect("flush");
+    if close {
+        stream.shutdown().await.expect("close sending side");
+    }
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+        .await
+        .expect("the server closes the connection");
+    assert!(read.is_err() || reply.is_empty(), "the server answered a bad frame: {reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_frames_close_that_connection_and_nothing_else() {
+    bounded(async {
+        let ca = Ca::new(5);
+        let (nodes, _) = start_cluster(&ca).await;
+        let leader = leader_of(&nodes, None).await;
+        let target = leader;
+        let (key, cert) = ca.issue();
+        let (tls, _) = endpoint(ca.cert_der(), cert.clone(), &key);
+        let (eve, eve_id, _) = outsider(ca.cert_der(), cert, &key);
+        // A well-behaved connection, open before and kept across the bad ones.
+        assert!(!vote_to(&eve, eve_id, target).await.expect("answered"));
+        let before = target.server.stats();
+
+        // Garbage: a plausible length, a body that is no request.
+        let mut garbage = 16u32.to_be_bytes().to_vec();
+        garbage.extend_from_slice(&[0xff; 16]);
+        send_bad(&tls, target, &garbage, false).await;
+        // Truncated: a frame claiming 100 bytes, 10 sent, then the end of the stream.
+        let mut truncated = 100u32.to_be_bytes().to_vec();
+        truncated.extend_from_slice(&[0; 10]);
+        send_bad(&tls, target, &truncated, true).await;
+        // A header cut short.
+        send_bad(&tls, target, &[0, 0], true).await;
+        // Oversized: a length prefix far past the limit (never allocated).
+        let mut oversized = u32::MAX.to_be_bytes().to_vec();
+        oversized.extend_from_slice(&[0xaa; 64]);
+        send_bad(&tls, target, &oversized, false).await;
+        // A valid frame with trailing bytes inside its length: undecodable too.
+        let valid =
+            frame::encode_frame(&RequestFrame { id: 9, request: Request::Vote(stale_vote(eve_id)) }).expect("encode");
+        let mut padded = u32::try_from(valid.len() - HEADER_BYTES + 3).expect("len").to_be_bytes().to_vec();
+        padded.extend_from_slice(&valid[HEADER_BYTES..]);
+        padded.extend_from_slice(&[0; 3]);
+        send_bad(&tls, target, &padded, false).await;
+
+        let after = target.server.stats();
+        println!("raftnet: server counters after bad frames: {after:?}");
+        assert_eq!(after.frames_undecodable, before.frames_undecodable + 2);
+        assert_eq!(after.frames_truncated, before.frames_truncated + 2);
+        assert_eq!(after.frames_too_large, before.frames_too_large + 1);
+
+        // The well-behaved connection still works and was not reopened.
+        let eve_before = eve.stats().connections;
+        assert!(!vote_to(&eve, eve_id, target).await.expect("still answered"));
+        assert_eq!(eve.stats().connections, eve_before, "the good connection survived");
+        // And the cluster keeps replicating.
+        let leader = leader_of(&nodes, None).await;
+        write_everywhere(&nodes, leader, 5).await;
+        shutdown(nodes).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_the_leader_elects_another_and_writes_continue() {
+    bounded(async {
+        let ca = Ca::new(6);
+        let (mut nodes, _) = start_cluster(&ca).await;
+        let old = leader_of(&nodes, None).await.id;
+        write_everywhere(&nodes, leader_of(&nodes, None).await, 6).await;
+
+        // Kill the leader: its Raft stops, its listener and connections close.
+        let index = nodes.iter().position(|n| n.id == old).expect("leader");
+        let dead = nodes.remove(index);
+        let killed = Instant::now();
+        dead.raft.shutdown().await.expect("shutdown");
+        drop(dead);
+
+        let leader = leader_of(&nodes, Some(old)).await;
+        let failover = killed.elapsed();
+        assert_ne!(leader.id, old);
+        write_everywhere(&nodes, leader, 7).await;
+        println!("raftnet: failover over mutual TLS: new leader with quorum-acked lease {failover:?} after the kill (election timeout 300-600 ms)");
+        let failed: u64 = nodes.iter().map(|n| n.network.stats().rpcs_failed).sum();
+        assert!(failed > 0, "RPCs to the dead leader failed (and were counted)");
+        shutdown(nodes).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn frame_reader_checks_the_limit_before_reading_and_reports_truncation() {
+    bounded(async {
+        let timeouts = frame::ReadTimeouts { idle: Some(Duration::from_secs(1)), frame: Duration::from_secs(1) };
+        let mut clean: &[u8] = &[];
+        assert!(frame::read_frame(&mut clean, 100, timeouts).await.expect("clean end").is_none());
+        let mut ok: &[u8] = &[0, 0, 0, 3, 1, 2, 3];
+        assert_eq!(frame::read_frame(&mut ok, 100, timeouts).await.expect("frame"), Some(vec![1, 2, 3]));
+        let mut big: &[u8] = &[0, 0, 0, 101];
+        assert!(matches!(
+            frame::read_frame(&mut big, 100, timeouts).await,
+            Err(frame::FrameError::TooLarge { len: 101, .. })
+        ));
+        let mut short: &[u8] = &[0, 0, 0, 9, 1];
+        assert!(matches!(
+            frame::read_frame(&mut short, 100, timeouts).await,
+            Err(frame::FrameError::Truncated { got: 1, want: 9 })
+        ));
+        let mut half_header: &[u8] = &[0, 0];
+        assert!(matches!(
+            frame::read_frame(&mut half_header, 100, timeouts).await,
+            Err(frame::FrameError::Truncated { .. })
+        ));
+        // A peer that starts a frame and stalls is cut at the frame timeout.
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(&[0, 0, 0, 9, 1]).await.expect("write");
+        let quick = frame::ReadTimeouts { idle: Some(Duration::from_secs(1)), frame: Duration::from_millis(50) };
+        assert!(matches!(frame::read_frame(&mut server, 100, quick).await, Err(frame::FrameError::SlowFrame(_))));
+        // And a silent one at the idle timeout.
+        let (_client, mut server) = tokio::io::duplex(64);
+        let idle = frame::ReadTimeouts { idle: Some(Duration::from_millis(50)), frame: Duration::from_secs(1) };
+        assert!(matches!(frame::read_frame(&mut server, 100, idle).await, Err(frame::FrameError::Idle(_))));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_are_what_openraft_expects() {
+    bounded(async {
+        let ca = Ca::new(7);
+        let (key, cert) = ca.issue();
+        let (network, id, _) = outsider(ca.cert_der(), cert.clone(), &key);
+        let option = RPCOption::new(Duration::from_millis(400));
+
+        // Nothing listening: unreachable (openraft backs off).
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = closed.local_addr().expect("addr");
+        drop(closed);
+        let mut client = network.clone().new_client(RaftNodeId(NodeId([1; 16])), &ShoalNode::new("gone", addr)).await;
+        let err = client.vote(stale_vote(id), option.clone()).await.expect_err("nobody there");
+        assert!(matches!(err, RPCError::Unreachable(_)), "{err:?}");
+
+        // Accepts TCP and never answers: a timeout within the RPC's TTL, not a hang.
+        let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = silent.local_addr().expect("addr");
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                held.push(tcp);
+            }
+        });
+        let mut client = network.clone().new_client(RaftNodeId(NodeId([2; 16])), &ShoalNode::new("mute", addr)).await;
+        let started = Instant::now();
+        let err = client.vote(stale_vote(id), option.clone()).await.expect_err("no answer");
+        assert!(matches!(err, RPCError::Timeout(_)), "{err:?}");
+        assert!(started.elapsed() < option.hard_ttl(), "answered within the hard TTL: {:?}", started.elapsed());
+        hold.abort();
+
+        // A cluster node that completes the handshake and then never answers (stuck, or gone
+        // without a FIN): timeouts; the connection is kept while it may just be slow, and
+        // redialled once it has been silent past `silence_timeout`.
+        let (mute_key, mute_cert) = ca.issue();
+        let mute_id = RaftNodeId(node_id_of_key(&mute_key));
+        let (mute_tls, _) = endpoint(ca.cert_der(), mute_cert, &mute_key);
+        let mute = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = mute.local_addr().expect("addr");
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = mute.accept().await {
+                if let Ok((stream, _)) = mute_tls.accept(tcp).await {
+                    held.push(stream);
+                }
+            }
+        });
+        let config = ClientConfig { silence_timeout: Duration::from_millis(1000), ..ClientConfig::default() };
+        let network = RaftNetwork::new(id, endpoint(ca.cert_der(), cert.clone(), &key).0, config);
+        let mut client = network.clone().new_client(mute_id, &ShoalNode::new("mute", addr)).await;
+        let err = client.vote(stale_vote(id), option.clone()).await.expect_err("no answer");
+        assert!(matches!(err, RPCError::Timeout(_)), "{err:?}");
+        let err = client.vote(stale_vote(id), option.clone()).await.expect_err("no answer");
+        assert!(matches!(err, RPCError::Timeout(_)), "{err:?}");
+        assert_eq!(network.stats().connections, 1, "a merely slow connection is kept");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let err = client.vote(stale_vote(id), option.clone()).await.expect_err("no answer");
+        assert!(matches!(err, RPCError::Timeout(_)), "{err:?}");
+        let err = client.vote(stale_vote(id), option.clone()).await.expect_err("no answer");
+        assert!(matches!(err, RPCError::Timeout(_)), "{err:?}");
+        assert_eq!(network.stats().connections, 2, "a connection silent too long is redialled");
+        hold.abort();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_dropped_at_once() {
+    bounded(async {
+        let ca = Ca::new(8);
+        let (key, cert) = ca.issue();
+        let (tls, _) = endpoint(ca.cert_der(), cert, &key);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (log, sm) = MemStore::new().open();
+        let id = RaftNodeId(node_id_of_key(&key));
+        let network = RaftNetwork::new(id, tls.clone(), ClientConfig::default());
+        let raft = with_seed(os_seed(), Raft::new(id, raft_config(), network.clone(), log, sm)).await.expect("raft");
+        let config = ServerConfig { max_connections: 1, ..ServerConfig::default() };
+        let server = RaftServer::serve(listener, tls, Arc::new(raft.clone()), config).expect("serve");
+        let target =
+            Node { id, addr: server.local_addr(), raft: raft.clone(), server, network, revoked: Revocations::new() };
+        let (key2, cert2) = ca.issue();
+        let (first, first_id, _) = outsider(ca.cert_der(), cert2, &key2);
+        assert!(!vote_to(&first, first_id, &target).await.expect("first connection served"));
+        // The slot is taken: a second peer's TCP connection is closed before any TLS.
+        let mut tcp = TcpStream::connect(target.addr).await.expect("tcp");
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut sink)).await.expect("closed");
+        assert!(sink.is_empty());
+        eventually(|| target.server.stats().over_capacity == 1).await;
+        assert_eq!(target.server.stats().over_capacity, 1);
+        // The first connection is still served.
+        assert!(!vote_to(&first, first_id, &target).await.expect("still served"));
+        raft.shutdown().await.expect("shutdown");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_learner_catches_up_from_a_snapshot_over_tls() {
+    bounded(async {
+        let ca = Ca::new(9);
+        let config = compacting_config();
+        let (mut nodes, _) = start_cluster_with(&ca, config.clone()).await;
+        let leader = leader_of(&nodes, None).await;
+        let mut last = None;
+        for n in 0..30 {
+            last = Some(write(&leader.raft, register(n)).await.log_id.index);
+        }
+        leader
+            .raft
+            .wait(WAIT)
+            .metrics(|m| m.snapshot.is_some() && m.purged.is_some(), "snapshot and purge")
+            .await
+            .expect("leader compacted its log");
+        let reference = state_of(&leader.raft).await;
+
+        let learner = start_node_with(&ca, config).await;
+        let started = Instant::now();
+        leader.raft.add_learner(learner.id, ShoalNode::new("learner", learner.addr), true).await.expect("add learner");
+        learner.raft.wait(WAIT).applied_index_at_least(last, "learner applied").await.expect("learner caught up");
+        let caught_up = started.elapsed();
+        let learned = state_of(&learner.raft).await;
+        assert_eq!(learned.nodes, reference.nodes, "the learner holds the whole state");
+        assert!(learner.raft.metrics().borrow_watched().snapshot.is_some(), "it came as a snapshot");
+        // Snapshots travel on their own connection, next to the replication one.
+        let stats = learner.server.stats();
+        assert!(stats.connections >= 2, "{stats:?}");
+        println!(
+            "raftnet: learner caught up from a snapshot over TLS in {caught_up:?} ({} bytes of state)",
+            shoal_consensus::codec::encode_snapshot(&reference).map(|b| b.len()).unwrap_or(0)
+        );
+        nodes.push(learner);
+        shutdown(nodes).await;
+    })
+    .await;
+}
