@@ -6,6 +6,7 @@ mod api;
 mod config;
 mod identity;
 mod output;
+mod simcmd;
 mod pki;
 mod raftnet;
 
@@ -41,6 +42,8 @@ enum Command {
     Members(ClientArgs),
     /// Show this node's gossip counters (traffic, dropped packets by reason).
     Stats(ClientArgs),
+    /// Run the deterministic simulator: many nodes, injected faults, invariant checks.
+    Sim(simcmd::SimArgs),
 }
 
 #[derive(Subcommand)]
@@ -141,6 +144,13 @@ fn run(cli: Cli) -> Result<()> {
                 output::print_members(&members, matches!(args.format, Format::Json))?;
             }
             Ok(())
+        }
+        Command::Sim(args) => {
+            if simcmd::run(args)? {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("the simulation broke an invariant (see above for the replay command)"))
+            }
         }
         Command::Stats(args) => {
             let data_dir = args.data_dir.unwrap_or_else(identity::default_data_dir);
