@@ -60,7 +60,9 @@ pub struct NodeFacts {
     pub gossip_addr: SocketAddr,
     pub labels: BTreeMap<String, String>,
     pub version: String,
-    /// The node left on purpose (set in its last facts before it goes).
+    /// The process generation these facts belong to (`ShoalId::bump >> 16`).
+    pub boot: u16,
+    /// The node left on purpose (set in its last facts before it goes); applies to `boot`.
     pub left: bool,
 }
 
@@ -185,6 +187,7 @@ mod tests {
             gossip_addr: "10.0.0.1:7480".parse().expect("addr"),
             labels: BTreeMap::new(),
             version: "0.1.0".into(),
+            boot: 1,
             left: false,
         };
         let bytes = f.encode().expect("encode");

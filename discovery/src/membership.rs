@@ -29,6 +29,15 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Whether an interval that last fired at `last` has passed. A time in the future (the
+/// wall clock stepped back) counts as due, so a clock step cannot silence a node.
+fn interval_passed(last: Option<u64>, now_ms: u64, interval_ms: u64) -> bool {
+    last.is_none_or(|t| t > now_ms || now_ms - t >= interval_ms)
+}
+
+/// Bound on the peers we remember having warned about (wrong token, clock skew).
+const MAX_WARNED: usize = 256;
+
 /// Timing and size knobs of membership. Presets: [`MembershipConfig::lan`].
 #[derive(Debug, Clone)]
 pub struct MembershipConfig {
@@ -136,6 +145,8 @@ pub struct GossipStats {
     pub dropped_misdirected: u64,
     pub foca_rejected: u64,
     pub foreign_cluster_hints: u64,
+    /// Messages carrying this node's id from another address (see the logged error).
+    pub duplicate_identity: u64,
 }
 
 /// Timers the core asks the driver to fire.
@@ -221,6 +232,8 @@ pub struct Membership<R: Rng + SeedableRng> {
     connected: bool,
     started_ms: u64,
     stats: GossipStats,
+    /// Sources already warned about, so each problem is logged once per peer.
+    warned: std::collections::BTreeSet<(SocketAddr, &'static str)>,
 }
 
 impl<R: Rng + SeedableRng> Membership<R> {
@@ -261,6 +274,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
             connected: false,
             started_ms: 0,
             stats: GossipStats::default(),
+            warned: std::collections::BTreeSet::new(),
         }
     }
 
@@ -318,6 +332,10 @@ impl<R: Rng + SeedableRng> Membership<R> {
             return out;
         }
         if hint.node == self.own_facts.node {
+            if hint.addr != self.identity().addr {
+                let claimed = ShoalId { node: hint.node, addr: hint.addr, bump: 0 };
+                self.check_duplicate_identity(&claimed);
+            }
             return out;
         }
         let is_new = !self.hints.contains_key(&hint.addr);
@@ -346,9 +364,19 @@ impl<R: Rng + SeedableRng> Membership<R> {
             Ok(p) => p,
             Err(e) => {
                 match e {
-                    OpenError::Forged => self.stats.dropped_forged += 1,
+                    OpenError::Forged => {
+                        self.stats.dropped_forged += 1;
+                        self.warn_once(from, "forged", || {
+                            tracing::warn!(%from, "datagrams from this peer do not authenticate: is it started with a different join token?")
+                        });
+                    }
                     OpenError::Replayed => self.stats.dropped_replayed += 1,
-                    OpenError::OutsideWindow { .. } => self.stats.dropped_clock_skew += 1,
+                    OpenError::OutsideWindow { skew_ms } => {
+                        self.stats.dropped_clock_skew += 1;
+                        self.warn_once(from, "skew", || {
+                            tracing::warn!(%from, skew_s = skew_ms / 1000, "this peer's clock is too far from ours for its gossip to be accepted: check NTP on both machines")
+                        });
+                    }
                     OpenError::TooShort | OpenError::TooLarge | OpenError::UnknownVersion => {
                         self.stats.dropped_malformed += 1
                     }
@@ -383,6 +411,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
                 }
             }
             Envelope::Hello(peer) => {
+                self.check_duplicate_identity(&peer);
                 if peer.node != self.own_facts.node {
                     if let Err(e) = self.foca.announce(peer, &mut self.rt) {
                         tracing::debug!(error = %e, "announce failed");
@@ -407,6 +436,13 @@ impl<R: Rng + SeedableRng> Membership<R> {
                     let update = Member::new(about, incarnation, State::Suspect);
                     if let Err(e) = self.foca.apply_many(std::iter::once(update), true, &mut self.rt) {
                         tracing::debug!(error = %e, "could not refute suspicion");
+                    }
+                    // Gossip carries the refutation to random members; the asker, poorly
+                    // connected by definition, gets it directly too.
+                    if from.node != self.own_facts.node {
+                        if let Err(e) = self.foca.announce(from, &mut self.rt) {
+                            tracing::debug!(error = %e, "announce failed");
+                        }
                     }
                 } else if about.node == self.own_facts.node && from.node != self.own_facts.node {
                     // They suspect an older generation of us: tell them who we are now.
@@ -555,6 +591,23 @@ impl<R: Rng + SeedableRng> Membership<R> {
     }
 
     /// Seals `envelope` for node `dst` (or for anyone, when its id is not known) at `to`.
+    fn warn_once(&mut self, from: SocketAddr, what: &'static str, log: impl FnOnce()) {
+        if self.warned.len() < MAX_WARNED && self.warned.insert((from, what)) {
+            log();
+        }
+    }
+
+    /// Our node id arrived with another address: a copied data dir or cloned SD card.
+    fn check_duplicate_identity(&mut self, claimed: &ShoalId) {
+        if claimed.node == self.own_facts.node && claimed.addr != self.identity().addr {
+            self.stats.duplicate_identity += 1;
+            let at = claimed.addr;
+            self.warn_once(at, "duplicate", || {
+                tracing::error!(other = %at, "another machine uses this node's identity (a copied data dir or cloned disk?); on one of them move node.key and boot_count away and restart it")
+            });
+        }
+    }
+
     fn send(&mut self, now_ms: u64, to: SocketAddr, dst: Option<NodeId>, envelope: &Envelope, out: &mut Vec<Effect>) {
         let plaintext = match shoal_wire::encode::<_, MAX_PLAINTEXT_LEN>(envelope) {
             Ok(p) => p,
@@ -581,7 +634,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
             let connected = self.connected && hint.node.is_some_and(|n| {
                 self.records.get(&n).is_some_and(|r| matches!(r.state, MemberState::Alive | MemberState::Suspect))
             });
-            let waited = hint.last_hello_ms.is_none_or(|t| now_ms.saturating_sub(t) >= self.cfg.hello_interval_ms);
+            let waited = interval_passed(hint.last_hello_ms, now_ms, self.cfg.hello_interval_ms);
             if !connected && waited {
                 due.push(*addr);
             }
@@ -603,7 +656,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
                 // Missing, or saying it left while the member is active again (stale).
                 let missing = facts.get(node).is_none_or(|f| f.left);
                 let active = matches!(r.state, MemberState::Alive | MemberState::Suspect);
-                let waited = r.last_pull_ms.is_none_or(|t| now_ms.saturating_sub(t) >= self.cfg.facts_pull_interval_ms);
+                let waited = interval_passed(r.last_pull_ms, now_ms, self.cfg.facts_pull_interval_ms);
                 if missing && active && waited {
                     due.push((*node, r.id.addr));
                 }
@@ -622,7 +675,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
         let mut due = Vec::new();
         for (node, r) in &self.records {
             let stuck = r.state == MemberState::Suspect && now_ms.saturating_sub(r.since_ms) > stuck_after;
-            let waited = r.last_nudge_ms.is_none_or(|t| now_ms.saturating_sub(t) >= stuck_after);
+            let waited = interval_passed(r.last_nudge_ms, now_ms, stuck_after);
             if stuck && waited {
                 due.push((*node, r.id.clone(), r.swim_incarnation));
             }
@@ -707,6 +760,13 @@ impl<R: Rng + SeedableRng> Membership<R> {
 
     fn sync(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
         let own = self.own_facts.node;
+        // A seed (or remembered peer) whose node we now know stops being greeted once it is a
+        // member, like an mDNS hint.
+        for r in self.records.values() {
+            if let Some(h) = self.hints.get_mut(&r.id.addr) {
+                h.node = Some(r.id.node);
+            }
+        }
         let seen: Vec<(ShoalId, State, u16)> = self
             .foca
             .iter_membership_state()
@@ -726,8 +786,9 @@ impl<R: Rng + SeedableRng> Membership<R> {
                     continue;
                 }
             }
+            let boot = (id.bump >> 16) as u16;
             let said_left = record.is_some_and(|r| r.left && r.id == id)
-                || self.facts.lock().unwrap_or_else(|p| p.into_inner()).get(&id.node).is_some_and(|f| f.left);
+                || self.facts.lock().unwrap_or_else(|p| p.into_inner()).get(&id.node).is_some_and(|f| f.left && f.boot == boot);
             // The planted bug (simulator only) forgets every leave.
             let left = said_left && !self.cfg.planted_bug;
             let state = match foca_state {
@@ -750,7 +811,8 @@ impl<R: Rng + SeedableRng> Membership<R> {
                 "member {}",
                 state.as_str()
             );
-            let keep_left = left;
+            // Remember "left" only for the generation that left.
+            let keep_left = state == MemberState::Left || record.is_some_and(|r| r.left && r.id == id);
             let last_pull_ms = record.and_then(|r| if r.id == id { r.last_pull_ms } else { None });
             out.push(Effect::Event(MemberEvent { node: id.node, state, addr: id.addr, incarnation: id.bump }));
             self.records.insert(
@@ -774,6 +836,7 @@ mod tests {
             gossip_addr: id.addr,
             labels: BTreeMap::new(),
             version: "t".into(),
+            boot: 1,
             left: false,
         };
         Membership::new(MembershipConfig::lan(4), id, facts, ClusterId([1; 8]), [7; 32], rand::rngs::StdRng::seed_from_u64(u64::from(n)))

@@ -49,6 +49,7 @@ impl Lab {
             gossip_addr: id.addr,
             labels: BTreeMap::from([("zone".to_string(), format!("z{}", i % 2))]),
             version: "test".into(),
+            boot,
             left: false,
         };
         let mut core = Membership::new(
@@ -226,4 +227,24 @@ async fn static_seeds_work_without_discovery() {
     }
     let all = lab.alive();
     wait_all(&lab, &all, Duration::from_secs(10), "3 alive via seeds", |v| v.len() == 3 && v.values().all(|m| m.state == MemberState::Alive)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn left_belongs_to_the_generation_that_left() {
+    // Node 2 leaves, comes back as a new generation, then crashes: it must be shown down,
+    // not left (its old "left" facts do not apply to the new generation).
+    let mut lab = Lab::new();
+    lab.start_honest(3);
+    let all = lab.alive();
+    wait_all(&lab, &all, Duration::from_secs(10), "formed", |v| v.values().filter(|m| m.state == MemberState::Alive).count() == 3).await;
+    lab.nodes[2].handle.leave().await.expect("leave");
+    wait_all(&lab, &[0, 1], Duration::from_secs(2), "node 2 left", |v| state_of(v, 2) == Some(MemberState::Left)).await;
+    let secret = lab.secret.clone();
+    lab.nodes[2] = lab.start(2, 2, &secret, &[]);
+    wait_all(&lab, &[0, 1, 2], Duration::from_secs(20), "node 2 back", |v| {
+        v.get(&node_id(2)).is_some_and(|m| m.state == MemberState::Alive && m.incarnation == ShoalId::first_bump(2))
+    })
+    .await;
+    lab.crash(2);
+    wait_all(&lab, &[0, 1], Duration::from_secs(20), "node 2 down (not left)", |v| state_of(v, 2) == Some(MemberState::Down)).await;
 }

@@ -53,12 +53,19 @@ async fn save_peers_periodically(handle: shoal_discovery::MembershipHandle, path
     loop {
         tokio::time::sleep(PEERS_SAVE_EVERY).await;
         let Ok(peers) = handle.known_peers().await else { return };
-        if peers != saved {
-            let text: String = peers.iter().map(|p| format!("{p}\n")).collect();
-            match crate::identity::write_atomic(&path, text.as_bytes(), 0o600) {
-                Ok(()) => saved = peers,
-                Err(e) => tracing::warn!(error = %e, "could not save known peers"),
-            }
+        if peers != saved && save_peers(&path, &peers) {
+            saved = peers;
+        }
+    }
+}
+
+fn save_peers(path: &std::path::Path, peers: &[SocketAddr]) -> bool {
+    let text: String = peers.iter().map(|p| format!("{p}\n")).collect();
+    match crate::identity::write_atomic(path, text.as_bytes(), 0o600) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not save known peers");
+            false
         }
     }
 }
@@ -69,6 +76,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let socket = tokio::net::UdpSocket::bind(cfg.bind)
         .await
         .with_context(|| format!("cannot bind the gossip port {}; is another agent using it? pick another with --bind", cfg.bind))?;
+    identity.count_boot()?;
     let cluster = cfg.secret.cluster_id();
     let me = ShoalId { node: identity.id, addr: cfg.advertise, bump: ShoalId::first_bump(identity.boot_count) };
     let facts = NodeFacts {
@@ -78,6 +86,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         gossip_addr: cfg.advertise,
         labels: cfg.labels.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        boot: identity.boot_count,
         left: false,
     };
     facts.validate().context("node facts")?;
@@ -142,6 +151,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     api_task.abort();
     peers_task.abort();
+    // Save the peers once more: the periodic save may be up to PEERS_SAVE_EVERY old.
+    if let Ok(peers) = handle.known_peers().await {
+        save_peers(&cfg.data_dir.join(PEERS_FILE), &peers);
+    }
     let _ = std::fs::remove_file(api::socket_path(&cfg.data_dir));
     outcome
 }

@@ -6,13 +6,17 @@ use serde::{Deserialize, Serialize};
 use shoal_discovery::{GossipStats, MemberView, MembershipHandle};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 /// File name of the socket inside the data dir.
 pub const SOCKET_FILE: &str = "shoal.sock";
 /// Longest request line accepted; requests are tiny, anything longer is an error.
 const MAX_REQUEST_LEN: u64 = 64 * 1024;
+/// Concurrent API connections served; more are dropped.
+const MAX_CONNECTIONS: usize = 32;
+/// Time a client has to send its request and read the answer.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest response line a client accepts (a members list of thousands of nodes fits).
 const MAX_RESPONSE_LEN: u64 = 64 * 1024 * 1024;
 
@@ -57,13 +61,29 @@ pub async fn bind(data_dir: &Path) -> Result<UnixListener> {
 
 /// Serves requests until the task is dropped.
 pub async fn serve(listener: UnixListener, membership: MembershipHandle) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // E.g. out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "api accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("too many api connections; dropping one");
+            continue;
+        };
         let membership = membership.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, membership).await {
-                tracing::debug!(error = %e, "api connection ended with an error");
+            match tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, membership)).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "api connection ended with an error"),
+                Err(_) => tracing::debug!("api request timed out"),
+                Ok(Ok(())) => {}
             }
+            drop(permit);
         });
     }
 }
@@ -118,4 +138,3 @@ pub async fn call(data_dir: &Path, request: &Request) -> Result<Response> {
     Ok(response)
 }
 
-use tokio::io::AsyncReadExt as _;

@@ -26,6 +26,16 @@ pub fn resolve_secret(token: Option<&str>, token_file: Option<&Path>) -> Result<
     JoinSecret::parse(&text).map_err(|e| anyhow!("{e}"))
 }
 
+/// Warns when a token file can be read by other users (it admits machines to the cluster).
+pub fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o044 != 0 {
+            tracing::warn!(path = %path.display(), "the token file is readable by other users; `chmod 600` it");
+        }
+    }
+}
+
 /// Parses repeated `--label k=v` flags.
 pub fn parse_labels(flags: &[String]) -> Result<BTreeMap<String, String>> {
     let mut labels = BTreeMap::new();
@@ -81,8 +91,51 @@ pub fn resolve_seeds(flags: &[String]) -> Result<Vec<SocketAddr>> {
     Ok(out)
 }
 
+/// Interface name prefixes of virtual networks (container bridges, VPNs) whose addresses
+/// other machines on the LAN cannot reach; never advertised unless asked for.
+const VIRTUAL_IF_PREFIXES: &[&str] =
+    &["docker", "br-", "veth", "virbr", "cni", "flannel", "cali", "vxlan", "tailscale", "zt", "wg", "tun", "tap", "lxc", "podman", "kube"];
+
+/// The interface of the IPv4 default route, read from `/proc/net/route` (no packet sent).
+fn default_route_interface() -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    default_route_in(&table)
+}
+
+fn default_route_in(table: &str) -> Option<String> {
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.len() > 2 && cols[1] == "00000000").then(|| cols[0].to_string())
+    })
+}
+
+/// Picks the address to advertise among `(interface, ipv4)` candidates: the default route's
+/// interface first, then any non-virtual interface, lowest address first; loopback and
+/// link-local never; only `allowed` interfaces when that list is not empty.
+fn pick_advertise(candidates: &[(String, Ipv4Addr)], default_if: Option<&str>, allowed: &[String]) -> Option<Ipv4Addr> {
+    let usable = |(name, ip): &&(String, Ipv4Addr)| {
+        !ip.is_loopback() && !ip.is_link_local() && (allowed.is_empty() || allowed.iter().any(|a| a == name))
+    };
+    let is_virtual = |name: &str| VIRTUAL_IF_PREFIXES.iter().any(|p| name.starts_with(p));
+    let by_rank = candidates.iter().filter(usable).min_by_key(|(name, ip)| {
+        let rank = if Some(name.as_str()) == default_if {
+            0
+        } else if !is_virtual(name) || !allowed.is_empty() {
+            1
+        } else {
+            2
+        };
+        (rank, *ip)
+    })?;
+    let (name, ip) = by_rank;
+    // A virtual interface only if asked for, or if it carries the default route.
+    let acceptable = !allowed.is_empty() || Some(name.as_str()) == default_if || !is_virtual(name);
+    acceptable.then_some(*ip)
+}
+
 /// The address peers use to reach us: the bind address if specific, else `--advertise`,
-/// else the first non-loopback IPv4 address (of the `--mdns-interface`s if given).
+/// else the IPv4 address of the default route's interface, else of another non-virtual
+/// interface (of the `--mdns-interface`s if given).
 pub fn resolve_advertise(bind: SocketAddr, advertise: Option<IpAddr>, interfaces: &[String]) -> Result<SocketAddr> {
     if let Some(ip) = advertise {
         return Ok(SocketAddr::new(ip, bind.port()));
@@ -90,19 +143,24 @@ pub fn resolve_advertise(bind: SocketAddr, advertise: Option<IpAddr>, interfaces
     if !bind.ip().is_unspecified() {
         return Ok(bind);
     }
-    let candidates = if_addrs::get_if_addrs().context("cannot list network interfaces")?;
-    let ip = candidates
-        .iter()
-        .filter(|i| !i.is_loopback())
-        .filter(|i| interfaces.is_empty() || interfaces.iter().any(|n| n == &i.name))
+    let candidates: Vec<(String, Ipv4Addr)> = if_addrs::get_if_addrs()
+        .context("cannot list network interfaces")?
+        .into_iter()
         .filter_map(|i| match i.ip() {
-            IpAddr::V4(v4) if !v4.is_link_local() => Some(v4),
-            _ => None,
+            IpAddr::V4(v4) => Some((i.name.clone(), v4)),
+            IpAddr::V6(_) => None,
         })
-        .min()
-        .ok_or_else(|| {
-            anyhow!("found no IPv4 address to advertise; pass --advertise IP or --bind IP:PORT")
-        })?;
+        .collect();
+    let default_if = default_route_interface();
+    let ip = pick_advertise(&candidates, default_if.as_deref(), interfaces).ok_or_else(|| {
+        anyhow!("found no LAN IPv4 address to advertise (only loopback or container/VPN interfaces); pass --advertise IP or --bind IP:PORT")
+    })?;
+    tracing::info!(
+        %ip,
+        default_route = default_if.as_deref().unwrap_or("none"),
+        candidates = ?candidates.iter().map(|(n, a)| format!("{n}={a}")).collect::<Vec<_>>(),
+        "advertising this address to peers (override with --advertise)"
+    );
     Ok(SocketAddr::new(IpAddr::V4(ip), bind.port()))
 }
 
@@ -142,6 +200,25 @@ mod tests {
         assert_eq!(s[0].port(), DEFAULT_GOSSIP_PORT);
         assert_eq!(s[1].port(), 9000);
         assert!(resolve_seeds(&["no such host.invalid:1".into()]).is_err());
+    }
+
+    #[test]
+    fn advertise_prefers_the_default_route_and_skips_container_bridges() {
+        let c = |list: &[(&str, [u8; 4])]| -> Vec<(String, Ipv4Addr)> {
+            list.iter().map(|(n, a)| (n.to_string(), Ipv4Addr::from(*a))).collect()
+        };
+        let host = c(&[("lo", [127, 0, 0, 1]), ("docker0", [172, 17, 0, 1]), ("eth0", [192, 168, 1, 20]), ("tailscale0", [100, 64, 0, 5])]);
+        assert_eq!(pick_advertise(&host, Some("eth0"), &[]), Some(Ipv4Addr::new(192, 168, 1, 20)));
+        assert_eq!(pick_advertise(&host, None, &[]), Some(Ipv4Addr::new(192, 168, 1, 20)), "docker0 sorts lower but is virtual");
+        let only_virtual = c(&[("lo", [127, 0, 0, 1]), ("docker0", [172, 17, 0, 1])]);
+        assert_eq!(pick_advertise(&only_virtual, None, &[]), None);
+        assert_eq!(pick_advertise(&only_virtual, None, &["docker0".into()]), Some(Ipv4Addr::new(172, 17, 0, 1)), "asked for explicitly");
+        let two = c(&[("eth0", [10, 0, 0, 9]), ("wlan0", [10, 0, 0, 3])]);
+        assert_eq!(pick_advertise(&two, Some("eth0"), &[]), Some(Ipv4Addr::new(10, 0, 0, 9)));
+        assert_eq!(pick_advertise(&two, None, &["wlan0".into()]), Some(Ipv4Addr::new(10, 0, 0, 3)));
+        let table = "Iface\tDestination\tGateway\nbr0\t0001A8C0\t00000000\neth0\t00000000\t0101A8C0\n";
+        assert_eq!(default_route_in(table).as_deref(), Some("eth0"));
+        assert_eq!(default_route_in("Iface\tDestination\n"), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub struct NodeIdentity {
     /// The key pair, PEM-encoded; the certificate work builds on it.
     #[allow(dead_code)]
     pub key_pem: String,
+    boot_path: PathBuf,
 }
 
 /// Where state lives when `--data-dir` is not given: `$XDG_DATA_HOME/shoal`,
@@ -44,9 +45,10 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
             .truncate(true)
             .open(&tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(data)?;
-        f.sync_all()?;
+        let context = || format!("cannot write {}", tmp.display());
+        f.set_permissions(fs::Permissions::from_mode(mode)).with_context(context)?;
+        f.write_all(data).with_context(context)?;
+        f.sync_all().with_context(context)?;
     }
     fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     if let Some(dir) = path.parent() {
@@ -58,12 +60,28 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
 }
 
 impl NodeIdentity {
-    /// Loads the identity, creating the data dir and key on first start, and counts this boot.
+    /// Loads the identity, creating the data dir and key on first start. The boot is counted
+    /// by [`Self::count_boot`] once the node has its ports, so failed starts do not use up
+    /// generations.
     pub fn load_or_create(data_dir: &Path) -> Result<Self> {
-        fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-        fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot set permissions on {}", data_dir.display()))?;
+        if data_dir.exists() {
+            let mode = fs::metadata(data_dir)
+                .with_context(|| format!("cannot read data dir {}", data_dir.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o022 != 0 {
+                bail!(
+                    "data dir {} is writable by other users (mode {:o}); use a private directory, e.g. --data-dir ~/.local/share/shoal",
+                    data_dir.display(),
+                    mode & 0o777
+                );
+            }
+        } else {
+            fs::create_dir_all(data_dir)
+                .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+            fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot set permissions on {}", data_dir.display()))?;
+        }
         let key_path = data_dir.join(KEY_FILE);
         let key_pem = if key_path.exists() {
             fs::read_to_string(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?
@@ -78,18 +96,27 @@ impl NodeIdentity {
             format!("{} is not a valid key; move it away to let shoal create a new identity", key_path.display())
         })?;
         let boot_path = data_dir.join(BOOT_FILE);
+        // A fresh identity is the remedy for a damaged counter: restarting the count under the
+        // same id would make the cluster treat this node's new generations as stale.
+        let fresh_identity = format!(
+            "move {} and {} away together to give this node a fresh identity",
+            key_path.display(),
+            boot_path.display()
+        );
         let previous: u16 = match fs::read_to_string(&boot_path) {
-            Ok(text) => text.trim().parse().with_context(|| {
-                format!("{} is corrupt; delete it (the node keeps its id)", boot_path.display())
-            })?,
+            Ok(text) => text.trim().parse().with_context(|| format!("{} is corrupt; {fresh_identity}", boot_path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", boot_path.display())),
         };
         let Some(boot_count) = previous.checked_add(1) else {
-            bail!("{} reached its limit; delete it (the node keeps its id)", boot_path.display());
+            bail!("{} reached its limit of {} restarts; {fresh_identity}", boot_path.display(), u16::MAX);
         };
-        write_atomic(&boot_path, boot_count.to_string().as_bytes(), 0o600)?;
-        Ok(Self { id: crate::pki::node_id_of_key(&key), boot_count, key_pem })
+        Ok(Self { id: crate::pki::node_id_of_key(&key), boot_count, key_pem, boot_path })
+    }
+
+    /// Records this boot, so the next start is a newer generation.
+    pub fn count_boot(&self) -> Result<()> {
+        write_atomic(&self.boot_path, self.boot_count.to_string().as_bytes(), 0o600)
     }
 }
 
@@ -102,7 +129,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("shoal-id-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let first = NodeIdentity::load_or_create(&dir).expect("first start");
+        first.count_boot().expect("count");
+        let unbooted = NodeIdentity::load_or_create(&dir).expect("a start that fails before binding");
+        assert_eq!(unbooted.boot_count, 2);
         let second = NodeIdentity::load_or_create(&dir).expect("restart");
+        second.count_boot().expect("count");
         assert_eq!(first.id, second.id);
         assert_eq!((first.boot_count, second.boot_count), (1, 2));
         let mode = fs::metadata(dir.join(KEY_FILE)).expect("key").permissions().mode();
@@ -119,10 +150,22 @@ mod tests {
     fn corrupt_boot_counter_is_explained() {
         let dir = std::env::temp_dir().join(format!("shoal-id-test-c-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        NodeIdentity::load_or_create(&dir).expect("first start");
+        NodeIdentity::load_or_create(&dir).expect("first start").count_boot().expect("count");
         fs::write(dir.join(BOOT_FILE), "garbage").expect("write");
-        let err = NodeIdentity::load_or_create(&dir).err().expect("must fail").to_string();
-        assert!(err.contains("corrupt"), "{err}");
+        let err = format!("{:#}", NodeIdentity::load_or_create(&dir).err().expect("must fail"));
+        assert!(err.contains("corrupt") && err.contains("node.key"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn shared_data_dirs_are_refused_not_chmodded() {
+        let dir = std::env::temp_dir().join(format!("shoal-id-test-d-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = format!("{:#}", NodeIdentity::load_or_create(&dir).err().expect("must refuse"));
+        assert!(err.contains("writable by other users"), "{err}");
+        assert_eq!(fs::metadata(&dir).expect("meta").permissions().mode() & 0o777, 0o777, "mode untouched");
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -129,7 +129,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Token { command: TokenCommand::New } => {
             let secret = shoal_discovery::JoinSecret::generate(&mut rand::rng());
             println!("{}", secret.to_token());
-            eprintln!("Keep this token secret. Start every node with: shoal agent --token <token>");
+            eprintln!(
+                "Keep this token secret. Start every node with it in the environment or a file \
+                 (a --token flag is visible to other users in `ps`):\n  SHOAL_TOKEN=<token> shoal agent\n  shoal agent --token-file /path/to/token"
+            );
             Ok(())
         }
         Command::Agent(args) => {
@@ -173,6 +176,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn agent_config(args: AgentArgs) -> Result<agent::AgentConfig> {
     let secret = config::resolve_secret(args.token.as_deref(), args.token_file.as_deref())?;
+    if let Some(file) = &args.token_file {
+        config::warn_if_readable_by_others(file);
+    }
     let labels = config::parse_labels(&args.labels)?;
     let name = config::resolve_name(args.name.as_deref())?;
     let seeds = config::resolve_seeds(&args.join)?;

@@ -114,6 +114,7 @@ impl Slot {
             gossip_addr: self.addr,
             labels: BTreeMap::from([("sim.slot".to_string(), slot.to_string())]),
             version: "sim".to_string(),
+            boot: self.boots,
             left: false,
         };
         let mut cfg = MembershipConfig::lan(u32::try_from(expected_nodes).unwrap_or(u32::MAX));

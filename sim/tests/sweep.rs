@@ -3,7 +3,7 @@
 //!
 //! `SHOAL_SIM_SEEDS=N` changes the number of seeds (first seed 1).
 
-use shoal_sim::{run, FaultKind, FaultSet, SimOptions};
+use shoal_sim::{run, FaultSet, SimOptions};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
