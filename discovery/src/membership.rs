@@ -760,13 +760,6 @@ impl<R: Rng + SeedableRng> Membership<R> {
 
     fn sync(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
         let own = self.own_facts.node;
-        // A seed (or remembered peer) whose node we now know stops being greeted once it is a
-        // member, like an mDNS hint.
-        for r in self.records.values() {
-            if let Some(h) = self.hints.get_mut(&r.id.addr) {
-                h.node = Some(r.id.node);
-            }
-        }
         let seen: Vec<(ShoalId, State, u16)> = self
             .foca
             .iter_membership_state()
@@ -815,6 +808,11 @@ impl<R: Rng + SeedableRng> Membership<R> {
             let keep_left = state == MemberState::Left || record.is_some_and(|r| r.left && r.id == id);
             let last_pull_ms = record.and_then(|r| if r.id == id { r.last_pull_ms } else { None });
             out.push(Effect::Event(MemberEvent { node: id.node, state, addr: id.addr, incarnation: id.bump }));
+            // A seed (or remembered peer) at this address is now known to be this node, so it
+            // stops being greeted while the node is a member, like an mDNS hint.
+            if let Some(h) = self.hints.get_mut(&id.addr) {
+                h.node = Some(id.node);
+            }
             self.records.insert(
                 id.node,
                 Record { id, state, since_ms: now_ms, left: keep_left, last_pull_ms, swim_incarnation, last_nudge_ms: None },
