@@ -95,14 +95,20 @@ impl Invalidates for FactsKey {
 /// Receives facts broadcasts.
 pub struct FactsHandler {
     pub table: FactsTable,
+    /// This node: only it may say anything about itself.
+    pub own: NodeId,
 }
 
 impl BroadcastHandler<ShoalId> for FactsHandler {
     type Key = FactsKey;
     type Error = crate::identity::FactsDecodeError;
 
-    fn receive_item(&mut self, data: &[u8], _sender: Option<&ShoalId>) -> Result<Option<FactsKey>, Self::Error> {
+    fn receive_item(&mut self, data: &[u8], sender: Option<&ShoalId>) -> Result<Option<FactsKey>, Self::Error> {
         let facts = NodeFacts::decode(data)?;
+        if facts.node == self.own && sender.is_some() {
+            // Facts about us from someone else (stale echoes, or a forgery by a key holder).
+            return Ok(None);
+        }
         let key = FactsKey { node: facts.node, seq: facts.seq };
         Ok(store_if_newer(&self.table, facts).then_some(key))
     }

@@ -52,6 +52,9 @@ pub struct MembershipConfig {
     pub down_retention_ms: u64,
     /// Bound on remembered discovery hints (seeds are never dropped).
     pub max_hints: usize,
+    /// A discovery hint not heard of for this long, whose node is not a member, is forgotten
+    /// (mDNS announces a node again when it comes back).
+    pub hint_expiry_ms: u64,
     /// Test-only: plants a known bug (a graceful leave is shown as `down`) so the simulator
     /// can prove it catches it. Always `false` outside `shoal sim --planted-bug`.
     #[doc(hidden)]
@@ -71,6 +74,7 @@ impl MembershipConfig {
             facts_pull_interval_ms: 2_000,
             down_retention_ms: 24 * 3600 * 1000,
             max_hints: 1024,
+            hint_expiry_ms: 10 * 60 * 1000,
             planted_bug: false,
         }
     }
@@ -257,7 +261,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
             cfg.foca.clone(),
             foca_rng,
             WireCodec,
-            FactsHandler { table: facts.clone() },
+            FactsHandler { table: facts.clone(), own: own_facts.node },
         );
         Self {
             cfg,
@@ -451,6 +455,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
                     }
                 }
             }
+            Envelope::Facts(facts) if facts.node == self.own_facts.node => {}
             Envelope::Facts(facts) => match facts.validate() {
                 Ok(()) => {
                     store_if_newer(&self.facts, facts);
@@ -704,6 +709,14 @@ impl<R: Rng + SeedableRng> Membership<R> {
             self.records.remove(&node);
             self.facts.lock().unwrap_or_else(|p| p.into_inner()).remove(&node);
         }
+        let expiry = self.cfg.hint_expiry_ms;
+        let records = &self.records;
+        self.hints.retain(|_, h| {
+            let member = h.node.is_some_and(|n| {
+                records.get(&n).is_some_and(|r| matches!(r.state, MemberState::Alive | MemberState::Suspect))
+            });
+            h.seed || member || now_ms.saturating_sub(h.last_heard_ms) <= expiry
+        });
     }
 
     fn bound_hints(&mut self) {
@@ -849,6 +862,19 @@ mod tests {
         a.leave(10);
         assert_eq!(a.foca.custom_broadcast_backlog(), 1, "the left facts replace the old ones");
         assert!(a.facts.lock().expect("lock").get(&NodeId([1; 16])).is_some_and(|f| f.left));
+    }
+
+    #[test]
+    fn unheard_discovery_hints_expire_but_seeds_stay() {
+        let mut a = core(1);
+        a.start(0);
+        a.add_seed("10.0.0.9:7480".parse().expect("addr"));
+        let hint = PeerHint { cluster: ClusterId([1; 8]), node: NodeId([2; 16]), addr: "10.0.0.2:7480".parse().expect("addr") };
+        a.handle_discovered(0, hint);
+        assert_eq!(a.hints.len(), 2);
+        let later = a.cfg.hint_expiry_ms + 1;
+        a.handle_timer(later, MemberTimer::Tick);
+        assert_eq!(a.hints.keys().map(|k| k.to_string()).collect::<Vec<_>>(), vec!["10.0.0.9:7480"]);
     }
 
     #[test]
