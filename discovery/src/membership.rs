@@ -641,14 +641,18 @@ impl<R: Rng + SeedableRng> Membership<R> {
             });
             let waited = interval_passed(hint.last_hello_ms, now_ms, self.cfg.hello_interval_ms);
             if !connected && waited {
-                due.push(*addr);
+                // Sealed to the announced node when discovery named it, so a captured greeting
+                // cannot be replayed to others; seeds (whose id may change if the machine is
+                // reinstalled) are greeted as anyone.
+                let dst = if hint.seed { None } else { hint.node };
+                due.push((*addr, dst));
             }
         }
-        for addr in due {
+        for (addr, dst) in due {
             if let Some(h) = self.hints.get_mut(&addr) {
                 h.last_hello_ms = Some(now_ms);
             }
-            self.send(now_ms, addr, None, &Envelope::Hello(me.clone()), out);
+            self.send(now_ms, addr, dst, &Envelope::Hello(me.clone()), out);
         }
     }
 

@@ -9,6 +9,7 @@ mod output;
 mod simcmd;
 mod pki;
 mod raftnet;
+mod joinnet;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
