@@ -1,20 +1,11 @@
 //! `shoal`: drop it on every machine of a small cluster; the machines find each other and
 //! form a secure cluster. This file is the CLI edge: parse flags, call into the modules.
 
-mod agent;
-mod api;
-mod config;
-mod identity;
-mod output;
-mod simcmd;
-mod pki;
-mod raftnet;
-mod joinnet;
-
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use shoal_node::{agent, api, config, identity, output, simcmd};
 
 #[derive(Parser)]
 #[command(

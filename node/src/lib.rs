@@ -1,0 +1,13 @@
+//! The `shoal` node as a library: everything the binary (`src/main.rs`) wires together, public
+//! so benchmarks and integration tests can drive the pieces (PKI, Raft network, join
+//! transport) directly.
+
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod identity;
+pub mod joinnet;
+pub mod output;
+pub mod pki;
+pub mod raftnet;
+pub mod simcmd;
