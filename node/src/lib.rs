@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod identity;
 pub mod joinnet;
+pub mod netutil;
 pub mod output;
 pub mod pki;
 pub mod raftnet;

@@ -19,8 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 /// Limits of a [`JoinServer`].
@@ -146,6 +144,15 @@ impl JoinServer {
     }
 }
 
+impl crate::netutil::AcceptCounters for JoinStats {
+    fn accepted(&self) {
+        JoinStats::bump(&self.connections);
+    }
+    fn over_capacity(&self) {
+        JoinStats::bump(&self.over_capacity);
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -153,31 +160,15 @@ async fn accept_loop(
     config: JoinServerConfig,
     stats: Arc<JoinStats>,
 ) {
-    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let (tcp, peer_addr) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::debug!(error = %e, "join accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            JoinStats::bump(&stats.over_capacity);
-            tracing::debug!(%peer_addr, "join connection refused: connection cap reached");
-            drop(tcp);
-            continue;
-        };
-        JoinStats::bump(&stats.connections);
-        let (acceptor, authority, config, stats) = (acceptor.clone(), authority.clone(), config.clone(), stats.clone());
-        connections.spawn(async move {
-            serve_connection(tcp, peer_addr, acceptor, authority, &config, &stats).await;
-            drop(permit);
-        });
-    }
+    let max = config.max_connections;
+    let serve = {
+        let stats = stats.clone();
+        move |tcp, peer_addr| {
+            let (acceptor, authority, config, stats) = (acceptor.clone(), authority.clone(), config.clone(), stats.clone());
+            async move { serve_connection(tcp, peer_addr, acceptor, authority, &config, &stats).await }
+        }
+    };
+    crate::netutil::serve_capped(listener, max, "join", stats, serve).await;
 }
 
 fn count_frame_error(stats: &JoinStats, e: &FrameError) {

@@ -149,6 +149,15 @@ impl RaftServer {
     }
 }
 
+impl crate::netutil::AcceptCounters for NetStats {
+    fn accepted(&self) {
+        NetStats::bump(&self.connections);
+    }
+    fn over_capacity(&self) {
+        NetStats::bump(&self.over_capacity);
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     tls: MutualTls,
@@ -156,34 +165,12 @@ async fn accept_loop(
     config: ServerConfig,
     stats: Arc<NetStats>,
 ) {
-    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let mut connections = JoinSet::new();
-    loop {
-        // Reap finished connections so the set stays as large as the live ones.
-        while connections.try_join_next().is_some() {}
-        let (tcp, peer_addr) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Per-connection accept errors (ECONNABORTED) and fd exhaustion: wait a bit
-                // rather than spin.
-                tracing::debug!(error = %e, "raft accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            NetStats::bump(&stats.over_capacity);
-            tracing::debug!(%peer_addr, "raft connection refused: connection cap reached");
-            drop(tcp);
-            continue;
-        };
-        NetStats::bump(&stats.connections);
-        let (tls, raft, config, stats) = (tls.clone(), raft.clone(), config.clone(), stats.clone());
-        connections.spawn(async move {
-            serve_connection(tcp, peer_addr, tls, raft, config, stats).await;
-            drop(permit);
-        });
-    }
+    let max = config.max_connections;
+    let serve = {
+        let stats = stats.clone();
+        move |tcp, peer_addr| serve_connection(tcp, peer_addr, tls.clone(), raft.clone(), config.clone(), stats.clone())
+    };
+    crate::netutil::serve_capped(listener, max, "raft", stats, serve).await;
 }
 
 async fn serve_connection(
