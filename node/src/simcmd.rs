@@ -30,6 +30,10 @@ pub struct SimArgs {
     /// Test-only: run a core with a planted bug to show the checkers catch it.
     #[arg(long, hide = true)]
     planted_bug: bool,
+    /// Also run services: the real scheduler on a simulated cluster state and the real
+    /// reconciler on a fake container engine per node.
+    #[arg(long)]
+    services: bool,
 }
 
 fn parse_range(text: &str) -> Result<(u64, u64)> {
@@ -49,6 +53,7 @@ fn options(args: &SimArgs, seed: u64) -> Result<SimOptions> {
         faults: FaultSet::parse(&args.faults)?,
         trace: args.trace.clone(),
         planted_bug: args.planted_bug,
+        services: args.services,
         ..SimOptions::new(seed)
     };
     opts.validate()?;

@@ -25,9 +25,11 @@ pub mod options;
 pub mod plan;
 pub mod report;
 mod rng;
+pub mod services;
 mod trace;
 
 pub use harness::{run, EPOCH_MS};
-pub use options::{format_duration, parse_duration, FaultKind, FaultSet, OptionsError, SimOptions, MAX_NODES};
-pub use plan::{SimPlan, CONVERGENCE_BOUND_MS, HEAL_MS};
+pub use options::{format_duration, parse_duration, FaultKind, FaultSet, OptionsError, ServicesBug, SimOptions, MAX_NODES};
+pub use plan::{SimPlan, CONVERGENCE_BOUND_MS, HEAL_MS, SERVICES_BOUND_MS};
+pub use services::{ServiceCounts, ServiceDef, ServicesPlan};
 pub use report::{MessageCounts, SimReport};

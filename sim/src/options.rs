@@ -156,6 +156,28 @@ impl fmt::Debug for FaultSet {
     }
 }
 
+/// A bug planted in the simulator's services glue (never in the scheduler or engine crates).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServicesBug {
+    /// The agent drops the reconciler's removals of containers whose task is no longer
+    /// assigned to its node (a node back from a partition keeps its stale containers).
+    StaleContainers,
+    /// The tasks of nodes down (or left) past the grace period are never moved: the leader
+    /// drops the scheduler's `NodeDown` shutdowns and the placements replacing them.
+    NoDownShutdown,
+}
+
+impl ServicesBug {
+    pub const ALL: [ServicesBug; 2] = [ServicesBug::StaleContainers, ServicesBug::NoDownShutdown];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::StaleContainers => "stale-containers",
+            Self::NoDownShutdown => "no-down-shutdown",
+        }
+    }
+}
+
 /// Options that cannot be used. Messages say what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionsError {
@@ -242,6 +264,12 @@ pub struct SimOptions {
     /// Turn on the membership core's planted bug (a graceful leave shows as `down`), to
     /// prove the checkers catch it.
     pub planted_bug: bool,
+    /// Run services: the real scheduler on an oracle cluster state and the real reconciler
+    /// on a fake container engine per node (off by default; see `services.rs`).
+    pub services: bool,
+    /// With `services`: a planted bug in the simulator's glue around the scheduler or the
+    /// agent, to prove the services checkers catch it (sim-only; the crates are untouched).
+    pub planted_services_bug: Option<ServicesBug>,
 }
 
 impl SimOptions {
@@ -254,6 +282,8 @@ impl SimOptions {
             faults: FaultSet::all(),
             trace: None,
             planted_bug: false,
+            services: false,
+            planted_services_bug: None,
         }
     }
 
@@ -282,6 +312,13 @@ impl SimOptions {
         if self.planted_bug {
             cmd.push_str(" --planted-bug");
         }
+        if self.services {
+            cmd.push_str(" --services");
+        }
+        if let Some(bug) = self.planted_services_bug {
+            cmd.push_str(" --planted-services-bug ");
+            cmd.push_str(bug.name());
+        }
         cmd
     }
 
@@ -308,6 +345,11 @@ impl SimOptions {
                 opts.planted_bug = true;
                 continue;
             }
+            if name == "--services" {
+                opts.services = true;
+                continue;
+            }
+
             let value = match inline {
                 Some(v) => v,
                 None => words.next().ok_or_else(|| bad(format!("`{name}` needs a value")))?.to_string(),
@@ -320,6 +362,10 @@ impl SimOptions {
                 "--duration" => opts.duration_ms = parse_duration(&value)?,
                 "--faults" => opts.faults = FaultSet::parse(&value)?,
                 "--trace" => opts.trace = Some(PathBuf::from(value)),
+                "--planted-services-bug" => {
+                    let bug = ServicesBug::ALL.into_iter().find(|b| b.name() == value);
+                    opts.planted_services_bug = Some(bug.ok_or_else(|| bad(format!("unknown planted services bug `{value}`: stale-containers or no-down-shutdown")))?);
+                }
                 other => return Err(bad(format!("unknown flag `{other}`"))),
             }
         }
@@ -378,5 +424,17 @@ mod tests {
         assert!(SimOptions::from_command_line("shoal sim --nodes 3").is_err());
         assert!(SimOptions::from_command_line("--seed 1 --bogus 2").is_err());
         assert_eq!(SimOptions::from_command_line("--seed 1 --nodes 0"), Err(OptionsError::NodesOutOfRange(0)));
+    }
+
+    #[test]
+    fn services_flags_round_trip() {
+        let mut o = SimOptions::new(7);
+        assert!(!o.replay_command(3).contains("services"));
+        o.services = true;
+        o.planted_services_bug = Some(ServicesBug::NoDownShutdown);
+        let cmd = o.replay_command(3);
+        assert!(cmd.ends_with(" --services --planted-services-bug no-down-shutdown"), "{cmd}");
+        assert_eq!(SimOptions::from_command_line(&cmd), Ok(SimOptions { nodes: Some(3), ..o }));
+        assert!(SimOptions::from_command_line("--seed 1 --services --planted-services-bug nope").is_err());
     }
 }

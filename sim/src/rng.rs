@@ -19,6 +19,10 @@ pub(crate) enum Stream {
     Node { slot: usize, boot: u16 },
     /// The intruder's sniffing and replaying.
     Intruder,
+    /// Services (with `--services`): what runs, container crashes.
+    Services,
+    /// Services: which container crashes, when, how.
+    ServiceFaults,
 }
 
 /// SplitMix64's finaliser: a bijection that spreads nearby inputs far apart.
@@ -36,6 +40,8 @@ fn stream_id(s: Stream) -> u64 {
         Stream::Network => 3,
         Stream::Faults => 4,
         Stream::Intruder => 5,
+        Stream::Services => 6,
+        Stream::ServiceFaults => 7,
         Stream::Node { slot, boot } => (1 << 40) | ((slot as u64) << 16) | u64::from(boot),
     }
 }

@@ -4,6 +4,15 @@
 use shoal_sim::{run, FaultKind, FaultSet, SimOptions, SimReport};
 use std::path::PathBuf;
 
+/// Traced and untraced runs must not overlap in one process: `tracing`'s process-wide
+/// callsite cache can race with the simulator's thread-scoped log capture and drop lines from
+/// a trace. The tests of this file therefore run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn trace_path(tag: &str, seed: u64, round: u32) -> PathBuf {
     std::env::temp_dir().join(format!("shoal-sim-{}-{tag}-{seed}-{round}.trace", std::process::id()))
 }
@@ -35,6 +44,7 @@ fn same_counters(a: &SimReport, b: &SimReport) {
 
 #[test]
 fn each_fault_kind_replays_byte_for_byte() {
+    let _serial = serial();
     for kind in FaultKind::ALL {
         let mut injected = false;
         for seed in [3, 11, 2024] {
@@ -64,6 +74,7 @@ fn each_fault_kind_replays_byte_for_byte() {
 
 #[test]
 fn all_faults_replay_byte_for_byte_and_seeds_differ() {
+    let _serial = serial();
     let mut traces = Vec::new();
     for seed in [1, 77, 4242] {
         let opts = SimOptions { duration_ms: 5 * 60_000, ..SimOptions::new(seed) };
@@ -76,6 +87,7 @@ fn all_faults_replay_byte_for_byte_and_seeds_differ() {
 
 #[test]
 fn tracing_does_not_change_the_run() {
+    let _serial = serial();
     let opts = SimOptions { duration_ms: 3 * 60_000, ..SimOptions::new(9) };
     let (_, traced, _) = twice("traced", &opts);
     let plain = run(&opts);
