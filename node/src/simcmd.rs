@@ -30,6 +30,9 @@ pub struct SimArgs {
     /// Test-only: run a core with a planted bug to show the checkers catch it.
     #[arg(long, hide = true)]
     planted_bug: bool,
+    /// Test-only: a planted services bug (stale-containers or no-down-shutdown).
+    #[arg(long, hide = true, value_name = "BUG")]
+    planted_services_bug: Option<String>,
     /// Also run services: the real scheduler on a simulated cluster state and the real
     /// reconciler on a fake container engine per node.
     #[arg(long)]
@@ -53,6 +56,15 @@ fn options(args: &SimArgs, seed: u64) -> Result<SimOptions> {
         faults: FaultSet::parse(&args.faults)?,
         trace: args.trace.clone(),
         planted_bug: args.planted_bug,
+        planted_services_bug: match args.planted_services_bug.as_deref() {
+            None => None,
+            Some(name) => Some(
+                shoal_sim::options::ServicesBug::ALL
+                    .into_iter()
+                    .find(|b| b.name() == name)
+                    .ok_or_else(|| anyhow!("unknown planted services bug `{name}`: stale-containers or no-down-shutdown"))?,
+            ),
+        },
         services: args.services,
         ..SimOptions::new(seed)
     };
