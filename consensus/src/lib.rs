@@ -24,6 +24,7 @@ pub mod types;
 
 pub use openraft;
 pub use propose::propose;
+pub use propose::propose_when_ready;
 pub use propose::ProposeError;
 pub use state::Applied;
 pub use state::CaRecord;

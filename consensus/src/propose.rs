@@ -39,3 +39,30 @@ where
     codec::encode::<_, MAX_COMMAND_BYTES>(&cmd).map_err(ProposeError::TooLarge)?;
     Ok(raft.client_write(cmd).await?)
 }
+
+/// Like [`propose`], but waits out the moment right after an election when the new leader
+/// refuses writes with "forward to leader: none known" (its lease is not yet acknowledged by
+/// a quorum): retries such refusals up to `attempts` times, `pause` apart. Any other error
+/// is returned at once; after the last attempt the refusal itself is returned.
+pub async fn propose_when_ready<SM>(
+    raft: &ShoalRaft<SM>,
+    cmd: Command,
+    attempts: u32,
+    pause: std::time::Duration,
+) -> Result<ClientWriteResponse<TypeConfig>, ProposeError>
+where
+    SM: RaftStateMachine<TypeConfig>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match propose(raft, cmd.clone()).await {
+            Err(ProposeError::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f))))
+                if f.leader_id.is_none() && tries < attempts =>
+            {
+                tokio::time::sleep(pause).await;
+            }
+            other => return other,
+        }
+    }
+}

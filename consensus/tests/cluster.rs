@@ -14,10 +14,8 @@ use serde::Serialize;
 use shoal_consensus::codec;
 use shoal_consensus::codec::MAX_RPC_BYTES;
 use shoal_consensus::openraft::async_runtime::WatchReceiver;
-use shoal_consensus::openraft::error::ClientWriteError;
 use shoal_consensus::openraft::error::NetworkError;
 use shoal_consensus::openraft::error::RPCError;
-use shoal_consensus::openraft::error::RaftError;
 use shoal_consensus::openraft::error::ReplicationClosed;
 use shoal_consensus::openraft::error::StreamingError;
 use shoal_consensus::openraft::error::Unreachable;
@@ -35,6 +33,7 @@ use shoal_consensus::openraft::RaftNetworkV2;
 use shoal_consensus::openraft::ServerState;
 use shoal_consensus::openraft::SnapshotPolicy;
 use shoal_consensus::propose;
+use shoal_consensus::propose_when_ready;
 use shoal_consensus::runtime::with_seed;
 use shoal_consensus::store::mem::MemSnapshots;
 use shoal_consensus::types::ShoalRaft;
@@ -229,18 +228,10 @@ async fn leader_of(rafts: &BTreeMap<u8, Raft>) -> (u8, Raft) {
 
 /// Writes through `leader`, retrying while its lease is being (re)established.
 async fn write(leader: &Raft, cmd: Command) -> ClientWriteResponse<TypeConfig> {
-    for _ in 0..100 {
-        match propose(leader, cmd.clone()).await {
-            Ok(resp) => return resp,
-            Err(ProposeError::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f))))
-                if f.leader_id.is_none() =>
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("client write failed: {e}"),
-        }
+    match propose_when_ready(leader, cmd, 100, Duration::from_millis(20)).await {
+        Ok(resp) => resp,
+        Err(e) => panic!("client write failed: {e}"),
     }
-    panic!("leader never accepted the write");
 }
 
 fn register(n: u8) -> Command {

@@ -10,7 +10,7 @@ use shoal_consensus::openraft::Config;
 use shoal_consensus::runtime::{os_seed, with_seed};
 use shoal_consensus::store::mem::MemSnapshots;
 use shoal_consensus::types::ShoalRaft;
-use shoal_consensus::{propose, Command, MemStore, NodeRecord, ProposeError, RaftNodeId, ShoalNode, StateMachineStore};
+use shoal_consensus::{propose_when_ready, Command, MemStore, NodeRecord, RaftNodeId, ShoalNode, StateMachineStore};
 use shoal_discovery::JoinSecret;
 use shoal_node::pki::{node_id_of_key, ClusterCa, IssuePolicy, Issuer, JoinRequest, MutualTls, NodeCredentials, NodeGrant, NodeRole, Revocations};
 use shoal_node::raftnet::{ClientConfig, RaftNetwork, RaftServer, ServerConfig};
@@ -69,14 +69,9 @@ fn register(n: u32) -> Command {
 }
 
 async fn write(raft: &Raft, cmd: Command) {
-    for _ in 0..500 {
-        match propose(raft, cmd.clone()).await {
-            Ok(_) => return,
-            Err(ProposeError::Raft(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
-            Err(e) => panic!("write failed: {e}"),
-        }
+    if let Err(e) = propose_when_ready(raft, cmd, 500, Duration::from_millis(10)).await {
+        panic!("write failed: {e}");
     }
-    panic!("leader never accepted the write");
 }
 
 async fn run() {

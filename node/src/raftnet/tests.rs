@@ -14,14 +14,14 @@ use rcgen::KeyPair;
 use rustls::pki_types::CertificateDer;
 use shoal_consensus::codec::MAX_RPC_BYTES;
 use shoal_consensus::openraft::async_runtime::WatchReceiver;
-use shoal_consensus::openraft::error::{ClientWriteError, RPCError, RaftError};
+use shoal_consensus::openraft::error::RPCError;
 use shoal_consensus::openraft::network::RPCOption;
 use shoal_consensus::openraft::raft::{ClientWriteResponse, VoteRequest};
 use shoal_consensus::openraft::{Config, RaftNetworkFactory, RaftNetworkV2, SnapshotPolicy};
 use shoal_consensus::runtime::{os_seed, with_seed};
 use shoal_consensus::store::mem::MemSnapshots;
 use shoal_consensus::types::{ShoalRaft, Vote};
-use shoal_consensus::{propose, Applied, ClusterState, Command, MemStore, NodeRecord, ProposeError, StateMachineStore};
+use shoal_consensus::{propose_when_ready, Applied, ClusterState, Command, MemStore, NodeRecord, StateMachineStore};
 use shoal_consensus::{RaftNodeId, ShoalNode, TypeConfig};
 use shoal_discovery::JoinSecret;
 use shoal_wire::NodeId;
@@ -182,18 +182,10 @@ async fn leader_of(nodes: &[Node], not: Option<RaftNodeId>) -> &Node {
 
 /// Writes through `leader`, retrying while its lease is being (re)established.
 async fn write(leader: &Raft, cmd: Command) -> ClientWriteResponse<TypeConfig> {
-    for _ in 0..200 {
-        match propose(leader, cmd.clone()).await {
-            Ok(resp) => return resp,
-            Err(ProposeError::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f))))
-                if f.leader_id.is_none() =>
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("client write failed: {e}"),
-        }
+    match propose_when_ready(leader, cmd, 200, Duration::from_millis(20)).await {
+        Ok(resp) => resp,
+        Err(e) => panic!("client write failed: {e}"),
     }
-    panic!("leader never accepted the write");
 }
 
 fn register(n: u8) -> Command {
