@@ -3,14 +3,13 @@
 
 use super::client::connect;
 use super::{request_certificate, JoinAuthority, JoinError, JoinServer, JoinServerConfig, JoinStatsSnapshot, Refusal};
-use crate::pki::issuer::{IssuePolicy, Issuer, NodeGrant};
+use crate::pki::issuer::NodeGrant;
 use crate::pki::{
-    node_id_of_key, ClusterCa, JoinRequest, JoinResponse, MutualTls, NodeCredentials, NodeRole, PkiError, Revocations,
+    node_id_of_key, JoinRequest, JoinResponse, MutualTls, NodeCredentials, NodeRole, PkiError, Revocations,
     MAX_JOIN_MESSAGE_LEN,
 };
 use rand::SeedableRng;
 use rcgen::KeyPair;
-use rustls::pki_types::CertificateDer;
 use shoal_discovery::JoinSecret;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,42 +34,8 @@ fn os_rng() -> rand::rngs::StdRng {
     rand::rngs::StdRng::from_rng(&mut rand::rng())
 }
 
-/// A cluster: its secret and an issuer with its CA (created now, for real TLS).
-struct Cluster {
-    secret: JoinSecret,
-    issuer: Issuer,
-}
-
-impl Cluster {
-    fn new(seed: u64) -> Arc<Self> {
-        let secret = JoinSecret::generate(&mut rng(1000 + seed));
-        let ca = ClusterCa::create(
-            secret.cluster_id(),
-            KeyPair::generate().expect("key"),
-            SystemTime::now(),
-            &mut rng(seed),
-        )
-        .expect("ca");
-        let issuer = Issuer::new(ca, &secret, IssuePolicy::default());
-        Arc::new(Self { secret, issuer })
-    }
-
-    fn ca_der(&self) -> &CertificateDer<'static> {
-        self.issuer.ca().cert_der()
-    }
-
-    /// Credentials of a manager node of this cluster (what a join server presents).
-    fn node_credentials(&self) -> Arc<NodeCredentials> {
-        let key = KeyPair::generate().expect("key");
-        let csr = JoinRequest::new(&self.secret, &key, &mut rng(7)).expect("csr").csr_der;
-        let grant = NodeGrant { role: NodeRole::Manager, addresses: vec!["127.0.0.1".parse().expect("ip")] };
-        let cert = self
-            .issuer
-            .issue(&csr, node_id_of_key(&key), &grant, &Default::default(), SystemTime::now(), &mut rng(8))
-            .expect("issue");
-        NodeCredentials::new(cert, &key).expect("credentials")
-    }
-}
+/// A cluster: its secret and an issuer with its CA, created now for real TLS.
+use crate::pki::testing::Cluster;
 
 /// The honest authority: the cluster's issuer and revoked set.
 struct Authority {
@@ -166,7 +131,7 @@ async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> V
 #[tokio::test]
 async fn joiner_with_the_secret_gets_a_certificate_of_the_cluster_ca() {
     bounded(async {
-        let cluster = Cluster::new(1);
+        let cluster = Arc::new(Cluster::live(1));
         let (server, _) = honest(&cluster, JoinServerConfig::default()).await;
         let key = KeyPair::generate().expect("key");
         let got = request_certificate(server.local_addr(), &cluster.secret, &key, JOIN_TIMEOUT).await.expect("joined");
@@ -206,7 +171,7 @@ async fn joiner_with_the_secret_gets_a_certificate_of_the_cluster_ca() {
 #[tokio::test]
 async fn wrong_secret_is_refused_without_a_certificate() {
     bounded(async {
-        let cluster = Cluster::new(2);
+        let cluster = Arc::new(Cluster::live(2));
         let (server, _) = honest(&cluster, JoinServerConfig::default()).await;
         let wrong = JoinSecret::generate(&mut rng(99));
         let key = KeyPair::generate().expect("key");
@@ -225,8 +190,8 @@ async fn wrong_secret_is_refused_without_a_certificate() {
 #[tokio::test]
 async fn server_with_another_secret_is_not_trusted_although_tls_completed() {
     bounded(async {
-        let ours = Cluster::new(3);
-        let theirs = Cluster::new(4);
+        let ours = Arc::new(Cluster::live(3));
+        let theirs = Arc::new(Cluster::live(4));
         let authority = Arc::new(ForeignAuthority { cluster: theirs.clone() });
         let server = start(theirs.node_credentials(), authority, JoinServerConfig::default()).await;
         let key = KeyPair::generate().expect("key");
@@ -247,8 +212,8 @@ async fn secret_holder_outside_the_cluster_is_not_trusted() {
     // The answer verifies (the authority is the real cluster's) but the TLS certificate the
     // server presented is from another CA: the joiner did not talk to a cluster member.
     bounded(async {
-        let cluster = Cluster::new(5);
-        let other = Cluster::new(6);
+        let cluster = Arc::new(Cluster::live(5));
+        let other = Arc::new(Cluster::live(6));
         let authority = Arc::new(Authority { cluster: cluster.clone(), revoked: Revocations::new() });
         let server = start(other.node_credentials(), authority, JoinServerConfig::default()).await;
         let key = KeyPair::generate().expect("key");
@@ -262,7 +227,7 @@ async fn secret_holder_outside_the_cluster_is_not_trusted() {
 #[tokio::test]
 async fn revoked_node_is_refused() {
     bounded(async {
-        let cluster = Cluster::new(7);
+        let cluster = Arc::new(Cluster::live(7));
         let (server, revoked) = honest(&cluster, JoinServerConfig::default()).await;
         let key = KeyPair::generate().expect("key");
         revoked.revoke(node_id_of_key(&key));
@@ -281,7 +246,7 @@ async fn revoked_node_is_refused() {
 #[tokio::test]
 async fn bad_frames_close_their_connection_and_the_server_keeps_serving() {
     bounded(async {
-        let cluster = Cluster::new(8);
+        let cluster = Arc::new(Cluster::live(8));
         let (server, _) = honest(&cluster, fast_config()).await;
         let addr = server.local_addr();
         // Oversized: the length alone closes the connection.
@@ -330,7 +295,7 @@ async fn bad_frames_close_their_connection_and_the_server_keeps_serving() {
 #[tokio::test]
 async fn stalled_tcp_is_dropped_after_the_handshake_timeout() {
     bounded(async {
-        let cluster = Cluster::new(9);
+        let cluster = Arc::new(Cluster::live(9));
         let (server, _) = honest(&cluster, fast_config()).await;
         let started = Instant::now();
         let mut tcp = TcpStream::connect(server.local_addr()).await.expect("tcp");
@@ -347,7 +312,7 @@ async fn stalled_tcp_is_dropped_after_the_handshake_timeout() {
 #[tokio::test]
 async fn connection_cap_drops_extra_connections() {
     bounded(async {
-        let cluster = Cluster::new(10);
+        let cluster = Arc::new(Cluster::live(10));
         let config =
             JoinServerConfig { max_connections: 1, handshake_timeout: Duration::from_secs(2), ..fast_config() };
         let (server, _) = honest(&cluster, config).await;
@@ -371,7 +336,7 @@ async fn connection_cap_drops_extra_connections() {
 #[tokio::test]
 async fn silent_server_times_out_the_joiner() {
     bounded(async {
-        let cluster = Cluster::new(11);
+        let cluster = Arc::new(Cluster::live(11));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let _accepting = tokio::spawn(async move {
@@ -393,7 +358,7 @@ async fn silent_server_times_out_the_joiner() {
 #[tokio::test]
 async fn nothing_listening_is_a_connect_error() {
     bounded(async {
-        let cluster = Cluster::new(12);
+        let cluster = Arc::new(Cluster::live(12));
         let addr = {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             listener.local_addr().expect("addr")
@@ -408,7 +373,7 @@ async fn nothing_listening_is_a_connect_error() {
 #[tokio::test]
 async fn session_without_the_join_alpn_is_closed_unread() {
     bounded(async {
-        let cluster = Cluster::new(13);
+        let cluster = Arc::new(Cluster::live(13));
         let (server, _) = honest(&cluster, fast_config()).await;
         let mut config = (*super::client::client_tls_config().expect("config")).clone();
         config.alpn_protocols.clear();

@@ -31,7 +31,7 @@ pub mod join;
 pub mod tls;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(test)]
 mod tls_tests;
 

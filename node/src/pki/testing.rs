@@ -43,6 +43,26 @@ impl Cluster {
         Self { secret, issuer }
     }
 
+    /// A cluster whose CA is created at the real `now`, for tests that run real TLS.
+    pub fn live(n: u64) -> Self {
+        Self::created_at(n, SystemTime::now())
+    }
+
+    pub fn ca_der(&self) -> &CertificateDer<'static> {
+        self.issuer.ca().cert_der()
+    }
+
+    /// A manager that joined now: its key and certificate.
+    pub fn issue(&self) -> (KeyPair, CertificateDer<'static>) {
+        self.join(NodeRole::Manager, SystemTime::now())
+    }
+
+    /// Credentials of a manager that joined now (what a server presents).
+    pub fn node_credentials(&self) -> std::sync::Arc<super::NodeCredentials> {
+        let (key, cert) = self.issue();
+        super::NodeCredentials::new(cert, &key).expect("credentials")
+    }
+
     pub fn issuer_key(&self) -> JoinKey {
         JoinKey::from_secret(&self.secret)
     }

@@ -4,10 +4,9 @@
 
 use super::frame::{self, Request, RequestFrame, HEADER_BYTES};
 use super::{ClientConfig, RaftNetwork, RaftServer, ServerConfig};
-use crate::pki::issuer::{IssuePolicy, Issuer, NodeGrant};
 use crate::pki::tls::{client_config_builder, server_name};
 use crate::pki::{
-    node_dns_name, node_id_of_key, ClusterCa, JoinRequest, MutualTls, NodeCredentials, NodeRole, Revocations,
+    node_dns_name, node_id_of_key, MutualTls, NodeCredentials, Revocations,
 };
 use rand::SeedableRng;
 use rcgen::KeyPair;
@@ -23,13 +22,12 @@ use shoal_consensus::store::mem::MemSnapshots;
 use shoal_consensus::types::{ShoalRaft, Vote};
 use shoal_consensus::{propose_when_ready, Applied, ClusterState, Command, MemStore, NodeRecord, StateMachineStore};
 use shoal_consensus::{RaftNodeId, ShoalNode, TypeConfig};
-use shoal_discovery::JoinSecret;
 use shoal_wire::NodeId;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -47,42 +45,8 @@ fn rng(seed: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
 }
 
-/// A cluster's secret and CA (created now, so certificates are valid for real TLS).
-struct Ca {
-    secret: JoinSecret,
-    issuer: Issuer,
-}
-
-impl Ca {
-    fn new(seed: u64) -> Self {
-        let secret = JoinSecret::generate(&mut rng(1000 + seed));
-        let ca = ClusterCa::create(
-            secret.cluster_id(),
-            KeyPair::generate().expect("key"),
-            SystemTime::now(),
-            &mut rng(seed),
-        )
-        .expect("ca");
-        let issuer = Issuer::new(ca, &secret, IssuePolicy::default());
-        Self { secret, issuer }
-    }
-
-    fn cert_der(&self) -> &CertificateDer<'static> {
-        self.issuer.ca().cert_der()
-    }
-
-    /// A fresh key and its certificate from this CA.
-    fn issue(&self) -> (KeyPair, CertificateDer<'static>) {
-        let key = KeyPair::generate().expect("key");
-        let csr = JoinRequest::new(&self.secret, &key, &mut rng(7)).expect("csr").csr_der;
-        let grant = NodeGrant { role: NodeRole::Manager, addresses: vec!["127.0.0.1".parse().expect("ip")] };
-        let cert = self
-            .issuer
-            .issue(&csr, node_id_of_key(&key), &grant, &BTreeSet::new(), SystemTime::now(), &mut rng(8))
-            .expect("issue");
-        (key, cert)
-    }
-}
+/// A cluster's secret and CA, created now so certificates are valid for real TLS.
+use crate::pki::testing::Cluster as Ca;
 
 /// A TLS endpoint presenting `cert` and trusting `ca`.
 fn endpoint(ca: &CertificateDer<'static>, cert: CertificateDer<'static>, key: &KeyPair) -> (MutualTls, Revocations) {
@@ -135,7 +99,7 @@ async fn start_node(ca: &Ca) -> Node {
 async fn start_node_with(ca: &Ca, config: Arc<Config>) -> Node {
     let (key, cert) = ca.issue();
     let id = RaftNodeId(node_id_of_key(&key));
-    let (tls, revoked) = endpoint(ca.cert_der(), cert, &key);
+    let (tls, revoked) = endpoint(ca.ca_der(), cert, &key);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let network = RaftNetwork::new(id, tls.clone(), ClientConfig::default());
@@ -263,7 +227,7 @@ fn frame_limit_fits_the_length_prefix_and_a_batch_of_commands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_elect_and_replicate_over_mutual_tls() {
     bounded(async {
-        let ca = Ca::new(1);
+        let ca = Ca::live(1);
         let (nodes, elected_in) = start_cluster(&ca).await;
         let leader = leader_of(&nodes, None).await;
         write_everywhere(&nodes, leader, 2).await;
@@ -302,7 +266,7 @@ async fn three_nodes_elect_and_replicate_over_mutual_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn strangers_without_a_cluster_certificate_are_refused() {
     bounded(async {
-        let ca = Ca::new(2);
+        let ca = Ca::live(2);
         let (nodes, _) = start_cluster(&ca).await;
         let target = &nodes[1];
         let before = target.server.stats().handshakes_failed;
@@ -311,19 +275,19 @@ async fn strangers_without_a_cluster_certificate_are_refused() {
         let key = KeyPair::generate().expect("key");
         let params = rcgen::CertificateParams::new(vec![node_dns_name(node_id_of_key(&key))]).expect("params");
         let self_made = params.self_signed(&key).expect("self-signed").der().clone();
-        let (mallory, mallory_id, _) = outsider(ca.cert_der(), self_made, &key);
+        let (mallory, mallory_id, _) = outsider(ca.ca_der(), self_made, &key);
         let refused = vote_to(&mallory, mallory_id, target).await;
         assert!(matches!(refused, Err(RPCError::Unreachable(_))), "{refused:?}");
 
         // A certificate of another cluster's CA.
-        let other = Ca::new(3);
+        let other = Ca::live(3);
         let (key, cert) = other.issue();
-        let (stranger, stranger_id, _) = outsider(ca.cert_der(), cert, &key);
+        let (stranger, stranger_id, _) = outsider(ca.ca_der(), cert, &key);
         let refused = vote_to(&stranger, stranger_id, target).await;
         assert!(matches!(refused, Err(RPCError::Unreachable(_))), "{refused:?}");
 
         // No certificate at all: the handshake or the first read fails, no answer comes back.
-        let config = client_config_builder(ca.cert_der(), Revocations::new()).expect("builder").with_no_client_auth();
+        let config = client_config_builder(ca.ca_der(), Revocations::new()).expect("builder").with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = TcpStream::connect(target.addr).await.expect("tcp");
         if let Ok(mut stream) = connector.connect(server_name(Some(target.id.node_id())), tcp).await {
@@ -344,7 +308,7 @@ async fn strangers_without_a_cluster_certificate_are_refused() {
         // The client side: a cluster node answering at an address where membership says
         // another node lives is refused (the client names the node id it dials).
         let (key, cert) = ca.issue();
-        let (member, member_id, _) = outsider(ca.cert_der(), cert, &key);
+        let (member, member_id, _) = outsider(ca.ca_der(), cert, &key);
         let mut misdirected = member.clone().new_client(nodes[0].id, &ShoalNode::new("moved", nodes[1].addr)).await;
         let refused = misdirected.vote(stale_vote(member_id), rpc_option()).await;
         assert!(matches!(refused, Err(RPCError::Unreachable(_))), "{refused:?}");
@@ -362,11 +326,11 @@ async fn strangers_without_a_cluster_certificate_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revoked_node_is_refused() {
     bounded(async {
-        let ca = Ca::new(4);
+        let ca = Ca::live(4);
         let (nodes, _) = start_cluster(&ca).await;
         let target = &nodes[2];
         let (key, cert) = ca.issue();
-        let (dave, dave_id, _) = outsider(ca.cert_der(), cert, &key);
+        let (dave, dave_id, _) = outsider(ca.ca_der(), cert, &key);
         // With a valid certificate the Raft port answers (a stale vote is refused by Raft, not TLS).
         let granted = vote_to(&dave, dave_id, target).await.expect("answered before revocation");
         assert!(!granted);
@@ -414,13 +378,13 @@ async fn send_bad(tls: &MutualTls, target: &Node, bytes: &[u8], close: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_frames_close_that_connection_and_nothing_else() {
     bounded(async {
-        let ca = Ca::new(5);
+        let ca = Ca::live(5);
         let (nodes, _) = start_cluster(&ca).await;
         let leader = leader_of(&nodes, None).await;
         let target = leader;
         let (key, cert) = ca.issue();
-        let (tls, _) = endpoint(ca.cert_der(), cert.clone(), &key);
-        let (eve, eve_id, _) = outsider(ca.cert_der(), cert, &key);
+        let (tls, _) = endpoint(ca.ca_der(), cert.clone(), &key);
+        let (eve, eve_id, _) = outsider(ca.ca_der(), cert, &key);
         // A well-behaved connection, open before and kept across the bad ones.
         assert!(!vote_to(&eve, eve_id, target).await.expect("answered"));
         let before = target.server.stats();
@@ -468,7 +432,7 @@ async fn bad_frames_close_that_connection_and_nothing_else() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn losing_the_leader_elects_another_and_writes_continue() {
     bounded(async {
-        let ca = Ca::new(6);
+        let ca = Ca::live(6);
         let (mut nodes, _) = start_cluster(&ca).await;
         let old = leader_of(&nodes, None).await.id;
         write_everywhere(&nodes, leader_of(&nodes, None).await, 6).await;
@@ -531,9 +495,9 @@ async fn frame_reader_checks_the_limit_before_reading_and_reports_truncation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_errors_are_what_openraft_expects() {
     bounded(async {
-        let ca = Ca::new(7);
+        let ca = Ca::live(7);
         let (key, cert) = ca.issue();
-        let (network, id, _) = outsider(ca.cert_der(), cert.clone(), &key);
+        let (network, id, _) = outsider(ca.ca_der(), cert.clone(), &key);
         let option = RPCOption::new(Duration::from_millis(400));
 
         // Nothing listening: unreachable (openraft backs off).
@@ -565,7 +529,7 @@ async fn client_errors_are_what_openraft_expects() {
         // redialled once it has been silent past `silence_timeout`.
         let (mute_key, mute_cert) = ca.issue();
         let mute_id = RaftNodeId(node_id_of_key(&mute_key));
-        let (mute_tls, _) = endpoint(ca.cert_der(), mute_cert, &mute_key);
+        let (mute_tls, _) = endpoint(ca.ca_der(), mute_cert, &mute_key);
         let mute = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = mute.local_addr().expect("addr");
         let hold = tokio::spawn(async move {
@@ -577,7 +541,7 @@ async fn client_errors_are_what_openraft_expects() {
             }
         });
         let config = ClientConfig { silence_timeout: Duration::from_millis(1000), ..ClientConfig::default() };
-        let network = RaftNetwork::new(id, endpoint(ca.cert_der(), cert.clone(), &key).0, config);
+        let network = RaftNetwork::new(id, endpoint(ca.ca_der(), cert.clone(), &key).0, config);
         let mut client = network.clone().new_client(mute_id, &ShoalNode::new("mute", addr)).await;
         let err = client.vote(stale_vote(id), option.clone()).await.expect_err("no answer");
         assert!(matches!(err, RPCError::Timeout(_)), "{err:?}");
@@ -598,9 +562,9 @@ async fn client_errors_are_what_openraft_expects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_are_dropped_at_once() {
     bounded(async {
-        let ca = Ca::new(8);
+        let ca = Ca::live(8);
         let (key, cert) = ca.issue();
-        let (tls, _) = endpoint(ca.cert_der(), cert, &key);
+        let (tls, _) = endpoint(ca.ca_der(), cert, &key);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (log, sm) = MemStore::new().open();
         let id = RaftNodeId(node_id_of_key(&key));
@@ -611,7 +575,7 @@ async fn connections_past_the_cap_are_dropped_at_once() {
         let target =
             Node { id, addr: server.local_addr(), raft: raft.clone(), server, network, revoked: Revocations::new() };
         let (key2, cert2) = ca.issue();
-        let (first, first_id, _) = outsider(ca.cert_der(), cert2, &key2);
+        let (first, first_id, _) = outsider(ca.ca_der(), cert2, &key2);
         assert!(!vote_to(&first, first_id, &target).await.expect("first connection served"));
         // The slot is taken: a second peer's TCP connection is closed before any TLS.
         let mut tcp = TcpStream::connect(target.addr).await.expect("tcp");
@@ -630,7 +594,7 @@ async fn connections_past_the_cap_are_dropped_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_late_learner_catches_up_from_a_snapshot_over_tls() {
     bounded(async {
-        let ca = Ca::new(9);
+        let ca = Ca::live(9);
         let config = compacting_config();
         let (mut nodes, _) = start_cluster_with(&ca, config.clone()).await;
         let leader = leader_of(&nodes, None).await;
