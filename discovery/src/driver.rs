@@ -20,6 +20,7 @@ enum Command {
     Stats(oneshot::Sender<GossipStats>),
     KnownPeers(oneshot::Sender<Vec<std::net::SocketAddr>>),
     Leave(oneshot::Sender<()>),
+    SetInCluster(bool),
 }
 
 /// Talks to a running membership task. Cheap to clone.
@@ -46,6 +47,11 @@ impl MembershipHandle {
     /// Gossip addresses of every node known so far (see `Membership::known_peers`).
     pub async fn known_peers(&self) -> Result<Vec<std::net::SocketAddr>, Stopped> {
         self.ask(Command::KnownPeers).await
+    }
+
+    /// Sets this node's gossiped `in_cluster` fact.
+    pub async fn set_in_cluster(&self, in_cluster: bool) -> Result<(), Stopped> {
+        self.commands.send(Command::SetInCluster(in_cluster)).await.map_err(|_| Stopped)
     }
 
     /// Leaves the cluster gracefully; returns once the leave messages are sent.
@@ -155,6 +161,7 @@ async fn run<R, D, C, P>(
                     Command::Members(reply) => { let _ = reply.send(core.members()); }
                     Command::Stats(reply) => { let _ = reply.send(core.stats().clone()); }
                     Command::KnownPeers(reply) => { let _ = reply.send(core.known_peers()); }
+                    Command::SetInCluster(v) => core.set_in_cluster(v),
                     Command::Leave(reply) => {
                         let effects = core.leave(d.clock.now_ms());
                         d.apply(effects).await;

@@ -64,6 +64,9 @@ pub struct NodeFacts {
     pub boot: u16,
     /// The node left on purpose (set in its last facts before it goes); applies to `boot`.
     pub left: bool,
+    /// The node belongs to a formed Raft cluster (holds the replicated state and the CA):
+    /// what `--bootstrap-expect` looks at, and where a newcomer asks to join.
+    pub in_cluster: bool,
 }
 
 /// Why facts (from a flag or from a peer) are not acceptable.
@@ -189,6 +192,7 @@ mod tests {
             version: "0.1.0".into(),
             boot: 1,
             left: false,
+            in_cluster: false,
         };
         let bytes = f.encode().expect("encode");
         assert_eq!(NodeFacts::decode(&bytes).expect("decode"), f);

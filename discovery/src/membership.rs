@@ -132,6 +132,9 @@ pub struct MemberView {
     /// When this state was first seen here (ms since the Unix epoch).
     pub since_ms: u64,
     pub is_self: bool,
+    /// The node says it belongs to a formed cluster (its gossiped `in_cluster` fact).
+    #[serde(default)]
+    pub in_cluster: bool,
 }
 
 /// Counters of gossip traffic; every dropped datagram is counted under its reason.
@@ -501,6 +504,16 @@ impl<R: Rng + SeedableRng> Membership<R> {
         out
     }
 
+    /// Changes this node's `in_cluster` fact and gossips the new facts (no-op if unchanged).
+    pub fn set_in_cluster(&mut self, in_cluster: bool) {
+        if self.own_facts.in_cluster == in_cluster {
+            return;
+        }
+        self.own_facts.in_cluster = in_cluster;
+        self.own_facts.seq += 1;
+        self.publish_own_facts();
+    }
+
     /// Leave on purpose: gossip facts saying we left, tell every member directly (repeating
     /// to those that do not acknowledge, see [`Self::leave_done`]), then let foca gossip our
     /// departure. After this the core only handles acknowledgements and its retry timer.
@@ -569,6 +582,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
                 version: f.map(|f| f.version.clone()),
                 since_ms,
                 is_self,
+                in_cluster: f.is_some_and(|f| f.in_cluster && !f.left),
             }
         };
         let own_state = if self.leaving.is_some() { MemberState::Left } else { MemberState::Alive };
@@ -853,6 +867,7 @@ mod tests {
             version: "t".into(),
             boot: 1,
             left: false,
+            in_cluster: false,
         };
         Membership::new(MembershipConfig::lan(4), id, facts, ClusterId([1; 8]), [7; 32], rand::rngs::StdRng::seed_from_u64(u64::from(n)))
     }
@@ -866,6 +881,21 @@ mod tests {
         a.leave(10);
         assert_eq!(a.foca.custom_broadcast_backlog(), 1, "the left facts replace the old ones");
         assert!(a.facts.lock().expect("lock").get(&NodeId([1; 16])).is_some_and(|f| f.left));
+    }
+
+    #[test]
+    fn in_cluster_fact_is_regossiped_with_a_higher_seq_and_listed() {
+        let mut a = core(1);
+        a.start(0);
+        let seq = |a: &Membership<rand::rngs::StdRng>| a.facts.lock().expect("lock").get(&NodeId([1; 16])).map(|f| f.seq);
+        let before = seq(&a);
+        assert!(!a.members()[0].in_cluster);
+        a.set_in_cluster(true);
+        assert!(a.members()[0].in_cluster, "the view shows the new fact");
+        assert!(seq(&a) > before, "newer facts replace the old ones everywhere");
+        let after = seq(&a);
+        a.set_in_cluster(true);
+        assert_eq!(seq(&a), after, "an unchanged fact is not gossiped again");
     }
 
     #[test]

@@ -51,6 +51,7 @@ impl Lab {
             version: "test".into(),
             boot,
             left: false,
+            in_cluster: false,
         };
         let mut core = Membership::new(
             MembershipConfig::lan(8),

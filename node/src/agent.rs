@@ -24,6 +24,11 @@ pub struct AgentConfig {
     pub mdns: bool,
     pub mdns_interfaces: Vec<String>,
     pub expected_nodes: u32,
+    pub bootstrap_expect: usize,
+    pub target_voters: usize,
+    pub timing: crate::control::RaftTiming,
+    pub cert_lifetime: Duration,
+    pub dead_voter_after: Duration,
 }
 
 /// How long a graceful leave may take before the process exits anyway.
@@ -88,6 +93,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         boot: identity.boot_count,
         left: false,
+        in_cluster: false,
     };
     facts.validate().context("node facts")?;
     tracing::info!(
@@ -129,7 +135,26 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         let (h, t) = shoal_discovery::spawn(core, net, SystemClock, NoPeers);
         (h, t, None)
     };
-    let api_task = tokio::spawn(api::serve(listener, handle.clone()));
+    let ctl = crate::control::Control::start(
+        crate::control::ControlConfig {
+            data_dir: cfg.data_dir.clone(),
+            secret: cfg.secret.clone(),
+            name: cfg.name.clone(),
+            labels: cfg.labels.clone(),
+            bind: cfg.bind,
+            advertise: cfg.advertise,
+            bootstrap_expect: cfg.bootstrap_expect,
+            target_voters: cfg.target_voters,
+            timing: cfg.timing,
+            cert_lifetime: cfg.cert_lifetime,
+            dead_voter_after: cfg.dead_voter_after,
+        },
+        identity.id,
+        &identity.key_pem,
+        handle.clone(),
+    )
+    .await?;
+    let api_task = tokio::spawn(api::serve(listener, ctl.clone()));
     let peers_task = tokio::spawn(save_peers_periodically(handle.clone(), peers_path));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -146,6 +171,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             Err(_) => tracing::warn!("graceful leave timed out"),
         }
     }
+    ctl.shutdown().await;
     if let Some(m) = mdns {
         m.stop();
     }

@@ -3,7 +3,12 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use shoal_discovery::{GossipStats, MemberView, MembershipHandle};
+use crate::control::report::{NodeRow, StatusReport};
+use crate::control::Control;
+use shoal_consensus::Command;
+use shoal_discovery::{GossipStats, MemberView};
+use shoal_wire::NodeId;
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
@@ -25,6 +30,12 @@ const MAX_RESPONSE_LEN: u64 = 64 * 1024 * 1024;
 pub enum Request {
     Members,
     Stats,
+    Status,
+    Nodes,
+    /// Revoke a node (id or unique id prefix).
+    NodeRm { node: String },
+    /// Change a node's labels in the replicated state.
+    NodeUpdate { node: String, label_add: BTreeMap<String, String>, label_rm: Vec<String> },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,6 +43,9 @@ pub enum Request {
 pub enum Response {
     Members { members: Vec<MemberView> },
     Stats { stats: GossipStats },
+    Status { status: StatusReport },
+    Nodes { nodes: Vec<NodeRow> },
+    Done { message: String },
     Error { message: String },
 }
 
@@ -60,7 +74,7 @@ pub async fn bind(data_dir: &Path) -> Result<UnixListener> {
 }
 
 /// Serves requests until the task is dropped.
-pub async fn serve(listener: UnixListener, membership: MembershipHandle) {
+pub async fn serve(listener: UnixListener, ctl: Control) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
@@ -76,9 +90,9 @@ pub async fn serve(listener: UnixListener, membership: MembershipHandle) {
             tracing::debug!("too many api connections; dropping one");
             continue;
         };
-        let membership = membership.clone();
+        let ctl = ctl.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, membership)).await {
+            match tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, ctl)).await {
                 Ok(Err(e)) => tracing::debug!(error = %e, "api connection ended with an error"),
                 Err(_) => tracing::debug!("api request timed out"),
                 Ok(Ok(())) => {}
@@ -88,7 +102,8 @@ pub async fn serve(listener: UnixListener, membership: MembershipHandle) {
     }
 }
 
-async fn handle(stream: UnixStream, membership: MembershipHandle) -> Result<()> {
+async fn handle(stream: UnixStream, ctl: Control) -> Result<()> {
+    let membership = ctl.membership().clone();
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(MAX_REQUEST_LEN));
     let mut line = String::new();
@@ -103,12 +118,72 @@ async fn handle(stream: UnixStream, membership: MembershipHandle) -> Result<()> 
             Ok(stats) => Response::Stats { stats },
             Err(e) => Response::Error { message: e.to_string() },
         },
+        Ok(Request::Status) => match ctl.status().await {
+            Ok(status) => Response::Status { status },
+            Err(e) => Response::Error { message: format!("{e:#}") },
+        },
+        Ok(Request::Nodes) => match ctl.node_rows().await {
+            Ok(nodes) => Response::Nodes { nodes },
+            Err(e) => Response::Error { message: format!("{e:#}") },
+        },
+        Ok(Request::NodeRm { node }) => match node_rm(&ctl, &node).await {
+            Ok(message) => Response::Done { message },
+            Err(e) => Response::Error { message: format!("{e:#}") },
+        },
+        Ok(Request::NodeUpdate { node, label_add, label_rm }) => match node_update(&ctl, &node, label_add, label_rm).await {
+            Ok(message) => Response::Done { message },
+            Err(e) => Response::Error { message: format!("{e:#}") },
+        },
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
     write.write_all(&out).await?;
     write.shutdown().await?;
     Ok(())
+}
+
+/// Finds the one node whose id starts with `prefix` (at least 4 hex characters), among the
+/// registered nodes and the members seen in gossip.
+async fn resolve_node(ctl: &Control, prefix: &str) -> Result<NodeId> {
+    let prefix = prefix.trim().to_ascii_lowercase();
+    if prefix.len() < 4 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("`{prefix}` is not a node id: give at least 4 hex characters of an id from `shoal node ls`");
+    }
+    let rows = ctl.node_rows().await?;
+    let matches: Vec<NodeId> = rows.iter().map(|r| r.id).filter(|id| id.to_string().starts_with(&prefix)).collect();
+    match matches.as_slice() {
+        [one] => Ok(*one),
+        [] => bail!("no node id starts with `{prefix}`; see `shoal node ls`"),
+        many => bail!("`{prefix}` matches {} nodes; give more characters of the id", many.len()),
+    }
+}
+
+async fn node_rm(ctl: &Control, prefix: &str) -> Result<String> {
+    let id = resolve_node(ctl, prefix).await?;
+    if id == ctl.id() {
+        bail!("refusing to remove the node you are asking ({}); run `shoal node rm` on another node", id.short());
+    }
+    ctl.write(Command::Revoke { node: id }).await?;
+    Ok(format!("node {id} revoked: its certificate is refused from now on and it leaves Raft"))
+}
+
+async fn node_update(ctl: &Control, prefix: &str, add: BTreeMap<String, String>, rm: Vec<String>) -> Result<String> {
+    let id = resolve_node(ctl, prefix).await?;
+    let running = ctl.running().ok_or_else(|| anyhow!("this node is not part of the cluster yet"))?;
+    let state = running.state().await?;
+    let mut record = state
+        .nodes
+        .get(&id)
+        .cloned()
+        .ok_or_else(|| anyhow!("node {} is not registered in the cluster (yet)", id.short()))?;
+    for key in &rm {
+        if record.labels.remove(key).is_none() {
+            bail!("node {} has no label `{key}`", id.short());
+        }
+    }
+    record.labels.extend(add);
+    ctl.write(Command::RegisterNode { id, record }).await?;
+    Ok(format!("node {id} updated"))
 }
 
 /// Sends one request to the agent serving `data_dir`.

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod api;
 pub mod config;
+pub mod control;
 pub mod identity;
 pub mod joinnet;
 pub mod netutil;

@@ -34,8 +34,44 @@ enum Command {
     Members(ClientArgs),
     /// Show this node's gossip counters (traffic, dropped packets by reason).
     Stats(ClientArgs),
+    /// Show the cluster as this node sees it: leader, term, voters and learners with their
+    /// health, commit index, this node's role and certificate expiry.
+    Status(ClientArgs),
+    /// Nodes of the cluster: list, remove (revoke), update labels.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Run the deterministic simulator: many nodes, injected faults, invariant checks.
     Sim(simcmd::SimArgs),
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// List nodes with their role (leader, manager, worker), state, address and labels.
+    Ls(ClientArgs),
+    /// Remove a node from the cluster for good: its id is revoked, its certificate refused
+    /// by every node from now on, and it leaves Raft. To bring the machine back, wipe its
+    /// data dir so it joins as a new node.
+    Rm {
+        /// Node id, or a unique prefix of at least 4 hex characters (see `shoal node ls`).
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a node's labels (used by placement constraints `node.labels.KEY==VALUE`).
+    Update {
+        /// Node id, or a unique prefix of at least 4 hex characters.
+        id: String,
+        /// Add or change a label (repeatable).
+        #[arg(long = "label-add", value_name = "KEY=VALUE")]
+        label_add: Vec<String>,
+        /// Remove a label (repeatable).
+        #[arg(long = "label-rm", value_name = "KEY")]
+        label_rm: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +115,35 @@ struct AgentArgs {
     /// Expected cluster size; tunes gossip fan-out and suspicion time.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     expected_nodes: u32,
+    /// Create the cluster once this many nodes with the same token see each other (the one
+    /// with the lowest id creates it; the others join). Give every first node the same value.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=7))]
+    bootstrap_expect: u32,
+    /// How many managers (Raft voters) the cluster keeps: 1, 3 or 5. Others are workers.
+    #[arg(long, default_value_t = 3, value_parser = parse_voters)]
+    voters: usize,
+    /// Raft heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    raft_heartbeat_ms: u64,
+    /// Raft election timeout (the shortest; the longest is twice this), in milliseconds.
+    /// Must be several heartbeats; raise both on slow SD-card machines.
+    #[arg(long, default_value_t = 800, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    raft_election_timeout_ms: u64,
+    /// Lifetime of node certificates (renewed automatically at two thirds), e.g. 7d, 12h, 30m.
+    #[arg(long, default_value = "7d", value_parser = config::parse_duration)]
+    cert_lifetime: std::time::Duration,
+    /// A manager down this long is replaced by a healthy worker, e.g. 30s, 5m.
+    #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
+    replace_dead_manager_after: std::time::Duration,
+}
+
+fn parse_voters(text: &str) -> Result<usize, String> {
+    match text {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        "5" => Ok(5),
+        _ => Err("managers must be 1, 3 or 5 (an odd number keeps a majority through a split)".into()),
+    }
 }
 
 #[derive(clap::Args)]
@@ -99,7 +164,7 @@ enum Format {
 
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,mdns_sd=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,mdns_sd=warn,openraft=error"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -147,6 +212,15 @@ fn run(cli: Cli) -> Result<()> {
                 Err(anyhow::anyhow!("the simulation broke an invariant (see above for the replay command)"))
             }
         }
+        Command::Status(args) => {
+            let data_dir = args.data_dir.unwrap_or_else(identity::default_data_dir);
+            let response = runtime()?.block_on(api::call(&data_dir, &api::Request::Status))?;
+            if let api::Response::Status { status } = response {
+                output::print_status(&status, matches!(args.format, Format::Json))?;
+            }
+            Ok(())
+        }
+        Command::Node { command } => node_command(command),
         Command::Stats(args) => {
             let data_dir = args.data_dir.unwrap_or_else(identity::default_data_dir);
             let response = runtime()?.block_on(api::call(&data_dir, &api::Request::Stats))?;
@@ -155,6 +229,34 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn node_command(command: NodeCommand) -> Result<()> {
+    let (client, request) = match command {
+        NodeCommand::Ls(client) => (client, api::Request::Nodes),
+        NodeCommand::Rm { id, client } => (client, api::Request::NodeRm { node: id }),
+        NodeCommand::Update { id, label_add, label_rm, client } => {
+            if label_add.is_empty() && label_rm.is_empty() {
+                anyhow::bail!("nothing to update: give --label-add KEY=VALUE or --label-rm KEY");
+            }
+            let label_add = config::parse_labels(&label_add)?;
+            (client, api::Request::NodeUpdate { node: id, label_add, label_rm })
+        }
+    };
+    let data_dir = client.data_dir.unwrap_or_else(identity::default_data_dir);
+    let json = matches!(client.format, Format::Json);
+    match runtime()?.block_on(api::call(&data_dir, &request))? {
+        api::Response::Nodes { nodes } => output::print_nodes(&nodes, json),
+        api::Response::Done { message } => {
+            if json {
+                println!("{}", serde_json::json!({ "message": message }));
+            } else {
+                println!("{message}");
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -170,6 +272,16 @@ fn agent_config(args: AgentArgs) -> Result<agent::AgentConfig> {
     let secret = config::resolve_secret(args.token.as_deref(), args.token_file.as_deref())?;
     if let Some(file) = &args.token_file {
         config::warn_if_readable_by_others(file);
+    }
+    if args.raft_election_timeout_ms < 3 * args.raft_heartbeat_ms {
+        anyhow::bail!(
+            "--raft-election-timeout-ms ({}) must be at least 3 heartbeats (3 x {} ms), or followers start elections while the leader is fine",
+            args.raft_election_timeout_ms,
+            args.raft_heartbeat_ms
+        );
+    }
+    if args.cert_lifetime < std::time::Duration::from_secs(600) {
+        anyhow::bail!("--cert-lifetime must be at least 10m (renewal happens at two thirds of it)");
     }
     let labels = config::parse_labels(&args.labels)?;
     let name = config::resolve_name(args.name.as_deref())?;
@@ -191,5 +303,14 @@ fn agent_config(args: AgentArgs) -> Result<agent::AgentConfig> {
         mdns: !args.no_mdns,
         mdns_interfaces,
         expected_nodes: args.expected_nodes,
+        bootstrap_expect: args.bootstrap_expect as usize,
+        target_voters: args.voters,
+        timing: shoal_node::control::RaftTiming {
+            heartbeat_ms: args.raft_heartbeat_ms,
+            election_timeout_min_ms: args.raft_election_timeout_ms,
+            election_timeout_max_ms: args.raft_election_timeout_ms * 2,
+        },
+        cert_lifetime: args.cert_lifetime,
+        dead_voter_after: args.replace_dead_manager_after,
     })
 }

@@ -116,6 +116,7 @@ impl Slot {
             version: "sim".to_string(),
             boot: self.boots,
             left: false,
+            in_cluster: false,
         };
         let mut cfg = MembershipConfig::lan(u32::try_from(expected_nodes).unwrap_or(u32::MAX));
         cfg.planted_bug = planted_bug;

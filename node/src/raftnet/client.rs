@@ -8,7 +8,7 @@
 //! naming the target's node id (a server presenting another node's certificate is
 //! refused) and reopened on the next RPC after any error.
 
-use super::frame::{self, FrameError, ReadTimeouts, Request, RequestFrame, Response, ResponseFrame};
+use super::frame::{self, ForwardRefused, FrameError, ReadTimeouts, Request, RequestFrame, Response, ResponseFrame};
 use super::{NetStats, NetStatsSnapshot};
 use crate::pki::MutualTls;
 use shoal_consensus::codec::MAX_RPC_BYTES;
@@ -22,7 +22,7 @@ use shoal_consensus::openraft::raft::{
 };
 use shoal_consensus::openraft::{OptionalSend, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use shoal_consensus::types::{Snapshot, SnapshotData, Vote};
-use shoal_consensus::{RaftNodeId, ShoalNode, TypeConfig};
+use shoal_consensus::{Command, RaftNodeId, ShoalNode, TypeConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -114,6 +114,24 @@ impl RaftNetwork {
     /// Closes every connection (they reopen on the next RPC); e.g. after a revocation.
     pub fn close_all(&self) {
         self.inner.slots.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
+    /// Sends a write to `target` (the leader, as far as the caller knows) and waits, at most
+    /// `ttl`, for it to be committed there. The outer error is the network's (unreachable,
+    /// timeout); the inner one the leader's refusal.
+    pub async fn forward(
+        &self,
+        target: RaftNodeId,
+        node: &ShoalNode,
+        cmd: Command,
+        ttl: Duration,
+    ) -> Result<Result<shoal_consensus::Response, ForwardRefused>, String> {
+        let client = self.client(target, node, Channel::Rpc);
+        match client.call(Request::Forward(cmd), ttl).await {
+            Ok(Response::Forwarded(answer)) => Ok(answer),
+            Ok(other) => Err(client.protocol_error("forwarded", &other).to_string()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     fn client(&self, target: RaftNodeId, node: &ShoalNode, channel: Channel) -> PeerClient {

@@ -14,7 +14,9 @@ use shoal_consensus::openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use shoal_consensus::types::{SnapshotData, SnapshotMeta, Vote};
+use shoal_consensus::Command;
 use shoal_consensus::TypeConfig;
+use shoal_wire::NodeId;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -36,6 +38,20 @@ pub enum Request {
         data: SnapshotData,
     },
     TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// A write proposed by a node that is not the leader (a join it answered, a CLI command
+    /// given to it): the leader proposes it and answers once it is committed and applied.
+    Forward(Command),
+}
+
+/// Why a forwarded write was not committed by the node it was sent to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardRefused {
+    /// That node is not the leader; it names the leader if it knows one.
+    #[error("not the leader (leader: {})", leader.map_or_else(|| "unknown".to_string(), |l| l.to_string()))]
+    NotLeader { leader: Option<NodeId> },
+    /// The leader could not commit it (lost leadership meanwhile, shutting down, too large).
+    #[error("the leader could not commit the write: {0}")]
+    Failed(String),
 }
 
 impl Request {
@@ -47,6 +63,7 @@ impl Request {
             Request::PreVote(_) => "pre_vote",
             Request::FullSnapshot { .. } => "full_snapshot",
             Request::TransferLeader(_) => "transfer_leader",
+            Request::Forward(_) => "forward",
         }
     }
 }
@@ -59,6 +76,8 @@ pub enum Response {
     Vote(VoteResponse<TypeConfig>),
     Snapshot(SnapshotResponse<TypeConfig>),
     TransferLeader(TransferLeaderResponse<TypeConfig>),
+    /// The answer to `Forward`: the state machine's response, or why it was not committed.
+    Forwarded(Result<shoal_consensus::Response, ForwardRefused>),
     /// The local Raft could not handle the request (it is shutting down or stopped on a
     /// fatal error). The client treats the node as unreachable.
     Unavailable(String),

@@ -7,7 +7,9 @@
 //! before any TLS work). All tasks belong to the server: dropping [`RaftServer`] stops the
 //! listener and closes every connection.
 
-use super::frame::{self, FrameError, ReadTimeouts, Request, RequestFrame, Response, ResponseFrame};
+use super::frame::{self, ForwardRefused, FrameError, ReadTimeouts, Request, RequestFrame, Response, ResponseFrame};
+use shoal_consensus::openraft::error::{ClientWriteError, RaftError};
+use shoal_consensus::{Command, ProposeError};
 use super::{NetError, NetStats, NetStatsSnapshot};
 use crate::pki::{MutualTls, Revocations};
 use shoal_consensus::codec::MAX_RPC_BYTES;
@@ -84,8 +86,23 @@ where
                 Request::TransferLeader(rpc) => {
                     self.handle_transfer_leader(rpc).await.map_or_else(|e| unavailable(&e), Response::TransferLeader)
                 }
+                Request::Forward(cmd) => Response::Forwarded(propose_forwarded(self, cmd).await),
             }
         })
+    }
+}
+
+/// Proposes a forwarded write on this node, which must be the leader.
+async fn propose_forwarded<SM>(raft: &ShoalRaft<SM>, cmd: Command) -> Result<shoal_consensus::Response, ForwardRefused>
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
+{
+    match shoal_consensus::propose(raft, cmd).await {
+        Ok(written) => Ok(written.data),
+        Err(ProposeError::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Err(ForwardRefused::NotLeader { leader: f.leader_id.map(NodeId::from) })
+        }
+        Err(e) => Err(ForwardRefused::Failed(e.to_string())),
     }
 }
 

@@ -1,0 +1,631 @@
+//! The cluster controller of one node (design steps 3 and 4): bootstrap, trust, Raft and
+//! the leader's duties, wired to membership.
+//!
+//! Life of a node:
+//! 1. **No certificate yet.** Every [`BOOTSTRAP_TICK`] the controller reads membership and
+//!    asks the pure rule `shoal_cluster::bootstrap::decide`: wait for `--bootstrap-expect`
+//!    members and a settled view; the lowest id *initialises*; the others wait for it; a
+//!    node that sees a member with the `in_cluster` fact *joins* through that member's join
+//!    port (gossip port + 2) with the HMAC'd join protocol (`pki::join`, `joinnet`).
+//!    The initializer creates the CA (kept sealed in `ca.pending` until committed), issues
+//!    its own certificate and initialises Raft with itself as the only voter; the others join
+//!    and autopilot promotes them (so "N voters" is reached through committed membership
+//!    changes, never by two nodes each believing they initialised).
+//! 2. **Certificate, Raft running.** Raft RPC over mutual TLS on gossip port + 1
+//!    (`raftnet`), the join server on gossip port + 2, both only with certificates of the
+//!    cluster CA. A restarted node with a certificate in its data dir starts here directly.
+//!    Background loops: [`leader`] duties (commit the CA, add learners, autopilot, remove
+//!    revoked nodes) while this node leads; the state watcher (revoked set into TLS, the
+//!    `in_cluster` fact); certificate renewal at two thirds of the lifetime.
+//!
+//! Writes from anywhere (API, join answers, renewal) go through [`Running::write`], which
+//! proposes on the leader or forwards to it over the Raft connection.
+
+pub mod files;
+mod leader;
+pub mod report;
+
+use crate::joinnet::{self, JoinAuthority, JoinServer, JoinServerConfig, Refusal};
+use crate::pki::{self, ClusterCa, IssuePolicy, Issuer, JoinRequest, MutualTls, NodeCredentials, NodeGrant, NodeRole, Revocations};
+use crate::raftnet::{self, ClientConfig, RaftNetwork, RaftServer, ServerConfig};
+use anyhow::{anyhow, Context, Result};
+use files::{StoredCert, TrustFiles};
+use rustls::pki_types::CertificateDer;
+use shoal_cluster::bootstrap::{self, BootstrapDecision, BootstrapInput, Candidate};
+use shoal_consensus::openraft::Config;
+use shoal_consensus::runtime::{os_seed, with_seed};
+use shoal_consensus::store::disk::RedbSnapshots;
+use shoal_consensus::types::ShoalRaft;
+use shoal_consensus::{Applied, ClusterState, Command, NodeRecord, RaftNodeId, RedbStore, ShoalNode, StateMachineStore};
+use shoal_discovery::{JoinSecret, MemberState, MemberView, MembershipHandle};
+use shoal_wire::NodeId;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+/// The Raft of a node.
+pub type Raft = ShoalRaft<StateMachineStore<RedbSnapshots>>;
+
+/// How often a node without a certificate looks at membership.
+const BOOTSTRAP_TICK: Duration = Duration::from_millis(300);
+/// How long the candidate set must stay unchanged before the initializer acts.
+const BOOTSTRAP_SETTLE: Duration = Duration::from_secs(2);
+/// One join attempt (connect, handshake, answer; the answer waits for a commit).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a write may take, retries included (leader changes, forwarding).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// One forwarded write.
+const FORWARD_TTL: Duration = Duration::from_secs(5);
+/// How often the state watcher and the leader loop run.
+const WATCH_TICK: Duration = Duration::from_millis(500);
+/// How often the certificate is checked for renewal.
+const RENEW_CHECK: Duration = Duration::from_secs(30);
+
+/// Raft timing; the defaults suit a LAN, slow SD-card Pis may want longer ones.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self { heartbeat_ms: 150, election_timeout_min_ms: 800, election_timeout_max_ms: 1600 }
+    }
+}
+
+/// What the controller needs, validated by the CLI.
+#[derive(Clone)]
+pub struct ControlConfig {
+    pub data_dir: std::path::PathBuf,
+    pub secret: JoinSecret,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Where this node's gossip socket is bound; the Raft and join listeners use the same IP
+    /// and the next two ports.
+    pub bind: SocketAddr,
+    /// The gossip address peers use; the Raft address peers dial is its port + 1.
+    pub advertise: SocketAddr,
+    pub bootstrap_expect: usize,
+    pub target_voters: usize,
+    pub timing: RaftTiming,
+    pub cert_lifetime: Duration,
+    /// A voter down this long is replaced by a healthy learner (autopilot).
+    pub dead_voter_after: Duration,
+}
+
+/// The Raft/API TCP port of a node whose gossip address is `gossip`.
+pub fn raft_addr(gossip: SocketAddr) -> Result<SocketAddr> {
+    raftnet::raft_addr(gossip).ok_or_else(|| anyhow!("gossip port {} leaves no room for the Raft port (+1)", gossip.port()))
+}
+
+/// The join port of a node: gossip port + 2.
+pub fn join_addr(gossip: SocketAddr) -> Result<SocketAddr> {
+    let port = gossip.port().checked_add(2).ok_or_else(|| anyhow!("gossip port {} leaves no room for the join port (+2)", gossip.port()))?;
+    Ok(SocketAddr::new(gossip.ip(), port))
+}
+
+/// Where the node is on its way into the cluster.
+#[derive(Debug, Clone)]
+pub enum Phase {
+    /// Waiting (for members, for the view to settle, for the initializer), with why.
+    Bootstrapping(String),
+    /// Trying to get a certificate from the cluster; the last failure, if any.
+    Joining(String),
+    /// In the cluster.
+    Running(Arc<Running>),
+}
+
+/// A node's controller; cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: ControlConfig,
+    id: NodeId,
+    key: Arc<rcgen::KeyPair>,
+    membership: MembershipHandle,
+    files: TrustFiles,
+    store: RedbStore,
+    phase: Mutex<Phase>,
+}
+
+/// The running half: Raft, its network and servers, the credentials.
+pub struct Running {
+    pub raft: Raft,
+    pub network: RaftNetwork,
+    pub creds: Arc<NodeCredentials>,
+    pub revoked: Revocations,
+    pub ca_der: CertificateDer<'static>,
+    cert: Mutex<StoredCert>,
+    /// The CA this node created, until the CA is committed.
+    pending_ca: Mutex<Option<(String, pki::SealedCaKey)>>,
+    /// The issuer rebuilt from the committed (or pending) CA, unsealed once.
+    issuer: Mutex<Option<Arc<Issuer>>>,
+    ctl: std::sync::Weak<Inner>,
+    servers: Mutex<Vec<ServerHandle>>,
+}
+
+/// Held only so that the servers live as long as the node runs (dropping one stops it).
+#[allow(dead_code)]
+enum ServerHandle {
+    Raft(RaftServer),
+    Join(JoinServer),
+}
+
+/// Why a write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("this node is not part of the cluster yet")]
+    NotInCluster,
+    #[error("no leader could be reached within {0:?}: the cluster may have lost its quorum, or this node is cut off from it ({1})")]
+    NoLeader(Duration, String),
+    #[error("the cluster refused the change: {0}")]
+    Rejected(#[from] shoal_consensus::Rejected),
+}
+
+impl Control {
+    /// Opens the Raft store and starts the controller's task. If the data dir holds a
+    /// certificate, Raft starts at once; otherwise the bootstrap loop runs.
+    pub async fn start(cfg: ControlConfig, id: NodeId, key_pem: &str, membership: MembershipHandle) -> Result<Self> {
+        let key = Arc::new(rcgen::KeyPair::from_pem(key_pem).context("cannot load the node key")?);
+        let files = TrustFiles::new(&cfg.data_dir);
+        let store = RedbStore::open(&files.raft_dir()).context("cannot open the Raft store")?;
+        raft_addr(cfg.bind)?;
+        join_addr(cfg.bind)?;
+        let inner = Arc::new(Inner {
+            cfg,
+            id,
+            key,
+            membership,
+            files,
+            store,
+            phase: Mutex::new(Phase::Bootstrapping("starting".into())),
+        });
+        let ctl = Control { inner };
+        match ctl.inner.files.load_cert()? {
+            Some(stored) if stored.info.node_id == id && !stored.info.is_expired(SystemTime::now()) => {
+                tracing::info!(expires = ?stored.info.not_after, "found this node's certificate; starting Raft");
+                let pending = ctl.inner.files.load_pending_ca()?;
+                ctl.start_running(stored, pending, false).await?;
+            }
+            Some(stored) if stored.info.node_id != id => {
+                return Err(anyhow!(
+                    "the certificate in {} belongs to node {}, not to this node ({id}); remove node.crt and ca.crt to join again",
+                    ctl.inner.files.cert_path().display(),
+                    stored.info.node_id
+                ));
+            }
+            Some(_) => tracing::warn!("this node's certificate has expired; joining the cluster again"),
+            None => {}
+        }
+        if !matches!(ctl.phase(), Phase::Running(_)) {
+            let c = ctl.clone();
+            tokio::spawn(async move { c.bootstrap_loop().await });
+        }
+        Ok(ctl)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.inner.phase.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        *self.inner.phase.lock().unwrap_or_else(PoisonError::into_inner) = phase;
+    }
+
+    pub fn running(&self) -> Option<Arc<Running>> {
+        match self.phase() {
+            Phase::Running(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn membership(&self) -> &MembershipHandle {
+        &self.inner.membership
+    }
+
+    pub fn config(&self) -> &ControlConfig {
+        &self.inner.cfg
+    }
+
+    /// Commits `cmd` through the leader.
+    pub async fn write(&self, cmd: Command) -> Result<Applied, WriteError> {
+        let running = self.running().ok_or(WriteError::NotInCluster)?;
+        running.write(cmd).await
+    }
+
+    /// Stops Raft and the servers (before the process exits).
+    pub async fn shutdown(&self) {
+        if let Some(running) = self.running() {
+            running.servers.lock().unwrap_or_else(PoisonError::into_inner).clear();
+            let _ = running.raft.shutdown().await;
+        }
+    }
+
+    async fn bootstrap_loop(self) {
+        let started = SystemTime::now();
+        let mut last_set: BTreeSet<NodeId> = BTreeSet::new();
+        let mut last_change = started;
+        let mut last_logged = String::new();
+        loop {
+            tokio::time::sleep(BOOTSTRAP_TICK).await;
+            if matches!(self.phase(), Phase::Running(_)) {
+                return;
+            }
+            let Ok(members) = self.inner.membership.members().await else { return };
+            let alive: Vec<&MemberView> = members.iter().filter(|m| m.state == MemberState::Alive).collect();
+            let set: BTreeSet<NodeId> = alive.iter().map(|m| m.id).collect();
+            if set != last_set {
+                last_set = set;
+                last_change = SystemTime::now();
+            }
+            let candidates: Vec<Candidate> =
+                alive.iter().map(|m| Candidate { id: m.id, in_cluster: m.in_cluster && !m.is_self }).collect();
+            let ms = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let decision = bootstrap::decide(&BootstrapInput {
+                self_id: self.inner.id,
+                expect: self.inner.cfg.bootstrap_expect,
+                self_in_cluster: false,
+                candidates: &candidates,
+                now_ms: ms(SystemTime::now()),
+                started_ms: ms(started),
+                last_change_ms: ms(last_change),
+                settle_ms: BOOTSTRAP_SETTLE.as_millis() as u64,
+            });
+            let result = match decision {
+                BootstrapDecision::Initialize { voters } => {
+                    tracing::info!(expected = voters.len(), "this node has the lowest id of the expected members: creating the cluster");
+                    self.initialize().await
+                }
+                BootstrapDecision::JoinExisting { via } => self.join_via(&members, &via).await,
+                BootstrapDecision::AwaitInitializer { initializer } => {
+                    self.set_phase(Phase::Bootstrapping(format!("waiting for {} to create the cluster", initializer.short())));
+                    Ok(())
+                }
+                BootstrapDecision::Wait { reason } => {
+                    self.set_phase(Phase::Bootstrapping(reason));
+                    Ok(())
+                }
+                BootstrapDecision::Member => Ok(()),
+            };
+            if let Err(e) = result {
+                let text = format!("{e:#}");
+                if text != last_logged {
+                    tracing::warn!(error = %text, "could not enter the cluster yet; retrying");
+                    last_logged = text.clone();
+                }
+                self.set_phase(Phase::Joining(text));
+            }
+        }
+    }
+
+    /// Creates the CA and this node's certificate, then starts Raft as the only voter.
+    async fn initialize(&self) -> Result<()> {
+        let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+        let ca_key = rcgen::KeyPair::generate().context("cannot generate the CA key")?;
+        let ca = ClusterCa::create(self.inner.cfg.secret.cluster_id(), ca_key, SystemTime::now(), &mut rng)?;
+        let sealed = ca.seal_key(&self.inner.cfg.secret, &mut rng);
+        self.inner.files.save_pending_ca(ca.cert_pem(), &sealed)?;
+        let issuer = Issuer::new(ca, &self.inner.cfg.secret, self.issue_policy());
+        let request = JoinRequest::new(&self.inner.cfg.secret, &self.inner.key, &mut rng)?;
+        let grant = NodeGrant { role: NodeRole::Manager, addresses: vec![self.inner.cfg.advertise.ip()] };
+        let response = issuer.answer_join(&request, &grant, &BTreeSet::new(), SystemTime::now(), &mut rng)?;
+        let granted = response.verify(&self.inner.cfg.secret, &request, &self.inner.key)?;
+        self.inner.files.save_cert(&granted.cert_der, &granted.ca_der)?;
+        let stored = StoredCert { cert: granted.cert_der, ca: granted.ca_der, info: granted.info };
+        self.start_running(stored, Some((issuer.ca().cert_pem().to_string(), sealed)), true).await
+    }
+
+    /// Asks the members in `via` (in order) for a certificate through their join ports.
+    async fn join_via(&self, members: &[MemberView], via: &[NodeId]) -> Result<()> {
+        let mut errors = Vec::new();
+        for id in via {
+            let Some(member) = members.iter().find(|m| m.id == *id) else { continue };
+            let addr = join_addr(member.addr)?;
+            self.set_phase(Phase::Joining(format!("asking {} at {addr} for a certificate", id.short())));
+            match joinnet::request_certificate(addr, &self.inner.cfg.secret, &self.inner.key, JOIN_TIMEOUT).await {
+                Ok(granted) => {
+                    tracing::info!(via = %id.short(), %addr, "received a certificate from the cluster");
+                    self.inner.files.save_cert(&granted.cert_der, &granted.ca_der)?;
+                    let stored = StoredCert { cert: granted.cert_der, ca: granted.ca_der, info: granted.info };
+                    return self.start_running(stored, None, false).await;
+                }
+                Err(e) => errors.push(format!("{e}")),
+            }
+        }
+        Err(anyhow!("no member gave a certificate: {}", errors.join("; ")))
+    }
+
+    fn issue_policy(&self) -> IssuePolicy {
+        IssuePolicy { cert_lifetime: self.inner.cfg.cert_lifetime, ..IssuePolicy::default() }
+    }
+
+    fn raft_config(&self) -> Result<Arc<Config>> {
+        let t = self.inner.cfg.timing;
+        let config = Config {
+            cluster_name: format!("shoal-{}", self.inner.cfg.secret.cluster_id()),
+            heartbeat_interval: t.heartbeat_ms,
+            election_timeout_min: t.election_timeout_min_ms,
+            election_timeout_max: t.election_timeout_max_ms,
+            // A snapshot of a home-lab cluster is small, but a Pi on Wi-Fi is slow.
+            install_snapshot_timeout: 30_000,
+            snapshot_policy: shoal_consensus::openraft::SnapshotPolicy::LogsSinceLast(5_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        };
+        Ok(Arc::new(config.validate().context("invalid Raft timing (--raft-* flags)")?))
+    }
+
+    async fn start_running(&self, stored: StoredCert, pending_ca: Option<(String, pki::SealedCaKey)>, initialize: bool) -> Result<()> {
+        let id = self.inner.id;
+        let raft_id = RaftNodeId(id);
+        let creds = NodeCredentials::new(stored.cert.clone(), &self.inner.key)?;
+        let revoked = Revocations::new();
+        let tls = MutualTls::new(&stored.ca, creds.clone(), revoked.clone())?;
+        let network = RaftNetwork::new(raft_id, tls.clone(), ClientConfig::default());
+        let (log, sm) = self.inner.store.open_raft_storage();
+        let raft = with_seed(os_seed(), Raft::new(raft_id, self.raft_config()?, network.clone(), log, sm))
+            .await
+            .context("cannot start Raft")?;
+        let raft_listen = raft_addr(self.inner.cfg.bind)?;
+        let server = RaftServer::bind(
+            raft_listen,
+            tls,
+            Arc::new(raft.clone()),
+            ServerConfig { revoked: Some(revoked.clone()), ..ServerConfig::default() },
+        )
+        .await
+        .with_context(|| format!("cannot listen for Raft on {raft_listen}; is the port free? (it is the gossip port + 1)"))?;
+        let running = Arc::new(Running {
+            raft: raft.clone(),
+            network,
+            creds: creds.clone(),
+            revoked,
+            ca_der: stored.ca.clone(),
+            cert: Mutex::new(stored),
+            pending_ca: Mutex::new(pending_ca),
+            issuer: Mutex::new(None),
+            ctl: Arc::downgrade(&self.inner),
+            servers: Mutex::new(vec![ServerHandle::Raft(server)]),
+        });
+        let join_listen = join_addr(self.inner.cfg.bind)?;
+        let authority: Arc<dyn JoinAuthority> = Arc::new(Authority(Arc::downgrade(&running)));
+        let join = JoinServer::bind(join_listen, creds, authority, JoinServerConfig::default())
+            .await
+            .with_context(|| format!("cannot listen for joins on {join_listen}; is the port free? (it is the gossip port + 2)"))?;
+        running.servers.lock().unwrap_or_else(PoisonError::into_inner).push(ServerHandle::Join(join));
+        if initialize {
+            let me = ShoalNode::new(self.inner.cfg.name.clone(), raft_addr(self.inner.cfg.advertise)?);
+            match raft.initialize(BTreeMap::from([(raft_id, me)])).await {
+                Ok(()) => tracing::info!("initialised Raft; this node leads until the others join"),
+                Err(e) => tracing::info!(error = %e, "Raft was already initialised"),
+            }
+        }
+        self.set_phase(Phase::Running(running.clone()));
+        tracing::info!(raft = %raft_listen, join = %join_listen, "Raft and join servers listening (mutual TLS)");
+        let c = self.clone();
+        tokio::spawn(async move { c.watch_loop(running).await });
+        Ok(())
+    }
+
+    /// Keeps TLS's revoked set, the `in_cluster` fact and the leader's duties in step with
+    /// the replicated state; renews the certificate.
+    async fn watch_loop(self, running: Arc<Running>) {
+        let mut announced = false;
+        let mut revoked_logged = false;
+        let mut last_renew_check = tokio::time::Instant::now();
+        let mut leader = leader::LeaderDuties::new();
+        loop {
+            tokio::time::sleep(WATCH_TICK).await;
+            let Ok(state) = running.state().await else { return };
+            running.revoked.replace(state.revoked.clone());
+            if state.ca.is_some() && !announced {
+                if self.inner.membership.set_in_cluster(true).await.is_err() {
+                    return;
+                }
+                announced = true;
+                tracing::info!("this node holds the cluster state");
+            }
+            if state.revoked.contains(&self.inner.id) && !revoked_logged {
+                tracing::error!("this node was removed from the cluster (`shoal node rm`); its certificate is refused everywhere. Wipe its data dir to join again as a new node.");
+                revoked_logged = true;
+            }
+            let metrics = running.metrics();
+            if metrics.current_leader == Some(RaftNodeId(self.inner.id)) {
+                leader.run(&self, &running, &state, &metrics).await;
+            } else {
+                leader.reset();
+            }
+            if last_renew_check.elapsed() >= RENEW_CHECK {
+                last_renew_check = tokio::time::Instant::now();
+                if let Err(e) = self.renew_if_due(&running, &state).await {
+                    tracing::warn!(error = %format!("{e:#}"), "certificate renewal failed; will retry");
+                }
+            }
+        }
+    }
+
+    async fn renew_if_due(&self, running: &Running, state: &ClusterState) -> Result<()> {
+        let info = running.cert.lock().unwrap_or_else(PoisonError::into_inner).info.clone();
+        if !info.needs_renewal(SystemTime::now()) {
+            return Ok(());
+        }
+        tracing::info!(expires = ?info.not_after, "renewing this node's certificate");
+        let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+        let request = JoinRequest::new(&self.inner.cfg.secret, &self.inner.key, &mut rng)?;
+        let response = running.answer_join(&request, state).await.map_err(|e| anyhow!("{e}"))?;
+        let granted = response.verify(&self.inner.cfg.secret, &request, &self.inner.key)?;
+        self.inner.files.save_cert(&granted.cert_der, &granted.ca_der)?;
+        running.creds.replace(granted.cert_der.clone(), &self.inner.key)?;
+        *running.cert.lock().unwrap_or_else(PoisonError::into_inner) =
+            StoredCert { cert: granted.cert_der, ca: granted.ca_der, info: granted.info };
+        tracing::info!("certificate renewed");
+        Ok(())
+    }
+}
+
+use rand::SeedableRng;
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// The latest Raft metrics of this node.
+    pub fn metrics(&self) -> shoal_consensus::types::RaftMetrics {
+        use shoal_consensus::openraft::async_runtime::WatchReceiver;
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// A copy of the replicated state as applied on this node.
+    pub async fn state(&self) -> Result<ClusterState> {
+        self.raft
+            .with_state_machine(|sm: &mut StateMachineStore<RedbSnapshots>| Box::pin(async move { sm.state().clone() }))
+            .await
+            .map_err(|e| anyhow!("Raft stopped: {e}"))
+    }
+
+    /// This node's certificate.
+    pub fn cert(&self) -> StoredCert {
+        self.cert.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn pending_ca(&self) -> Option<(String, pki::SealedCaKey)> {
+        self.pending_ca.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn clear_pending_ca(&self) {
+        self.pending_ca.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+
+    /// Commits `cmd`: proposes it here when this node leads, else forwards it to the leader;
+    /// retries across leader changes until [`WRITE_TIMEOUT`].
+    pub async fn write(&self, cmd: Command) -> Result<Applied, WriteError> {
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        let mut last = String::from("no leader known");
+        loop {
+            let metrics = self.metrics();
+            let me = metrics.id;
+            match metrics.current_leader {
+                Some(leader) if leader == me => {
+                    match shoal_consensus::propose(&self.raft, cmd.clone()).await {
+                        Ok(written) => return Ok(written.data?),
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                Some(leader) => match metrics.membership_config.get_node(&leader).cloned() {
+                    Some(node) => match self.network.forward(leader, &node, cmd.clone(), FORWARD_TTL).await {
+                        Ok(Ok(answer)) => return Ok(answer?),
+                        Ok(Err(refused)) => last = refused.to_string(),
+                        Err(e) => last = e,
+                    },
+                    None => last = format!("leader {leader} is not in the membership config"),
+                },
+                None => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(WriteError::NoLeader(WRITE_TIMEOUT, last));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The issuer of the committed CA (or of the CA this node created, before it is
+    /// committed), unsealed with the join secret once and kept.
+    fn issuer(&self, state: &ClusterState) -> Result<Arc<Issuer>, Refusal> {
+        if let Some(issuer) = self.issuer.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            return Ok(issuer);
+        }
+        let ctl = self.ctl.upgrade().ok_or_else(|| Refusal::Unavailable("shutting down".into()))?;
+        let (cert_pem, sealed) = match (&state.ca, self.pending_ca()) {
+            (Some(ca), _) => {
+                let sealed = shoal_wire::decode::<pki::SealedCaKey, { shoal_consensus::state::MAX_SEALED_KEY_LEN }>(&ca.sealed_key)
+                    .map_err(|_| Refusal::Unavailable("the replicated CA key does not decode".into()))?;
+                (ca.cert_pem.clone(), sealed)
+            }
+            (None, Some(pending)) => pending,
+            (None, None) => return Err(Refusal::Unavailable("the cluster CA is not known here yet; retry".into())),
+        };
+        let ca = ClusterCa::unseal(&cert_pem, &sealed, &ctl.cfg.secret)?;
+        let issuer = Arc::new(Issuer::new(ca, &ctl.cfg.secret, IssuePolicy { cert_lifetime: ctl.cfg.cert_lifetime, ..IssuePolicy::default() }));
+        if state.ca.is_some() {
+            *self.issuer.lock().unwrap_or_else(PoisonError::into_inner) = Some(issuer.clone());
+        }
+        Ok(issuer)
+    }
+
+    /// Answers a join (or renewal) request: checks it, issues the certificate, and commits
+    /// the node's registration and the issued certificate before answering, so a node never
+    /// holds a certificate the cluster does not know about.
+    pub async fn answer_join(&self, request: &JoinRequest, state: &ClusterState) -> Result<pki::JoinResponse, Refusal> {
+        let ctl = self.ctl.upgrade().ok_or_else(|| Refusal::Unavailable("shutting down".into()))?;
+        if state.revoked.contains(&request.node_id) {
+            return Err(Refusal::Pki(pki::PkiError::Revoked(request.node_id)));
+        }
+        let issuer = self.issuer(state)?;
+        let members = ctl.membership.members().await.map_err(|_| Refusal::Unavailable("shutting down".into()))?;
+        let member = members.iter().find(|m| m.id == request.node_id).ok_or_else(|| {
+            Refusal::Unavailable("the joining node is not visible in gossip here yet (same token? reachable UDP?); retry".into())
+        })?;
+        let metrics = self.metrics();
+        let is_voter = metrics.membership_config.membership().voter_ids().any(|v| v.0 == request.node_id);
+        let grant = NodeGrant {
+            role: if is_voter { NodeRole::Manager } else { NodeRole::Worker },
+            addresses: vec![member.addr.ip()],
+        };
+        let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+        let response = issuer.answer_join(request, &grant, &state.revoked, SystemTime::now(), &mut rng)?;
+        let info = pki::CertInfo::parse(&response.cert_der)?;
+        if !state.nodes.contains_key(&request.node_id) {
+            let addr = raft_addr(member.addr).map_err(|e| Refusal::Unavailable(e.to_string()))?;
+            let name = member.name.clone().unwrap_or_else(|| format!("node-{}", request.node_id.short()));
+            let record = NodeRecord { name, addr, labels: member.labels.clone() };
+            self.write(Command::RegisterNode { id: request.node_id, record })
+                .await
+                .map_err(|e| Refusal::Unavailable(format!("cannot register the node: {e}")))?;
+        }
+        let cert = shoal_consensus::IssuedCert { serial: info.serial.clone(), not_after: pki_secs(info.not_after) };
+        self.write(Command::RecordIssued { node: request.node_id, cert })
+            .await
+            .map_err(|e| Refusal::Unavailable(format!("cannot record the certificate: {e}")))?;
+        Ok(response)
+    }
+}
+
+fn pki_secs(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The join server's authority: the running node (any member can answer; the writes go
+/// through the leader).
+struct Authority(std::sync::Weak<Running>);
+
+impl JoinAuthority for Authority {
+    fn answer(
+        &self,
+        request: JoinRequest,
+        _peer: SocketAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<pki::JoinResponse, Refusal>> + Send + '_>> {
+        Box::pin(async move {
+            let running = self.0.upgrade().ok_or_else(|| Refusal::Unavailable("shutting down".into()))?;
+            let state = running.state().await.map_err(|e| Refusal::Unavailable(e.to_string()))?;
+            let answer = running.answer_join(&request, &state).await;
+            match &answer {
+                Ok(_) => tracing::info!(node = %request.node_id.short(), "issued a certificate"),
+                Err(e) => tracing::info!(node = %request.node_id.short(), reason = %e, "refused a join"),
+            }
+            answer
+        })
+    }
+}
