@@ -280,8 +280,8 @@ fn agent_config(args: AgentArgs) -> Result<agent::AgentConfig> {
             args.raft_heartbeat_ms
         );
     }
-    if args.cert_lifetime < std::time::Duration::from_secs(600) {
-        anyhow::bail!("--cert-lifetime must be at least 10m (renewal happens at two thirds of it)");
+    if args.cert_lifetime < std::time::Duration::from_secs(60) {
+        anyhow::bail!("--cert-lifetime must be at least 60s (renewal happens at two thirds of it)");
     }
     let labels = config::parse_labels(&args.labels)?;
     let name = config::resolve_name(args.name.as_deref())?;

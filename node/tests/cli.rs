@@ -21,12 +21,18 @@ fn help_lists_the_commands() {
     let out = shoal(&["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for cmd in ["token", "agent", "members", "stats"] {
+    for cmd in ["token", "agent", "members", "stats", "status", "node"] {
         assert!(help.contains(cmd), "--help lacks {cmd}:\n{help}");
     }
     let agent = text(&shoal(&["agent", "--help"]).stdout);
-    for flag in ["--token", "--token-file", "--data-dir", "--name", "--label", "--bind", "--join", "--mdns-interface", "--no-mdns"] {
+    for flag in ["--token", "--token-file", "--data-dir", "--name", "--label", "--bind", "--join", "--mdns-interface", "--no-mdns",
+        "--bootstrap-expect", "--voters", "--raft-heartbeat-ms", "--raft-election-timeout-ms", "--cert-lifetime",
+        "--replace-dead-manager-after"] {
         assert!(agent.contains(flag), "agent --help lacks {flag}");
+    }
+    let node = text(&shoal(&["node", "--help"]).stdout);
+    for cmd in ["ls", "rm", "update"] {
+        assert!(node.contains(cmd), "node --help lacks {cmd}:\n{node}");
     }
 }
 
@@ -74,4 +80,39 @@ fn members_without_an_agent_fails_clearly() {
     let err = text(&out.stderr);
     assert!(err.contains("is `shoal agent --data-dir"), "{err}");
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bad_cluster_flags_are_refused_with_the_reason() {
+    let token = text(&shoal(&["token", "new"]).stdout);
+    let token = token.trim();
+    let cases: [(&[&str], &str); 5] = [
+        (&["--voters", "2"], "1, 3 or 5"),
+        (&["--bootstrap-expect", "0"], "bootstrap-expect"),
+        (&["--cert-lifetime", "7w"], "not a duration"),
+        (&["--cert-lifetime", "10s"], "at least 60s"),
+        (&["--raft-heartbeat-ms", "500", "--raft-election-timeout-ms", "1000"], "at least 3 heartbeats"),
+    ];
+    for (flags, expect) in cases {
+        let mut args = vec!["agent", "--token", token, "--no-mdns", "--data-dir", "/nonexistent/shoal-cli-test"];
+        args.extend_from_slice(flags);
+        let out = shoal(&args);
+        assert!(!out.status.success(), "{flags:?} was accepted");
+        let err = text(&out.stderr);
+        assert!(err.contains(expect), "{flags:?}: {err}");
+        assert!(!err.contains(&token[7..]), "the token leaked into an error");
+    }
+}
+
+#[test]
+fn node_commands_without_an_agent_say_how_to_start_one() {
+    for args in [&["status"][..], &["node", "ls"], &["node", "rm", "abcd"]] {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["--data-dir", "/nonexistent/shoal-cli-test"]);
+        let out = shoal(&a);
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains("shoal agent --data-dir"), "{args:?}: {}", text(&out.stderr));
+    }
+    let out = shoal(&["node", "update", "abcd", "--data-dir", "/nonexistent/x"]);
+    assert!(text(&out.stderr).contains("nothing to update"), "{}", text(&out.stderr));
 }

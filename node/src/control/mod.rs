@@ -59,8 +59,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const FORWARD_TTL: Duration = Duration::from_secs(5);
 /// How often the state watcher and the leader loop run.
 const WATCH_TICK: Duration = Duration::from_millis(500);
-/// How often the certificate is checked for renewal.
-const RENEW_CHECK: Duration = Duration::from_secs(30);
+/// How often the certificate is checked for renewal, at most (short lifetimes check more
+/// often: a thirtieth of the lifetime).
+const RENEW_CHECK_MAX: Duration = Duration::from_secs(30);
 
 /// Raft timing; the defaults suit a LAN, slow SD-card Pis may want longer ones.
 #[derive(Debug, Clone, Copy)]
@@ -445,7 +446,7 @@ impl Control {
             } else {
                 leader.reset();
             }
-            if last_renew_check.elapsed() >= RENEW_CHECK {
+            if last_renew_check.elapsed() >= RENEW_CHECK_MAX.min(self.inner.cfg.cert_lifetime / 30) {
                 last_renew_check = tokio::time::Instant::now();
                 if let Err(e) = self.renew_if_due(&running, &state).await {
                     tracing::warn!(error = %format!("{e:#}"), "certificate renewal failed; will retry");
@@ -456,10 +457,18 @@ impl Control {
 
     async fn renew_if_due(&self, running: &Running, state: &ClusterState) -> Result<()> {
         let info = running.cert.lock().unwrap_or_else(PoisonError::into_inner).info.clone();
-        if !info.needs_renewal(SystemTime::now()) {
+        let me = RaftNodeId(self.inner.id);
+        let membership = running.metrics().membership_config.membership().clone();
+        let role = if membership.voter_ids().any(|v| v == me) { NodeRole::Manager } else { NodeRole::Worker };
+        let in_raft = membership.nodes().any(|(id, _)| *id == me);
+        let role_changed = in_raft && info.role != Some(role);
+        if !info.needs_renewal(SystemTime::now()) && !role_changed {
             return Ok(());
         }
-        tracing::info!(expires = ?info.not_after, "renewing this node's certificate");
+        if state.ca.is_none() {
+            return Ok(()); // nothing can issue before the CA is committed
+        }
+        tracing::info!(expires = ?info.not_after, role = %role, role_changed, "renewing this node's certificate");
         let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
         let request = JoinRequest::new(&self.inner.cfg.secret, &self.inner.key, &mut rng)?;
         let response = running.answer_join(&request, state).await.map_err(|e| anyhow!("{e}"))?;

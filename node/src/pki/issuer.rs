@@ -149,7 +149,11 @@ impl Issuer {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        params.not_before = to_asn1_time(now_secs.saturating_sub(self.policy.clock_skew_allowance.as_secs()))?;
+        // Backdated for slow clocks, but by at most a quarter of the lifetime: renewal is at two
+        // thirds of notBefore..notAfter, so a backdate near the lifetime would make a short-lived
+        // certificate due for renewal the moment it is issued (a renewal storm).
+        let backdate = self.policy.clock_skew_allowance.min(self.policy.cert_lifetime / 4);
+        params.not_before = to_asn1_time(now_secs.saturating_sub(backdate.as_secs()))?;
         params.not_after = to_asn1_time(not_after)?;
         params.serial_number = Some(random_serial(rng));
         let cert = params.signed_by(&csr.public_key, self.ca.issuer())?;
@@ -213,6 +217,15 @@ mod tests {
         let info = CertInfo::parse(&cert).expect("parse");
         assert_eq!(info.not_after, t0() + Duration::from_secs(3600));
         assert_eq!(info.role, Some(NodeRole::Manager));
+        assert!(!info.needs_renewal(t0()), "a fresh certificate is not due for renewal");
+        // A short lifetime is backdated by at most a quarter of it, so it is not due at once.
+        c.issuer.policy.cert_lifetime = Duration::from_secs(60);
+        let (_, cert) = c.join(NodeRole::Worker, t0());
+        let info = CertInfo::parse(&cert).expect("parse");
+        assert_eq!(info.not_before, t0() - Duration::from_secs(15));
+        assert!(!info.needs_renewal(t0() + Duration::from_secs(20)));
+        assert!(info.needs_renewal(t0() + Duration::from_secs(35)));
+        c.issuer.policy.cert_lifetime = Duration::from_secs(3600);
         // Close to the CA's end the certificate is cut to the CA's expiry.
         let late = c.issuer.ca().not_after() - Duration::from_secs(600);
         let (_, cert) = c.join(NodeRole::Worker, late);
