@@ -50,16 +50,18 @@ use super::Response;
 /// Longest service name: Docker's rule `[a-z0-9][a-z0-9_.-]{0,62}` (it becomes part of
 /// container labels and of what the CLI prints).
 pub const MAX_SERVICE_NAME_LEN: usize = 63;
-/// Most services in a cluster. A service record is at most about
-/// [`MAX_SPEC_TEXT_BYTES`] plus its pending reasons, so 256 of them stay far below
-/// `codec::MAX_SNAPSHOT_BYTES` together with [`MAX_TASKS`] tasks.
+/// Most services in a cluster. A service record encodes to at most about 34 KiB (its text
+/// is bounded by [`MAX_SPEC_TEXT_BYTES`]; pending reasons come from one batch, so there are
+/// at most [`MAX_DECISIONS`] in the whole state), so 256 of them (under 9 MiB) and
+/// [`MAX_TASKS`] tasks stay far below `codec::MAX_SNAPSHOT_BYTES` (64 MiB); a test encodes
+/// such a state.
 pub const MAX_SERVICES: usize = 256;
 /// Most replicas of one service: a home-lab cluster never needs more, and it bounds the
 /// slots (and pending reasons) one service can make the scheduler and the state track.
 pub const MAX_REPLICAS: u32 = 1000;
 /// Most task records (live and shut down, not yet forgotten). Bounds the snapshot (a task
-/// record is under 1 KiB) and the leader's work per pass. Places beyond it are skipped and
-/// the slot is recorded pending with the reason.
+/// record encodes to under 1 KiB, so under 10 MiB in all) and the leader's work per pass.
+/// Places beyond it are skipped and the slot is recorded pending with the reason.
 pub const MAX_TASKS: usize = 10_000;
 /// Most command words in a service's container spec.
 pub const MAX_COMMAND_ARGS: usize = 64;

@@ -1618,6 +1618,63 @@ fn maximal_commands_fit_the_command_limit() {
     }
 }
 
+/// The limits keep the largest possible state inside the snapshot limit.
+#[test]
+fn a_state_at_every_limit_fits_a_snapshot() {
+    let mut s = with_nodes(1);
+    for i in 0..MAX_SERVICES {
+        let mut d = maximal_def();
+        d.name = max_name(i);
+        s.apply(Command::CreateService {
+            service: d,
+            now_ms: u64::MAX,
+        })
+        .expect("create");
+    }
+    let reason = "r".repeat(MAX_PENDING_REASON_LEN);
+    s.apply(batch(
+        (0..MAX_DECISIONS)
+            .map(|i| Decision::Pending {
+                service: max_name(i),
+                slot: Slot::Index(u32::try_from(i).expect("small") + 1),
+                reason: reason.clone(),
+            })
+            .collect(),
+        u64::MAX,
+    ))
+    .expect("pending");
+    for i in 0..MAX_TASKS as u64 {
+        let id = u64::MAX - i;
+        s.tasks.insert(
+            id,
+            TaskRecord {
+                id,
+                service: max_name(0),
+                service_version: u64::MAX,
+                slot: Slot::Node(NodeId([0xff; 16])),
+                node: NodeId([0xff; 16]),
+                desired: Desired::Shutdown,
+                shutdown_reason: Some(ShutdownReason::NotEligible),
+                observed: Some(TaskState::Failed {
+                    reason: "e".repeat(MAX_ERROR_LEN),
+                }),
+                container: Some(ContainerId("c".repeat(MAX_CONTAINER_ID_LEN))),
+                last_exit_code: Some(i64::MIN),
+                error: Some("e".repeat(MAX_ERROR_LEN)),
+                restarts: u32::MAX,
+                created_ms: u64::MAX,
+                updated_ms: u64::MAX,
+            },
+        );
+    }
+    let bytes = codec::encode_snapshot(&s).expect("fits");
+    assert!(
+        bytes.len() <= codec::MAX_SNAPSHOT_BYTES / 2,
+        "{} bytes: the limits leave too little room for nodes and growth",
+        bytes.len()
+    );
+}
+
 #[test]
 fn snapshot_round_trip_with_services_and_tasks() {
     let mut s = with_nodes(2);
