@@ -27,9 +27,13 @@ pub const MAX_STORED_SNAPSHOT_BYTES: usize = MAX_SNAPSHOT_BYTES + MAX_META_BYTES
 /// openraft's `max_payload_entries` × [`MAX_COMMAND_BYTES`] below this.
 pub const MAX_RPC_BYTES: usize = MAX_STORED_SNAPSHOT_BYTES + MAX_META_BYTES;
 
-/// Version of the snapshot layout ([`SnapshotEnvelope`]); bump it when [`ClusterState`]
-/// changes shape, and keep decoding old versions.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+/// Version of the snapshot layout (a format number, then the state); bump it when
+/// [`ClusterState`] changes shape, and keep decoding old versions.
+///
+/// - 1: nodes, CA, issued certificates, revoked ids, last applied, membership.
+/// - 2: adds services, tasks, the next task id and node availability (format 1 decodes
+///   with none of them).
+pub const SNAPSHOT_FORMAT: u32 = 2;
 
 /// Why consensus data could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -69,10 +73,36 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, CodecError> {
 }
 
 /// The snapshot payload: a format version, then the state.
+#[cfg(test)]
 #[derive(Serialize, Deserialize)]
 struct SnapshotEnvelope {
     format: u32,
     state: ClusterState,
+}
+
+/// The state as snapshot format 1 laid it out (before services and tasks).
+#[derive(Serialize, Deserialize)]
+struct StateV1 {
+    nodes: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::NodeRecord>,
+    ca: Option<crate::state::CaRecord>,
+    issued: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::IssuedCert>,
+    revoked: std::collections::BTreeSet<shoal_wire::NodeId>,
+    last_applied: Option<crate::types::LogId>,
+    membership: crate::types::StoredMembership,
+}
+
+impl From<StateV1> for ClusterState {
+    fn from(v1: StateV1) -> Self {
+        ClusterState {
+            nodes: v1.nodes,
+            ca: v1.ca,
+            issued: v1.issued,
+            revoked: v1.revoked,
+            last_applied: v1.last_applied,
+            membership: v1.membership,
+            ..ClusterState::default()
+        }
+    }
 }
 
 /// Encodes the state as snapshot data.
@@ -91,11 +121,20 @@ pub fn encode_snapshot(state: &ClusterState) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes snapshot data into a state.
 pub fn decode_snapshot(bytes: &[u8]) -> Result<ClusterState, CodecError> {
-    let envelope: SnapshotEnvelope = decode::<_, MAX_SNAPSHOT_BYTES>(bytes)?;
-    if envelope.format != SNAPSHOT_FORMAT {
-        return Err(CodecError::SnapshotFormat(envelope.format));
+    if bytes.len() > MAX_SNAPSHOT_BYTES {
+        return Err(shoal_wire::DecodeError::TooLarge {
+            len: bytes.len(),
+            limit: MAX_SNAPSHOT_BYTES,
+        }
+        .into());
     }
-    Ok(envelope.state)
+    let (format, used) = shoal_wire::decode_prefix::<u32, MAX_SNAPSHOT_BYTES>(bytes)?;
+    let state = bytes.get(used..).unwrap_or_default();
+    match format {
+        SNAPSHOT_FORMAT => decode::<ClusterState, MAX_SNAPSHOT_BYTES>(state),
+        1 => decode::<StateV1, MAX_SNAPSHOT_BYTES>(state).map(ClusterState::from),
+        other => Err(CodecError::SnapshotFormat(other)),
+    }
 }
 
 /// A snapshot as stores keep it: metadata and data.
@@ -152,5 +191,37 @@ mod tests {
             Err(CodecError::SnapshotFormat(99))
         ));
         assert!(decode_snapshot(&[0xff; 7]).is_err());
+        assert!(decode_snapshot(&[]).is_err());
+    }
+
+    #[test]
+    fn format_1_snapshots_still_decode() {
+        let node = NodeId([3; 16]);
+        let v1 = StateV1 {
+            nodes: BTreeMap::from([(
+                node,
+                NodeRecord {
+                    name: "pi-1".into(),
+                    addr: "10.0.0.1:7481".parse().expect("addr"),
+                    labels: BTreeMap::new(),
+                },
+            )]),
+            ca: None,
+            issued: BTreeMap::new(),
+            revoked: [NodeId([4; 16])].into(),
+            last_applied: None,
+            membership: Default::default(),
+        };
+        let bytes = encode::<_, MAX_SNAPSHOT_BYTES>(&(1u32, &v1)).expect("encode");
+        let state = decode_snapshot(&bytes).expect("format 1 decodes");
+        assert_eq!(state.nodes, v1.nodes);
+        assert_eq!(state.revoked, v1.revoked);
+        assert!(state.services.is_empty() && state.tasks.is_empty());
+        assert_eq!(state.next_task_id, 0);
+        // Format 2 bytes are refused as format 1 and the other way round.
+        assert!(decode::<StateV1, MAX_SNAPSHOT_BYTES>(&bytes[1..]).is_ok());
+        let mut wrong = bytes.clone();
+        wrong[0] = 2;
+        assert!(decode_snapshot(&wrong).is_err());
     }
 }

@@ -1,9 +1,12 @@
 //! shoal's consensus: the openraft type config, the replicated cluster state machine, and
 //! its storage (redb on disk, and in memory for tests and the simulator).
 //!
-//! Layering: depends on `shoal-wire` only (codec and `NodeId`). The Raft network (TCP with
-//! mutual TLS) and the wiring into the node live elsewhere; this crate knows nothing about
-//! sockets or certificates beyond the records it replicates.
+//! Layering: depends on `shoal-wire` (codec and `NodeId`), and on `shoal-cluster` and
+//! `shoal-engine` for the vocabulary of services and tasks (scheduler decisions, container
+//! specs, task states), so the replicated state stores exactly what the scheduler and the
+//! agents speak. The Raft network (TCP with mutual TLS) and the wiring into the node live
+//! elsewhere; this crate knows nothing about sockets or certificates beyond the records it
+//! replicates.
 //!
 //! - [`types`]: `TypeConfig` (openraft 0.10, pinned exactly; see `DECISION.md`), `RaftNodeId`,
 //!   `ShoalNode`, aliases.
@@ -34,6 +37,9 @@ pub use state::IssuedCert;
 pub use state::NodeRecord;
 pub use state::Rejected;
 pub use state::Response;
+pub use state::ServiceDef;
+pub use state::ServiceRecord;
+pub use state::TaskRecord;
 pub use store::disk::RedbStore;
 pub use store::mem::MemStore;
 pub use store::StateMachineStore;

@@ -6,10 +6,13 @@
 //! the same state. Only ordered collections (`BTreeMap`/`BTreeSet`) are used, so iteration
 //! order (and therefore snapshots and traces) is deterministic too.
 //!
-//! **Extension point.** Services and tasks come next: add `Command` variants *at the end of
-//! the enum* (the codec encodes the variant index, so existing logs keep decoding) and new
-//! fields at the end of [`ClusterState`], and bump [`crate::codec::SNAPSHOT_FORMAT`] when the
-//! snapshot layout changes.
+//! Services and tasks (records, limits, validation, and the views the scheduler and the
+//! agents read) live in the [`services`] submodule; their types are re-exported here.
+//!
+//! **Extension point.** Add `Command` variants *at the end of the enum* (the codec encodes
+//! the variant index, so existing logs keep decoding) and new fields at the end of
+//! [`ClusterState`], and bump [`crate::codec::SNAPSHOT_FORMAT`] when the snapshot layout
+//! changes (keeping a decoder for the previous layout in `codec`).
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -24,6 +27,12 @@ use shoal_wire::NodeId;
 use crate::types::Entry;
 use crate::types::LogId;
 use crate::types::StoredMembership;
+
+pub mod services;
+#[cfg(test)]
+mod services_tests;
+
+pub use services::*;
 
 /// Longest node name, in bytes (same rule as membership's node facts).
 pub const MAX_NAME_LEN: usize = 64;
@@ -95,9 +104,59 @@ pub enum Command {
     /// Records a certificate issued to a registered, non-revoked node. Rejected if there is
     /// no CA, or if it expires before the one already recorded (a stale retry).
     RecordIssued { node: NodeId, cert: IssuedCert },
-    /// Revokes a node: it is removed from the nodes and issued certificates and its id is
-    /// refused from then on. Revoking a revoked id again is a no-op.
+    /// Revokes a node: it is removed from the nodes and issued certificates, its drain mark
+    /// is dropped, its live tasks are told to shut down (reason `NodeGone`; their `updated_ms`
+    /// is left as it was, the command carries no time), and its id is refused from then on.
+    /// Revoking a revoked id again is a no-op.
     Revoke { node: NodeId },
+    /// Creates a service (version 1, created and updated at `now_ms`, no tasks yet: the
+    /// scheduler places them). Rejected for an invalid definition, a name in use, or past
+    /// [`MAX_SERVICES`].
+    CreateService { service: ServiceDef, now_ms: u64 },
+    /// Changes a service (for now its replica count). Scaling down shuts the tasks of the
+    /// removed slots down at once. An update that changes nothing does not bump the version.
+    /// Rejected for an unknown service, scaling a global one, or replicas out of range.
+    /// (`replicas: None` changes nothing; new kinds of update will be new variants, since a
+    /// field added here would break decoding of the entries already in logs.)
+    UpdateService {
+        name: String,
+        replicas: Option<u32>,
+        now_ms: u64,
+    },
+    /// Removes a service; its live tasks are told to shut down (and kept, so agents remove
+    /// their containers, until `ForgetTasks`). Rejected for an unknown service.
+    RemoveService { name: String, now_ms: u64 },
+    /// One scheduler pass (build it with [`Command::apply_decisions`]). Applied in order:
+    /// `Place` allocates the next task id (desired running), skipped if the service or a
+    /// registered, active node is missing, the slot is not one of the service, or the slot
+    /// already has a live task (so a replayed batch creates nothing twice); `Shutdown` sets a
+    /// live task's desired state to shutdown, skipped otherwise; `Pending` records why a slot
+    /// of an existing service could not be placed. The batch's pending reasons replace the
+    /// recorded ones. Rejected past [`MAX_DECISIONS`] or for a reason longer than
+    /// [`MAX_PENDING_REASON_LEN`] or with control characters.
+    ApplyDecisions {
+        decisions: Vec<Decision>,
+        now_ms: u64,
+    },
+    /// Observed task states from a node's agent (build with [`Command::report_tasks`]). A
+    /// report about a task that is unknown or not assigned to `node` is ignored. Rejected for
+    /// an unknown or revoked node, past [`MAX_REPORTS`], or for an over-long failure reason or
+    /// container id.
+    ReportTasks {
+        node: NodeId,
+        reports: Vec<TaskReport>,
+        now_ms: u64,
+    },
+    /// Removes task records that are told to shut down and either reported shut down or on
+    /// a node no longer registered ([`ClusterState::forgettable_tasks`]); other ids are
+    /// skipped. Rejected past [`MAX_FORGET`] ids.
+    ForgetTasks { ids: Vec<TaskId> },
+    /// Marks a node active or drained (the scheduler moves tasks off drained nodes and
+    /// places nothing on them). Rejected for an unknown or revoked node.
+    SetAvailability {
+        node: NodeId,
+        availability: Availability,
+    },
 }
 
 impl fmt::Display for Command {
@@ -122,6 +181,43 @@ impl fmt::Display for Command {
                 )
             }
             Command::Revoke { node } => write!(f, "revoke {}", node.short()),
+            Command::CreateService { service, .. } => write!(
+                f,
+                "create service {} ({}, image {})",
+                service.name,
+                fmt_mode(&service.mode),
+                service.spec.image
+            ),
+            Command::UpdateService { name, replicas, .. } => match replicas {
+                Some(n) => write!(f, "scale service {name} to {n}"),
+                None => write!(f, "update service {name} (no change)"),
+            },
+            Command::RemoveService { name, .. } => write!(f, "remove service {name}"),
+            Command::ApplyDecisions { decisions, .. } => {
+                let (mut place, mut shutdown, mut pending) = (0, 0, 0);
+                for d in decisions {
+                    match d {
+                        Decision::Place { .. } => place += 1,
+                        Decision::Shutdown { .. } => shutdown += 1,
+                        Decision::Pending { .. } => pending += 1,
+                    }
+                }
+                write!(
+                    f,
+                    "schedule: {place} place, {shutdown} shutdown, {pending} pending"
+                )
+            }
+            Command::ReportTasks { node, reports, .. } => {
+                write!(f, "{} task reports from {}", reports.len(), node.short())
+            }
+            Command::ForgetTasks { ids } => write!(f, "forget {} tasks", ids.len()),
+            Command::SetAvailability { node, availability } => {
+                let a = match availability {
+                    Availability::Active => "active",
+                    Availability::Drain => "drain",
+                };
+                write!(f, "set {} availability {a}", node.short())
+            }
         }
     }
 }
@@ -139,6 +235,25 @@ pub enum Applied {
     IssuedRecorded,
     /// The node is revoked (`already`: it was revoked before, nothing changed).
     Revoked { already: bool },
+    /// The service was created.
+    ServiceCreated,
+    /// The service is at `version` (`changed`: the update changed it).
+    ServiceUpdated { version: u64, changed: bool },
+    /// The service was removed; `shut_down` of its tasks were told to shut down.
+    ServiceRemoved { shut_down: u32 },
+    /// A scheduler batch: the ids of the tasks created (in order), how many tasks were told
+    /// to shut down, and how many decisions were skipped as stale or invalid.
+    DecisionsApplied {
+        created: Vec<TaskId>,
+        shut_down: u32,
+        skipped: u32,
+    },
+    /// Task reports: `applied` to tasks of the node, `ignored` (unknown or someone else's).
+    TasksReported { applied: u32, ignored: u32 },
+    /// Task records `removed`, and ids `kept` (not forgettable or unknown).
+    TasksForgotten { removed: u32, kept: u32 },
+    /// The availability was set (`changed`: it differed).
+    AvailabilitySet { changed: bool },
 }
 
 /// Why a command was rejected. A rejected command changed nothing.
@@ -162,6 +277,47 @@ pub enum Rejected {
     BadCert,
     #[error("certificate expires at {not_after}, before the recorded one ({recorded})")]
     StaleCert { not_after: u64, recorded: u64 },
+    #[error("service name {0:?} is not valid: use 1 to {MAX_SERVICE_NAME_LEN} lowercase letters, digits, '_', '.' or '-', starting with a letter or digit")]
+    BadServiceName(String),
+    #[error("service {0} already exists; scale it, or remove it first to create it anew")]
+    ServiceExists(String),
+    #[error("no service named {0}; list the services to see their names")]
+    UnknownService(String),
+    #[error("the cluster already has {MAX_SERVICES} services, its limit; remove one first")]
+    TooManyServices,
+    #[error("replicas must be 0 to {MAX_REPLICAS}, not {0}")]
+    BadReplicas(u32),
+    #[error("service {0} is global (one task per eligible node): it cannot be scaled; use constraints to choose its nodes")]
+    ScaleGlobal(String),
+    #[error(
+        "the image must be a reference of 1 to {} bytes without spaces, e.g. nginx:1.27",
+        shoal_engine::types::IMAGE_LEN_MAX
+    )]
+    BadImage,
+    #[error("invalid container spec: {0}")]
+    BadSpec(String),
+    #[error("port mapping {host}:{container}: ports must be 1 to 65535")]
+    BadPort { host: u16, container: u16 },
+    #[error("host port {port}/{protocol} is published twice; publish each host port once")]
+    DuplicatePort { port: u16, protocol: String },
+    #[error("CPU reservations and limits must be at most {MAX_CPU_MILLIS} millis, memory at most {MAX_MEMORY_BYTES} bytes")]
+    BadResources,
+    #[error("at most {MAX_CONSTRAINTS} constraints per service, not {0}")]
+    TooManyConstraints(usize),
+    #[error("constraint {0:?} is not valid; use node.labels.KEY==VALUE, node.hostname!=NAME, node.arch==ARCH or node.id==PREFIX")]
+    BadConstraint(String),
+    #[error("the service definition holds {bytes} bytes of text (image, command, environment, constraints); at most {MAX_SPEC_TEXT_BYTES} are allowed")]
+    SpecTooLarge { bytes: usize },
+    #[error("a scheduler batch holds at most {MAX_DECISIONS} decisions, not {0}; build it with Command::apply_decisions")]
+    TooManyDecisions(usize),
+    #[error("pending reasons must be at most {MAX_PENDING_REASON_LEN} bytes without control characters; build the batch with Command::apply_decisions")]
+    BadPendingReason,
+    #[error("a report batch holds at most {MAX_REPORTS} reports, not {0}; build batches with Command::report_tasks")]
+    TooManyReports(usize),
+    #[error("report about task {task}: {why}; build batches with Command::report_tasks")]
+    BadReport { task: TaskId, why: String },
+    #[error("at most {MAX_FORGET} task ids per command, not {0}; split the list")]
+    TooManyTaskIds(usize),
 }
 
 /// The response to every applied entry.
@@ -182,6 +338,14 @@ pub struct ClusterState {
     pub last_applied: Option<LogId>,
     /// The last membership config applied to this state.
     pub membership: StoredMembership,
+    /// Services by name.
+    pub services: BTreeMap<String, ServiceRecord>,
+    /// Tasks by id: live ones, and shut-down ones until forgotten.
+    pub tasks: BTreeMap<TaskId, TaskRecord>,
+    /// The id the next placed task gets (ids start at 1 and are never reused).
+    pub next_task_id: u64,
+    /// Registered nodes that are not active (only `Drain` is stored; absent means active).
+    pub availability: BTreeMap<NodeId, Availability>,
 }
 
 fn name_char(c: char) -> bool {
@@ -277,8 +441,29 @@ impl ClusterState {
                 }
                 self.nodes.remove(&node);
                 self.issued.remove(&node);
+                self.availability.remove(&node);
+                self.shut_down_tasks_of(&node);
                 self.revoked.insert(node);
                 Ok(Applied::Revoked { already: false })
+            }
+            Command::CreateService { service, now_ms } => self.create_service(service, now_ms),
+            Command::UpdateService {
+                name,
+                replicas,
+                now_ms,
+            } => self.update_service(name, replicas, now_ms),
+            Command::RemoveService { name, now_ms } => self.remove_service(name, now_ms),
+            Command::ApplyDecisions { decisions, now_ms } => {
+                self.apply_decisions_cmd(decisions, now_ms)
+            }
+            Command::ReportTasks {
+                node,
+                reports,
+                now_ms,
+            } => self.report_tasks_cmd(node, reports, now_ms),
+            Command::ForgetTasks { ids } => self.forget_tasks(ids),
+            Command::SetAvailability { node, availability } => {
+                self.set_availability(node, availability)
             }
         }
     }
