@@ -16,6 +16,7 @@
 //! the workspace forbids `unsafe`, and every `libc` call is `unsafe`.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod story;
 
 use serde::Deserialize;
@@ -376,6 +377,18 @@ impl Lab {
     pub fn exec(&self, i: usize, argv: &[&str]) -> Result<Output, String> {
         run(Command::new("ip").args(["netns", "exec", &self.hosts[i].ns]).args(argv), Duration::from_secs(10))
     }
+
+    /// Cuts host `i` (index from 0) off the segment: its switch port leaves the bridge, so
+    /// its `eth0` stays up (no carrier change for the agent to notice) but every frame in
+    /// either direction goes nowhere. Undo with [`Self::heal`].
+    pub fn isolate(&self, i: usize) -> Result<(), String> {
+        ip(&["-n", &self.switch, "link", "set", &format!("p{}", i + 1), "nomaster"]).map(drop)
+    }
+
+    /// Puts host `i`'s switch port back on the bridge (STP is off: it forwards at once).
+    pub fn heal(&self, i: usize) -> Result<(), String> {
+        ip(&["-n", &self.switch, "link", "set", &format!("p{}", i + 1), "master", "br0"]).map(drop)
+    }
 }
 
 impl Drop for Lab {
@@ -462,6 +475,80 @@ pub struct Stats {
     pub dropped_malformed: u64,
     pub foca_rejected: u64,
     pub foreign_cluster_hints: u64,
+}
+
+/// A log position in [`Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct LogPos {
+    pub term: u64,
+    pub index: u64,
+}
+
+/// A voter or learner in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PeerRow {
+    pub id: String,
+    pub name: String,
+    pub addr: String,
+    pub health: String,
+}
+
+/// `shoal status --format json`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Status {
+    pub cluster_id: String,
+    pub node: String,
+    pub name: String,
+    /// leader, manager, worker, joining or bootstrapping.
+    pub role: String,
+    pub detail: Option<String>,
+    pub leader: Option<String>,
+    pub leader_name: Option<String>,
+    pub term: u64,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<LogPos>,
+    pub voters: Vec<PeerRow>,
+    pub learners: Vec<PeerRow>,
+    pub ca_fingerprint: Option<String>,
+    pub cert_expires_unix: Option<u64>,
+    pub cert_role: Option<String>,
+    pub nodes_registered: usize,
+    pub revoked: Vec<String>,
+}
+
+impl Status {
+    pub fn short(&self) -> String {
+        let names = |rows: &[PeerRow]| rows.iter().map(|r| format!("{}:{}", r.name, r.health)).collect::<Vec<_>>().join(",");
+        format!(
+            "{} {} cluster={} leader={} term={} applied={:?} voters=[{}] learners=[{}] ca={} revoked={}{}",
+            self.name,
+            self.role,
+            self.cluster_id,
+            self.leader_name.as_deref().or(self.leader.as_deref()).unwrap_or("-"),
+            self.term,
+            self.last_applied.map(|p| (p.term, p.index)),
+            names(&self.voters),
+            names(&self.learners),
+            self.ca_fingerprint.as_deref().map_or("-", |f| &f[..f.len().min(12)]),
+            self.revoked.len(),
+            self.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
+        )
+    }
+}
+
+/// One row of `shoal node ls --format json`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct NodeRow {
+    pub id: String,
+    pub name: String,
+    /// leader, manager, worker or "-".
+    pub role: String,
+    pub state: String,
+    pub addr: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub revoked: bool,
 }
 
 // ------------------------------------------------------------------------------ nodes
@@ -567,7 +654,8 @@ impl Node {
             cmd.env("SHOAL_TOKEN", t);
         }
         if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
+            // The agent's own default, so that log tails show shoal's lines, not openraft's.
+            cmd.env("RUST_LOG", "info,mdns_sd=warn,openraft=warn");
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", argv.join(" ")));
         let pid = child.id();
@@ -636,21 +724,28 @@ impl Node {
     }
 
     fn cli(&self, sub: &str) -> Result<String, String> {
-        let out = run(
-            Command::new(shoal_bin())
-                .args([sub, "--data-dir"])
-                .arg(&self.data_dir)
-                .args(["--format", "json"])
-                .env_remove("SHOAL_TOKEN"),
-            CLI_TIMEOUT,
-        )?;
+        self.cli_json_text(&[sub])
+    }
+
+    /// `shoal <args…> --data-dir D --format json`; its stdout when it succeeds.
+    fn cli_json_text(&self, args: &[&str]) -> Result<String, String> {
+        let out = self.shoal(&[args, &["--format", "json"]].concat(), CLI_TIMEOUT)?;
         if out.status.success() {
             Ok(out.stdout)
         } else {
             // The first lines say why; a backtrace (RUST_BACKTRACE) may follow.
             let why: Vec<&str> = out.stderr.trim().lines().take(3).collect();
-            Err(format!("`shoal {sub}` failed ({}): {}", out.status, why.join(" / ")))
+            Err(format!("`shoal {}` failed ({}): {}", args.join(" "), out.status, why.join(" / ")))
         }
+    }
+
+    /// Runs `shoal <args…> --data-dir D` against this node's agent (any exit status), killed
+    /// after `timeout`.
+    pub fn shoal(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
+        run(
+            Command::new(shoal_bin()).args(args).arg("--data-dir").arg(&self.data_dir).env_remove("SHOAL_TOKEN"),
+            timeout,
+        )
     }
 
     fn note(&self, what: String) {
@@ -693,6 +788,39 @@ impl Node {
             .cli("stats")
             .map(|out| self.parse::<Stats>("stats", &out));
         self.note(format!("stats at {}: {result:?}", now_ms()));
+        result
+    }
+
+    /// `shoal status --format json`; errors as [`Self::members`].
+    pub fn status(&self) -> Result<Status, String> {
+        let result = self.cli_json_text(&["status"]).map(|out| self.parse::<Status>("status", &out));
+        self.note(match &result {
+            Ok(s) => format!("status at {}: {}", now_ms(), s.short()),
+            Err(e) => format!("status at {}: error: {e}", now_ms()),
+        });
+        result
+    }
+
+    /// `shoal node ls --format json`; errors as [`Self::members`].
+    pub fn node_ls(&self) -> Result<Vec<NodeRow>, String> {
+        let result = self.cli_json_text(&["node", "ls"]).map(|out| self.parse::<Vec<NodeRow>>("node ls", &out));
+        let mut text = format!("node ls at {}:", now_ms());
+        match &result {
+            Ok(rows) => rows.iter().for_each(|r| {
+                let _ = write!(
+                    text,
+                    "\n      {} {:<6} {:<7} {:<7} labels={:?}{}",
+                    &r.id[..r.id.len().min(8)],
+                    r.name,
+                    r.role,
+                    r.state,
+                    r.labels,
+                    if r.revoked { " REVOKED" } else { "" }
+                );
+            }),
+            Err(e) => text.push_str(&format!(" error: {e}")),
+        }
+        self.note(text);
         result
     }
 

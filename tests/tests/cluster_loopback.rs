@@ -1,0 +1,341 @@
+//! What a real agent's Raft port (gossip port + 1, mutual TLS) lets in, over loopback with
+//! `--no-mdns --join` (no privileges needed): a TLS client of our own (rustls) with no
+//! certificate, with a self-signed certificate, or with one from a self-made CA is refused;
+//! a node's own certificate is accepted until the node is revoked with `shoal node rm`, then
+//! refused. Garbage, a truncated TLS hello, a huge length prefix in plain TCP and, inside an
+//! accepted TLS session, oversized, truncated and undecodable frames leave the cluster
+//! healthy: same leader and term, writes work, no memory blow-up.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+use shoal_tests::cluster::{agreed_leader, free_agent_ports, in_cluster, label_ok, leader_of, sees_label, statuses};
+use shoal_tests::{every, token_new, Cluster, NodeSpec, TokenVia};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long an accepted session must stay open, silent, to count as accepted. A refused
+/// client certificate is answered with an alert right after the handshake (TLS 1.3: the
+/// server checks it after the client's Finished).
+const OPEN_FOR: Duration = Duration::from_millis(1500);
+
+/// The client's certificate and key, or none.
+type ClientAuth = Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>;
+
+/// Accepts any server certificate: these probes test the server's checks of the client.
+#[derive(Debug)]
+struct AnyServer(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// What the server did with a TLS client.
+#[derive(Debug)]
+enum Probe {
+    /// Handshake done and the session stayed open and silent for [`OPEN_FOR`].
+    Open,
+    /// Handshake failed, or an alert / close came right after it.
+    Refused(String),
+}
+
+/// A TLS 1.3 client session to `addr` (server certificate not checked), with the socket.
+fn tls_session(addr: SocketAddr, auth: ClientAuth) -> Result<(ClientConnection, TcpStream), String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| format!("TLS config: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let config = match auth {
+        Some((cert, key)) => builder.with_client_auth_cert(vec![cert], key).map_err(|e| format!("client cert: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
+    let name = ServerName::try_from("node.shoal").map_err(|e| e.to_string())?;
+    let conn = ClientConnection::new(Arc::new(config), name).map_err(|e| format!("TLS client: {e}"))?;
+    let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    sock.set_write_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    Ok((conn, sock))
+}
+
+/// Connects with `auth` and reports whether the server kept the session.
+fn probe(addr: SocketAddr, auth: ClientAuth) -> Probe {
+    let (mut conn, mut sock) = tls_session(addr, auth).unwrap_or_else(|e| panic!("{e}"));
+    while conn.is_handshaking() {
+        match conn.complete_io(&mut sock) {
+            Ok((0, 0)) => return Probe::Refused("closed during the handshake".into()),
+            Ok(_) => {}
+            Err(e) => return Probe::Refused(format!("handshake: {e}")),
+        }
+    }
+    let _ = sock.set_read_timeout(Some(OPEN_FOR));
+    let mut buf = [0u8; 64];
+    match rustls::Stream::new(&mut conn, &mut sock).read(&mut buf) {
+        Ok(0) => Probe::Refused("closed right after the handshake".into()),
+        Ok(n) => panic!("the Raft port sent {n} bytes to a client that sent nothing"),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Probe::Open,
+        Err(e) => Probe::Refused(e.to_string()),
+    }
+}
+
+fn assert_refused(what: &str, p: Probe) {
+    match p {
+        Probe::Refused(why) => println!("{what}: refused ({why})"),
+        Probe::Open => panic!("{what}: the Raft port accepted the session"),
+    }
+}
+
+/// A node's certificate and key from its data dir.
+fn node_credentials(dir: &Path) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let cert = CertificateDer::from_pem_file(dir.join("node.crt")).unwrap_or_else(|e| panic!("{}/node.crt: {e}", dir.display()));
+    let key = PrivateKeyDer::from_pem_file(dir.join("node.key")).unwrap_or_else(|e| panic!("{}/node.key: {e}", dir.display()));
+    (cert, key)
+}
+
+/// The SAN a shoal node certificate carries for a key: `<first 16 bytes of SHA-256 of the
+/// public key, hex>.node.shoal`.
+fn node_name_for(key: &rcgen::KeyPair) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.public_key_raw());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.node.shoal")
+}
+
+fn pkcs8(key: &rcgen::KeyPair) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))
+}
+
+/// A self-signed certificate with a well-formed node name.
+fn self_signed() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    let params = rcgen::CertificateParams::new(vec![node_name_for(&key)]).unwrap_or_else(|e| panic!("{e}"));
+    let cert = params.self_signed(&key).unwrap_or_else(|e| panic!("{e}"));
+    (cert.der().clone(), pkcs8(&key))
+}
+
+/// A node-shaped certificate (right SAN, client-auth usage) from a CA made here.
+fn from_own_ca() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("{e}"));
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "shoal cluster CA");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    let mut params = rcgen::CertificateParams::new(vec![node_name_for(&key)]).unwrap_or_else(|e| panic!("{e}"));
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth, rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap_or_else(|e| panic!("{e}"));
+    (cert.der().clone(), pkcs8(&key))
+}
+
+/// Sends `bytes` over plain TCP to `addr`, then closes.
+fn send_plain(addr: SocketAddr, bytes: &[u8]) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+    // The server may close first (it refuses garbage): a failed write is fine.
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(Shutdown::Both);
+}
+
+/// Opens an accepted TLS session with `auth`, sends `bytes` inside it and reports whether
+/// the server then closed the session within 5 s (`true`) or kept it open.
+fn send_in_session(addr: SocketAddr, auth: ClientAuth, bytes: &[u8], then_close: bool) -> bool {
+    let (mut conn, mut sock) = tls_session(addr, auth).unwrap_or_else(|e| panic!("{e}"));
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).unwrap_or_else(|e| panic!("handshake with a node's own certificate failed: {e}"));
+    }
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    let _ = tls.write_all(bytes);
+    let _ = tls.flush();
+    if then_close {
+        conn.send_close_notify();
+        let _ = conn.complete_io(&mut sock);
+        let _ = sock.shutdown(Shutdown::Both);
+        return true;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 256];
+    while Instant::now() < deadline {
+        match rustls::Stream::new(&mut conn, &mut sock).read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {} // an answer frame: keep reading until the close
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Pseudo-random bytes (no rng dependency needed for garbage).
+fn garbage(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn raft_port_refuses_strangers_and_revoked_nodes_and_survives_garbage() {
+    let began = Instant::now();
+    let ports = free_agent_ports(3);
+    let token = token_new();
+    let mut c = Cluster::new("raftport");
+    for (i, port) in ports.iter().enumerate() {
+        let seed = if i == 0 { ports[1] } else { ports[0] };
+        c.add(NodeSpec {
+            name: format!("n{}", i + 1),
+            token: token.clone(),
+            token_via: TokenVia::Flag,
+            netns: None,
+            args: vec![
+                "--no-mdns".into(),
+                "--bind".into(),
+                format!("127.0.0.1:{port}"),
+                "--join".into(),
+                format!("127.0.0.1:{seed}"),
+                "--bootstrap-expect".into(),
+                "3".into(),
+            ],
+            expect_addr: format!("127.0.0.1:{port}"),
+        });
+    }
+    for i in 0..3 {
+        c.node_mut(i).start();
+    }
+    let all_idx = [0, 1, 2];
+    c.wait_until(Duration::from_secs(60), "3 loopback nodes form one cluster with 3 voters", || {
+        statuses(&c, &all_idx).is_some_and(|all| every(&all, |s| in_cluster(s) && s.voters.len() == 3) && leader_of(&all).is_some())
+    });
+    println!("formed in {:.1?}", began.elapsed());
+    let raft = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i] + 1));
+    let ids: Vec<String> = statuses(&c, &all_idx).unwrap_or_default().into_iter().map(|s| s.node).collect();
+
+    // --- who gets a session on n1's Raft port.
+    let (dir2, dir3) = (c.node(1).data_dir.clone(), c.node(2).data_dir.clone());
+    let n2 = || node_credentials(&dir2);
+    let n3 = || node_credentials(&dir3);
+    match probe(raft(0), Some(n2())) {
+        Probe::Open => println!("n2's own certificate: accepted (control)"),
+        Probe::Refused(why) => panic!("n1's Raft port refused n2's own certificate: {why}\n{}", c.report()),
+    }
+    assert_refused("no client certificate", probe(raft(0), None));
+    assert_refused("self-signed certificate", probe(raft(0), Some(self_signed())));
+    assert_refused("certificate from a self-made CA", probe(raft(0), Some(from_own_ca())));
+
+    // --- garbage on the Raft port, then the cluster must be as it was.
+    let before = statuses(&c, &all_idx).unwrap_or_else(|| panic!("a node stopped answering\n{}", c.report()));
+    let leader = leader_of(&before).unwrap_or_else(|| panic!("no agreed leader\n{}", c.report()));
+    let target = before.iter().position(|s| s.node == leader).unwrap_or(0);
+    let pid = c.node(target).pid().unwrap_or(0);
+    let rss_before = rss_kib(pid);
+    // Plain TCP: random bytes, a huge u32 length prefix, a TLS record header announcing a
+    // hello that never comes in full, and silent connections held open meanwhile.
+    let idle: Vec<TcpStream> = (0..20).filter_map(|_| TcpStream::connect(raft(target)).ok()).collect();
+    send_plain(raft(target), &garbage(64 * 1024, 7));
+    send_plain(raft(target), &[0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4]);
+    send_plain(raft(target), &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]);
+    send_plain(raft(target), &[0x16, 0x03, 0x03, 0xff, 0xff]);
+    // Inside a session the server accepts (n2's certificate): frames it must refuse.
+    let cases: [(&str, Vec<u8>, bool); 4] = [
+        ("a 4 GiB length prefix", vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0], false),
+        ("a length prefix just over any sane limit", (u32::MAX / 2).to_be_bytes().to_vec(), false),
+        ("an undecodable 64-byte body", [&64u32.to_be_bytes()[..], &garbage(64, 3)].concat(), false),
+        ("a truncated frame, then close", [&1000u32.to_be_bytes()[..], &garbage(10, 5)].concat(), true),
+    ];
+    for (what, bytes, close) in &cases {
+        let closed = send_in_session(raft(target), Some(n2()), bytes, *close);
+        assert!(closed, "the Raft port kept a session open after {what}");
+        println!("in an accepted session, {what}: the server closed the session");
+    }
+    let rss_after = rss_kib(pid);
+    println!("leader RSS {rss_before} KiB before the garbage, {rss_after} KiB after");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "the leader's memory grew from {rss_before} KiB to {rss_after} KiB on garbage frames"
+    );
+    // Healthy: same leader and term everywhere, a write commits, every agent still runs.
+    let after = statuses(&c, &all_idx).unwrap_or_else(|| panic!("a node stopped answering after the garbage\n{}", c.report()));
+    assert_eq!(leader_of(&after), Some(leader.clone()), "the leader changed after the garbage: {after:?}");
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a.term, b.term, "{}'s term changed after the garbage", a.name);
+    }
+    label_ok(&c, 2, &ids[1], "after-garbage", "ok");
+    c.wait_until(Duration::from_secs(10), "every node has the write made after the garbage", || {
+        every(all_idx, |i| sees_label(&c, i, &ids[1], "after-garbage", "ok"))
+    });
+    drop(idle);
+    for i in 0..3 {
+        assert!(c.node_mut(i).is_running(), "{} died", c.node(i).name());
+    }
+
+    // --- a revoked node's certificate is refused (n3: stopped, then `node rm` on n1).
+    match probe(raft(1), Some(n3())) {
+        Probe::Open => {}
+        Probe::Refused(why) => panic!("n2's Raft port refused n3's certificate before any revocation: {why}\n{}", c.report()),
+    }
+    c.node_mut(2).kill();
+    let out = c.node(0).shoal(&["node", "rm", &ids[2]], shoal_tests::cluster::WRITE_CLI_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "`shoal node rm` failed ({}): {}\n{}", out.status, out.stderr.trim(), c.report());
+    c.wait_until(Duration::from_secs(10), "n1 and n2 list n3 as revoked", || {
+        statuses(&c, &[0, 1]).is_some_and(|all| every(&all, |s| s.revoked.contains(&ids[2])))
+    });
+    // The revoked set reaches TLS within one watch tick (500 ms); poll with a deadline.
+    let mut last = Probe::Open;
+    c.wait_until(Duration::from_secs(10), "n1's and n2's Raft ports refuse n3's certificate", || {
+        last = probe(raft(0), Some(n3()));
+        matches!(last, Probe::Refused(_)) && matches!(probe(raft(1), Some(n3())), Probe::Refused(_))
+    });
+    assert_refused("revoked n3's own certificate", last);
+    // Still fine with the 2 remaining voters.
+    assert!(agreed_leader(&c, &[0, 1]).is_some(), "no agreed leader after the revocation\n{}", c.report());
+    label_ok(&c, 1, &ids[0], "after-revoke", "ok");
+    println!("raft port story done in {:.1?}", began.elapsed());
+}
