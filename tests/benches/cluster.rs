@@ -1,1 +1,198 @@
-fn main() {}
+//! Raft cluster figures on real processes (printed, not asserted), nodes started at once
+//! with `--bootstrap-expect 3`:
+//! (a) cold start of 3 and of 5 agents → every node in the cluster with a certificate
+//!     (role leader/manager/worker, 3 voters, the rest learners, one agreed leader);
+//! (b) SIGKILL of the leader → the survivors agree on a new leader, and → a write issued
+//!     through a survivor at the moment of the kill has committed.
+//! Uses the namespace lab (mDNS) when it can, loopback with --join seeds otherwise;
+//! `SHOAL_BENCH_LOOPBACK=1` forces loopback. Bounded to about 2 minutes.
+//! Run: `cargo build --release -p shoal-node && cargo bench -p shoal-tests --bench cluster`
+//! (falls back to the debug binary, with a note, when there is no release one).
+
+use shoal_tests::cluster::{agreed_leader, free_agent_ports, in_cluster, leader_of, statuses};
+use shoal_tests::{every, netns_unavailable, run, shoal_bin, token_new, Cluster, Lab, NodeSpec, TokenVia};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const POLL: Duration = Duration::from_millis(50);
+const FORM_TIMEOUT: Duration = Duration::from_secs(60);
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// No new round starts after this much time.
+const BUDGET: Duration = Duration::from_secs(90);
+const MAX_ROUNDS: usize = 3;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Netns,
+    Loopback,
+}
+
+fn cluster(mode: Mode, nodes: usize, round: usize) -> Cluster {
+    let token = token_new();
+    let label = format!("rbench{nodes}-{round}");
+    let expect = ["--bootstrap-expect".to_string(), "3".into()];
+    match mode {
+        Mode::Netns => {
+            let lab = Lab::new(nodes).unwrap_or_else(|e| panic!("cannot build the namespace lab: {e}"));
+            let hosts = lab.hosts.clone();
+            let mut c = Cluster::in_lab(&label, lab);
+            for (i, h) in hosts.iter().enumerate() {
+                c.add(NodeSpec {
+                    name: format!("n{}", i + 1),
+                    token: token.clone(),
+                    token_via: TokenVia::Flag,
+                    netns: Some(h.ns.clone()),
+                    args: [vec!["--mdns-interface".into(), h.ifname.clone()], expect.to_vec()].concat(),
+                    expect_addr: format!("{}:7480", h.ip),
+                });
+            }
+            c
+        }
+        Mode::Loopback => {
+            let ports = free_agent_ports(nodes);
+            let mut c = Cluster::new(&label);
+            for (i, p) in ports.iter().enumerate() {
+                let seed = if i == 0 { ports[1] } else { ports[0] };
+                let args = vec!["--no-mdns".into(), "--bind".into(), format!("127.0.0.1:{p}"), "--join".into(), format!("127.0.0.1:{seed}")];
+                c.add(NodeSpec {
+                    name: format!("n{}", i + 1),
+                    token: token.clone(),
+                    token_via: TokenVia::Flag,
+                    netns: None,
+                    args: [args, expect.to_vec()].concat(),
+                    expect_addr: format!("127.0.0.1:{p}"),
+                });
+            }
+            c
+        }
+    }
+}
+
+/// Start of `nodes` agents → all in the cluster with certificates, 3 voters, one leader.
+fn cold_start(c: &mut Cluster, nodes: usize) -> Duration {
+    let idx: Vec<usize> = (0..nodes).collect();
+    let t0 = Instant::now();
+    for i in 0..nodes {
+        c.node_mut(i).start();
+    }
+    c.wait_until_every(POLL, FORM_TIMEOUT, "every node is in the cluster with a certificate", || {
+        statuses(c, &idx).is_some_and(|all| {
+            every(&all, |s| in_cluster(s) && s.cert_expires_unix.is_some() && s.voters.len() == 3 && s.learners.len() == nodes - 3)
+                && leader_of(&all).is_some()
+        })
+    });
+    t0.elapsed()
+}
+
+/// SIGKILL of the leader → (new leader agreed by the survivors, a write through a survivor
+/// committed). The write is issued at the kill and retried until it succeeds.
+fn failover(c: &mut Cluster, nodes: usize) -> (Duration, Duration) {
+    let idx: Vec<usize> = (0..nodes).collect();
+    let all = statuses(c, &idx).unwrap_or_else(|| panic!("a node stopped answering\n{}", c.report()));
+    let old = leader_of(&all).unwrap_or_else(|| panic!("no agreed leader\n{}", c.report()));
+    let victim = all.iter().position(|s| s.node == old).unwrap_or(0);
+    let survivors: Vec<usize> = idx.iter().copied().filter(|&i| i != victim).collect();
+    let via = c.node(survivors[0]).data_dir.clone();
+    let target = all[survivors[0]].node.clone();
+    let t0 = Instant::now();
+    c.node_mut(victim).kill();
+    let writer = std::thread::spawn(move || {
+        let mut n = 0;
+        loop {
+            n += 1;
+            let out = run(
+                Command::new(shoal_bin())
+                    .args(["node", "update", &target, "--label-add", &format!("bench=w{n}"), "--data-dir"])
+                    .arg(&via),
+                Duration::from_secs(30),
+            );
+            if out.as_ref().is_ok_and(|o| o.status.success()) {
+                return Some(t0.elapsed());
+            }
+            if t0.elapsed() > FAILOVER_TIMEOUT {
+                return None;
+            }
+            std::thread::sleep(POLL);
+        }
+    });
+    let elected = c.wait_until_every(POLL, FAILOVER_TIMEOUT, "the survivors agree on a new leader", || {
+        agreed_leader(c, &survivors).is_some_and(|l| l != old)
+    });
+    let written = writer.join().ok().flatten().unwrap_or_else(|| panic!("no write committed within {FAILOVER_TIMEOUT:?} of the kill\n{}", c.report()));
+    (elected, written)
+}
+
+fn summary(name: &str, xs: &[Duration]) {
+    if xs.is_empty() {
+        return;
+    }
+    let mut v: Vec<f64> = xs.iter().map(Duration::as_secs_f64).collect();
+    v.sort_by(f64::total_cmp);
+    let each: Vec<String> = xs.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect();
+    println!(
+        "{name}: min {:.2} s, median {:.2} s, max {:.2} s over {} round(s) [{}]",
+        v[0],
+        v[v.len() / 2],
+        v[v.len() - 1],
+        v.len(),
+        each.join(", ")
+    );
+}
+
+fn main() {
+    let began = Instant::now();
+    let forced = std::env::var("SHOAL_BENCH_LOOPBACK").as_deref() == Ok("1");
+    let mode = match netns_unavailable() {
+        None if forced => {
+            println!("note: SHOAL_BENCH_LOOPBACK=1; using loopback");
+            Mode::Loopback
+        }
+        None => Mode::Netns,
+        Some(why) => {
+            println!("note: network namespaces unavailable ({why}); using loopback");
+            Mode::Loopback
+        }
+    };
+    println!("cluster bench (--bootstrap-expect 3, default Raft timing), binary {}", shoal_bin().display());
+    println!(
+        "mode: {}",
+        match mode {
+            Mode::Netns => "network namespaces on one bridge, mDNS discovery, no seeds",
+            Mode::Loopback => "loopback, --no-mdns, --join seeds",
+        }
+    );
+    println!("timings are from polling `shoal status` every {} ms on every node (resolution ≈ one poll round)", POLL.as_millis());
+
+    let mut cold3 = Vec::new();
+    let mut cold5 = Vec::new();
+    let mut elected = Vec::new();
+    let mut written = Vec::new();
+    for round in 0..MAX_ROUNDS {
+        if round > 0 && began.elapsed() > BUDGET {
+            break;
+        }
+        for nodes in [3, 5] {
+            let mut c = cluster(mode, nodes, round);
+            let f = cold_start(&mut c, nodes);
+            let (e, w) = failover(&mut c, nodes);
+            println!(
+                "round {} ({nodes} nodes): cold start {:.2} s; leader SIGKILL → new leader {:.2} s, → write committed {:.2} s",
+                round + 1,
+                f.as_secs_f64(),
+                e.as_secs_f64(),
+                w.as_secs_f64()
+            );
+            if nodes == 3 { &mut cold3 } else { &mut cold5 }.push(f);
+            elected.push(e);
+            written.push(w);
+        }
+    }
+
+    println!();
+    println!("== results ({}) ==", if mode == Mode::Netns { "netns + mDNS" } else { "loopback + seeds" });
+    summary("(a) start of 3 agents → all in the cluster with certificates, one leader", &cold3);
+    summary("(a) start of 5 agents → all in the cluster with certificates (3 managers, 2 workers)", &cold5);
+    summary("(b) leader SIGKILL → survivors agree on a new leader (3- and 5-node rounds)", &elected);
+    summary("(b) leader SIGKILL → a write through a survivor has committed", &written);
+    println!("total bench time {:.1} s", began.elapsed().as_secs_f64());
+}
