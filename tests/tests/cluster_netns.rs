@@ -195,6 +195,9 @@ fn three_nodes_form_one_cluster_survive_leader_crash_and_partition_and_shut_out_
     println!("isolated {} (leader is {})", c.node(cut).name(), c.node(leader).name());
     label_ok(&c, leader, &ids[cut], "partition", "majority-via-leader");
     label_ok(&c, other, &ids[other], "partition", "majority-via-follower");
+    // Only the exit status is asserted. Today the CLI says "the agent closed the connection
+    // without answering": the API's 10 s request timeout fires before the write's own 10 s
+    // "no leader could be reached" error can be sent (reported; the message is not checked).
     let t = Instant::now();
     let out = label(&c, cut, &ids[cut], "minority", "1");
     println!("the write on the cut-off node failed after {:.1?}: {}", t.elapsed(), out.stderr.trim());
