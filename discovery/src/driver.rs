@@ -21,6 +21,7 @@ enum Command {
     KnownPeers(oneshot::Sender<Vec<std::net::SocketAddr>>),
     Leave(oneshot::Sender<()>),
     SetInCluster(bool),
+    SetEngineOk(bool),
 }
 
 /// Talks to a running membership task. Cheap to clone.
@@ -52,6 +53,11 @@ impl MembershipHandle {
     /// Sets this node's gossiped `in_cluster` fact.
     pub async fn set_in_cluster(&self, in_cluster: bool) -> Result<(), Stopped> {
         self.commands.send(Command::SetInCluster(in_cluster)).await.map_err(|_| Stopped)
+    }
+
+    /// Sets this node's gossiped `engine_ok` fact.
+    pub async fn set_engine_ok(&self, ok: bool) -> Result<(), Stopped> {
+        self.commands.send(Command::SetEngineOk(ok)).await.map_err(|_| Stopped)
     }
 
     /// Leaves the cluster gracefully; returns once the leave messages are sent.
@@ -162,6 +168,7 @@ async fn run<R, D, C, P>(
                     Command::Stats(reply) => { let _ = reply.send(core.stats().clone()); }
                     Command::KnownPeers(reply) => { let _ = reply.send(core.known_peers()); }
                     Command::SetInCluster(v) => core.set_in_cluster(v),
+                    Command::SetEngineOk(v) => core.set_engine_ok(v),
                     Command::Leave(reply) => {
                         let effects = core.leave(d.clock.now_ms());
                         d.apply(effects).await;

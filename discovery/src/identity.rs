@@ -67,6 +67,23 @@ pub struct NodeFacts {
     /// The node belongs to a formed Raft cluster (holds the replicated state and the CA):
     /// what `--bootstrap-expect` looks at, and where a newcomer asks to join.
     pub in_cluster: bool,
+    /// What the node offers for placement (architecture, CPU, memory, engine health).
+    pub resources: NodeResources,
+}
+
+/// Longest architecture name (`x86_64`, `aarch64`, `arm`...).
+pub const MAX_ARCH_LEN: usize = 32;
+
+/// What a node offers for placement; the scheduler reads it from gossip.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeResources {
+    /// `std::env::consts::ARCH` of the node (`x86_64`, `aarch64`, ...).
+    pub arch: String,
+    /// CPUs, in thousandths.
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    /// The node's container engine answers.
+    pub engine_ok: bool,
 }
 
 /// Why facts (from a flag or from a peer) are not acceptable.
@@ -122,6 +139,10 @@ impl NodeFacts {
             validate_label(k, v)?;
         }
         if self.version.len() > MAX_VERSION_LEN || self.version.chars().any(|c| c.is_control()) {
+            return Err(FactsError::BadVersion);
+        }
+        let arch = &self.resources.arch;
+        if arch.len() > MAX_ARCH_LEN || !arch.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(FactsError::BadVersion);
         }
         let len = self.encode().map(|b| b.len()).unwrap_or(usize::MAX);
@@ -193,6 +214,7 @@ mod tests {
             boot: 1,
             left: false,
             in_cluster: false,
+            resources: Default::default(),
         };
         let bytes = f.encode().expect("encode");
         assert_eq!(NodeFacts::decode(&bytes).expect("decode"), f);

@@ -22,6 +22,6 @@ pub mod seal;
 pub mod secret;
 
 pub use driver::{spawn, MembershipHandle};
-pub use identity::{NodeFacts, ShoalId};
+pub use identity::{NodeFacts, NodeResources, ShoalId};
 pub use membership::{GossipStats, MemberEvent, MemberState, MemberView, Membership, MembershipConfig, PeerHint};
 pub use secret::{ClusterId, JoinSecret};

@@ -16,7 +16,7 @@
 //! - node facts travel as foca custom broadcasts and are pulled directly when missing.
 
 use crate::codec::{store_if_newer, FactsHandler, FactsTable, WireCodec};
-use crate::identity::{NodeFacts, ShoalId};
+use crate::identity::{NodeFacts, NodeResources, ShoalId};
 use crate::seal::{Addressee, OpenError, Sealer, ANYONE, MAX_PLAINTEXT_LEN};
 use crate::secret::ClusterId;
 use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification, State, Timer};
@@ -135,6 +135,9 @@ pub struct MemberView {
     /// The node says it belongs to a formed cluster (its gossiped `in_cluster` fact).
     #[serde(default)]
     pub in_cluster: bool,
+    /// What the node offers for placement (empty until its facts arrive).
+    #[serde(default)]
+    pub resources: NodeResources,
 }
 
 /// Counters of gossip traffic; every dropped datagram is counted under its reason.
@@ -514,6 +517,16 @@ impl<R: Rng + SeedableRng> Membership<R> {
         self.publish_own_facts();
     }
 
+    /// Changes this node's `engine_ok` fact and gossips the new facts (no-op if unchanged).
+    pub fn set_engine_ok(&mut self, ok: bool) {
+        if self.own_facts.resources.engine_ok == ok {
+            return;
+        }
+        self.own_facts.resources.engine_ok = ok;
+        self.own_facts.seq += 1;
+        self.publish_own_facts();
+    }
+
     /// Leave on purpose: gossip facts saying we left, tell every member directly (repeating
     /// to those that do not acknowledge, see [`Self::leave_done`]), then let foca gossip our
     /// departure. After this the core only handles acknowledgements and its retry timer.
@@ -583,6 +596,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
                 since_ms,
                 is_self,
                 in_cluster: f.is_some_and(|f| f.in_cluster && !f.left),
+                resources: f.map(|f| f.resources.clone()).unwrap_or_default(),
             }
         };
         let own_state = if self.leaving.is_some() { MemberState::Left } else { MemberState::Alive };
@@ -868,6 +882,7 @@ mod tests {
             boot: 1,
             left: false,
             in_cluster: false,
+            resources: Default::default(),
         };
         Membership::new(MembershipConfig::lan(4), id, facts, ClusterId([1; 8]), [7; 32], rand::rngs::StdRng::seed_from_u64(u64::from(n)))
     }

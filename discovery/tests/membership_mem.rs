@@ -52,6 +52,7 @@ impl Lab {
             boot,
             left: false,
             in_cluster: false,
+            resources: Default::default(),
         };
         let mut core = Membership::new(
             MembershipConfig::lan(8),

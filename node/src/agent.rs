@@ -29,6 +29,7 @@ pub struct AgentConfig {
     pub timing: crate::control::RaftTiming,
     pub cert_lifetime: Duration,
     pub dead_voter_after: Duration,
+    pub reschedule_after: Duration,
 }
 
 /// How long a graceful leave may take before the process exits anyway.
@@ -75,6 +76,26 @@ fn save_peers(path: &std::path::Path, peers: &[SocketAddr]) -> bool {
     }
 }
 
+/// This machine's architecture, CPUs and memory, as the scheduler sees them. The engine is
+/// reported healthy once the agent has reached it.
+fn host_resources() -> shoal_discovery::NodeResources {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            kib.checked_mul(1024)
+        })
+        .unwrap_or(0);
+    shoal_discovery::NodeResources {
+        arch: std::env::consts::ARCH.to_string(),
+        cpu_millis: cpus * 1000,
+        memory_bytes,
+        engine_ok: false,
+    }
+}
+
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let identity = NodeIdentity::load_or_create(&cfg.data_dir)?;
     let listener = api::bind(&cfg.data_dir).await?;
@@ -94,6 +115,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         boot: identity.boot_count,
         left: false,
         in_cluster: false,
+        resources: host_resources(),
     };
     facts.validate().context("node facts")?;
     tracing::info!(
@@ -148,6 +170,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             timing: cfg.timing,
             cert_lifetime: cfg.cert_lifetime,
             dead_voter_after: cfg.dead_voter_after,
+            reschedule_after: cfg.reschedule_after,
         },
         identity.id,
         &identity.key_pem,

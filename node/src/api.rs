@@ -5,6 +5,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use crate::control::report::{NodeRow, StatusReport};
 use crate::control::Control;
+use crate::services::{self, ServiceRow, TaskRow};
+use shoal_cluster::scheduler::Availability;
+use shoal_consensus::state::ServiceDef;
 use shoal_consensus::Command;
 use shoal_discovery::{GossipStats, MemberView};
 use shoal_wire::NodeId;
@@ -20,8 +23,10 @@ pub const SOCKET_FILE: &str = "shoal.sock";
 const MAX_REQUEST_LEN: u64 = 64 * 1024;
 /// Concurrent API connections served; more are dropped.
 const MAX_CONNECTIONS: usize = 32;
-/// Time a client has to send its request and read the answer.
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Bound on one request, answer included. Longer than a replicated write may take
+/// (`control::WRITE_TIMEOUT` plus one forward), so a write that finds no leader answers with
+/// that reason instead of a closed connection.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Longest response line a client accepts (a members list of thousands of nodes fits).
 const MAX_RESPONSE_LEN: u64 = 64 * 1024 * 1024;
 
@@ -35,7 +40,19 @@ pub enum Request {
     /// Revoke a node (id or unique id prefix).
     NodeRm { node: String },
     /// Change a node's labels in the replicated state.
-    NodeUpdate { node: String, label_add: BTreeMap<String, String>, label_rm: Vec<String> },
+    NodeUpdate {
+        node: String,
+        label_add: BTreeMap<String, String>,
+        label_rm: Vec<String>,
+        #[serde(default)]
+        availability: Option<Availability>,
+    },
+    ServiceCreate { service: ServiceDef },
+    ServiceLs,
+    ServicePs { name: String },
+    ServiceScale { name: String, replicas: u32 },
+    ServiceRm { name: String },
+    ServiceInspect { name: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,6 +63,9 @@ pub enum Response {
     Status { status: StatusReport },
     Nodes { nodes: Vec<NodeRow> },
     Done { message: String },
+    Services { services: Vec<ServiceRow> },
+    Tasks { tasks: Vec<TaskRow> },
+    Service { service: serde_json::Value },
     Error { message: String },
 }
 
@@ -130,16 +150,64 @@ async fn handle(stream: UnixStream, ctl: Control) -> Result<()> {
             Ok(message) => Response::Done { message },
             Err(e) => Response::Error { message: format!("{e:#}") },
         },
-        Ok(Request::NodeUpdate { node, label_add, label_rm }) => match node_update(&ctl, &node, label_add, label_rm).await {
-            Ok(message) => Response::Done { message },
-            Err(e) => Response::Error { message: format!("{e:#}") },
-        },
+        Ok(Request::NodeUpdate { node, label_add, label_rm, availability }) => {
+            into_response(node_update(&ctl, &node, label_add, label_rm, availability).await.map(|message| Response::Done { message }))
+        }
+        Ok(Request::ServiceCreate { service }) => {
+            let name = service.name.clone();
+            into_response(commit(&ctl, Command::CreateService { service, now_ms: now_ms() }).await.map(|_| Response::Done { message: format!("service {name} created") }))
+        }
+        Ok(Request::ServiceScale { name, replicas }) => into_response(
+            commit(&ctl, Command::UpdateService { name: name.clone(), replicas: Some(replicas), now_ms: now_ms() })
+                .await
+                .map(|_| Response::Done { message: format!("service {name} scaled to {replicas}") }),
+        ),
+        Ok(Request::ServiceRm { name }) => into_response(
+            commit(&ctl, Command::RemoveService { name: name.clone(), now_ms: now_ms() })
+                .await
+                .map(|_| Response::Done { message: format!("service {name} removed; its containers are being stopped") }),
+        ),
+        Ok(Request::ServiceLs) => into_response(cluster_state(&ctl).await.map(|st| Response::Services { services: services::service_rows(&st) })),
+        Ok(Request::ServicePs { name }) => into_response(
+            cluster_state(&ctl).await.and_then(|st| services::task_rows(&st, &name)).map(|tasks| Response::Tasks { tasks }),
+        ),
+        Ok(Request::ServiceInspect { name }) => into_response(cluster_state(&ctl).await.and_then(|st| {
+            let svc = st.services.get(&name).ok_or_else(|| anyhow!("no service named `{name}`; see `shoal service ls`"))?;
+            let pending: Vec<serde_json::Value> =
+                services::task_rows(&st, &name)?.into_iter().filter(|r| r.task.is_none()).map(|r| serde_json::json!({"slot": r.slot, "reason": r.error})).collect();
+            Ok(Response::Service {
+                service: serde_json::json!({
+                    "definition": svc.def,
+                    "version": svc.version,
+                    "created_ms": svc.created_ms,
+                    "updated_ms": svc.updated_ms,
+                    "pending": pending,
+                }),
+            })
+        })),
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
     write.write_all(&out).await?;
     write.shutdown().await?;
     Ok(())
+}
+
+fn into_response(result: Result<Response>) -> Response {
+    result.unwrap_or_else(|e| Response::Error { message: format!("{e:#}") })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn commit(ctl: &Control, cmd: Command) -> Result<shoal_consensus::Applied> {
+    Ok(ctl.write(cmd).await?)
+}
+
+async fn cluster_state(ctl: &Control) -> Result<shoal_consensus::ClusterState> {
+    let running = ctl.running().ok_or_else(|| anyhow!("this node is not part of the cluster yet; see `shoal status`"))?;
+    running.state().await
 }
 
 /// Finds the one node whose id starts with `prefix` (at least 4 hex characters), among the
@@ -167,8 +235,20 @@ async fn node_rm(ctl: &Control, prefix: &str) -> Result<String> {
     Ok(format!("node {id} revoked: its certificate is refused from now on and it leaves Raft"))
 }
 
-async fn node_update(ctl: &Control, prefix: &str, add: BTreeMap<String, String>, rm: Vec<String>) -> Result<String> {
+async fn node_update(
+    ctl: &Control,
+    prefix: &str,
+    add: BTreeMap<String, String>,
+    rm: Vec<String>,
+    availability: Option<Availability>,
+) -> Result<String> {
     let id = resolve_node(ctl, prefix).await?;
+    if let Some(availability) = availability {
+        ctl.write(Command::SetAvailability { node: id, availability }).await?;
+        if add.is_empty() && rm.is_empty() {
+            return Ok(format!("node {id} is now {}", if availability == Availability::Drain { "draining: its tasks move to other nodes" } else { "active" }));
+        }
+    }
     let running = ctl.running().ok_or_else(|| anyhow!("this node is not part of the cluster yet"))?;
     let state = running.state().await?;
     let mut record = state

@@ -12,4 +12,5 @@ pub mod netutil;
 pub mod output;
 pub mod pki;
 pub mod raftnet;
+pub mod services;
 pub mod simcmd;

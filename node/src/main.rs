@@ -5,7 +5,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use shoal_cluster::scheduler::Availability;
 use shoal_node::{agent, api, config, identity, output, simcmd};
+
+mod servicecmd;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Services: containers the cluster keeps running on its nodes.
+    Service {
+        #[command(subcommand)]
+        command: servicecmd::ServiceCommand,
+    },
     /// Run the deterministic simulator: many nodes, injected faults, invariant checks.
     Sim(simcmd::SimArgs),
 }
@@ -69,6 +77,9 @@ enum NodeCommand {
         /// Remove a label (repeatable).
         #[arg(long = "label-rm", value_name = "KEY")]
         label_rm: Vec<String>,
+        /// `drain` moves the node's tasks away and gives it no new ones; `active` undoes it.
+        #[arg(long, value_enum)]
+        availability: Option<AvailabilityArg>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -135,6 +146,9 @@ struct AgentArgs {
     /// A manager down this long is replaced by a healthy worker, e.g. 30s, 5m.
     #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
     replace_dead_manager_after: std::time::Duration,
+    /// Tasks of a node down this long are started on other nodes, e.g. 5s, 1m.
+    #[arg(long, default_value = "5s", value_parser = config::parse_duration)]
+    reschedule_after: std::time::Duration,
 }
 
 fn parse_voters(text: &str) -> Result<usize, String> {
@@ -154,6 +168,12 @@ struct ClientArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AvailabilityArg {
+    Active,
+    Drain,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -185,7 +205,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Token { command: TokenCommand::New } => {
             let secret = shoal_discovery::JoinSecret::generate(&mut rand::rng());
-            println!("{}", secret.to_token());
+            shoal_node::outln!("{}", secret.to_token());
             eprintln!(
                 "Keep this token secret. Start every node with it in the environment or a file \
                  (a --token flag is visible to other users in `ps`):\n  SHOAL_TOKEN=<token> shoal agent\n  shoal agent --token-file /path/to/token"
@@ -221,6 +241,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Node { command } => node_command(command),
+        Command::Service { command } => servicecmd::run(command),
         Command::Stats(args) => {
             let data_dir = args.data_dir.unwrap_or_else(identity::default_data_dir);
             let response = runtime()?.block_on(api::call(&data_dir, &api::Request::Stats))?;
@@ -236,12 +257,16 @@ fn node_command(command: NodeCommand) -> Result<()> {
     let (client, request) = match command {
         NodeCommand::Ls(client) => (client, api::Request::Nodes),
         NodeCommand::Rm { id, client } => (client, api::Request::NodeRm { node: id }),
-        NodeCommand::Update { id, label_add, label_rm, client } => {
-            if label_add.is_empty() && label_rm.is_empty() {
-                anyhow::bail!("nothing to update: give --label-add KEY=VALUE or --label-rm KEY");
+        NodeCommand::Update { id, label_add, label_rm, availability, client } => {
+            if label_add.is_empty() && label_rm.is_empty() && availability.is_none() {
+                anyhow::bail!("nothing to update: give --label-add KEY=VALUE, --label-rm KEY or --availability drain|active");
             }
             let label_add = config::parse_labels(&label_add)?;
-            (client, api::Request::NodeUpdate { node: id, label_add, label_rm })
+            let availability = availability.map(|a| match a {
+                AvailabilityArg::Active => Availability::Active,
+                AvailabilityArg::Drain => Availability::Drain,
+            });
+            (client, api::Request::NodeUpdate { node: id, label_add, label_rm, availability })
         }
     };
     let data_dir = client.data_dir.unwrap_or_else(identity::default_data_dir);
@@ -250,9 +275,9 @@ fn node_command(command: NodeCommand) -> Result<()> {
         api::Response::Nodes { nodes } => output::print_nodes(&nodes, json),
         api::Response::Done { message } => {
             if json {
-                println!("{}", serde_json::json!({ "message": message }));
+                shoal_node::outln!("{}", serde_json::json!({ "message": message }));
             } else {
-                println!("{message}");
+                shoal_node::outln!("{message}");
             }
             Ok(())
         }
@@ -312,5 +337,6 @@ fn agent_config(args: AgentArgs) -> Result<agent::AgentConfig> {
         },
         cert_lifetime: args.cert_lifetime,
         dead_voter_after: args.replace_dead_manager_after,
+        reschedule_after: args.reschedule_after,
     })
 }

@@ -2,7 +2,34 @@
 
 use anyhow::Result;
 use crate::control::report::{NodeRow, StatusReport};
+use crate::services::{ServiceRow, TaskRow};
 use shoal_discovery::{GossipStats, MemberView};
+
+/// Writes to stdout; a closed pipe (`shoal node ls | head`) ends the program quietly
+/// instead of panicking like `print!` does.
+pub fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` through [`emit`].
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{ let mut s = format!($($arg)*); s.push('\n'); $crate::output::emit(&s); }};
+}
+
+/// `print!` through [`emit`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{ $crate::output::emit(&format!($($arg)*)); }};
+}
 
 /// Renders rows as left-aligned columns separated by three spaces, like the docker CLI.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -36,7 +63,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 pub fn print_members(members: &[MemberView], json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(members)?);
+        crate::outln!("{}", serde_json::to_string_pretty(members)?);
         return Ok(());
     }
     let rows: Vec<Vec<String>> = members
@@ -53,13 +80,13 @@ pub fn print_members(members: &[MemberView], json: bool) -> Result<()> {
             ]
         })
         .collect();
-    print!("{}", table(&["ID", "NAME", "ADDRESS", "STATE", "GEN", "LABELS"], &rows));
+    crate::out!("{}", table(&["ID", "NAME", "ADDRESS", "STATE", "GEN", "LABELS"], &rows));
     Ok(())
 }
 
 pub fn print_stats(stats: &GossipStats, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(stats)?);
+        crate::outln!("{}", serde_json::to_string_pretty(stats)?);
         return Ok(());
     }
     let value = serde_json::to_value(stats)?;
@@ -67,7 +94,7 @@ pub fn print_stats(stats: &GossipStats, json: bool) -> Result<()> {
         .as_object()
         .map(|o| o.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect())
         .unwrap_or_default();
-    print!("{}", table(&["COUNTER", "VALUE"], &rows));
+    crate::out!("{}", table(&["COUNTER", "VALUE"], &rows));
     Ok(())
 }
 
@@ -77,29 +104,29 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 
 pub fn print_status(s: &StatusReport, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(s)?);
+        crate::outln!("{}", serde_json::to_string_pretty(s)?);
         return Ok(());
     }
-    println!("Cluster:      {}", s.cluster_id);
-    println!("This node:    {} ({}), {}", s.name, s.node.short(), s.role);
+    crate::outln!("Cluster:      {}", s.cluster_id);
+    crate::outln!("This node:    {} ({}), {}", s.name, s.node.short(), s.role);
     if let Some(detail) = &s.detail {
-        println!("              {detail}");
+        crate::outln!("              {detail}");
     }
     let leader = match (&s.leader, &s.leader_name) {
         (Some(id), Some(name)) => format!("{name} ({})", id.short()),
         (Some(id), None) => id.short(),
         _ => "none".to_string(),
     };
-    println!("Leader:       {leader}");
-    println!("Term:         {}", s.term);
-    println!("Commit index: {} (applied {})", opt(s.commit_index), opt(s.applied_index.as_ref()));
+    crate::outln!("Leader:       {leader}");
+    crate::outln!("Term:         {}", s.term);
+    crate::outln!("Commit index: {} (applied {})", opt(s.commit_index), opt(s.applied_index.as_ref()));
     if let Some(fp) = &s.ca_fingerprint {
-        println!("Cluster CA:   sha256 {}", fp.get(..16).unwrap_or(fp));
+        crate::outln!("Cluster CA:   sha256 {}", fp.get(..16).unwrap_or(fp));
     }
     if let Some(exp) = s.cert_expires_unix {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let left = exp.saturating_sub(now);
-        println!(
+        crate::outln!(
             "Certificate:  {}, expires in {}d {}h",
             s.cert_role.as_deref().unwrap_or("node"),
             left / 86_400,
@@ -107,10 +134,10 @@ pub fn print_status(s: &StatusReport, json: bool) -> Result<()> {
         );
     }
     if !s.revoked.is_empty() {
-        println!("Revoked:      {}", s.revoked.iter().map(|id| id.short()).collect::<Vec<_>>().join(", "));
+        crate::outln!("Revoked:      {}", s.revoked.iter().map(|id| id.short()).collect::<Vec<_>>().join(", "));
     }
     if !s.voters.is_empty() || !s.learners.is_empty() {
-        println!();
+        crate::outln!("");
         let rows: Vec<Vec<String>> = s
             .voters
             .iter()
@@ -121,14 +148,14 @@ pub fn print_status(s: &StatusReport, json: bool) -> Result<()> {
                 vec![p.id.short(), p.name.clone(), kind.to_string(), p.health.clone(), p.addr.to_string()]
             })
             .collect();
-        print!("{}", table(&["ID", "NAME", "RAFT", "HEALTH", "ADDRESS"], &rows));
+        crate::out!("{}", table(&["ID", "NAME", "RAFT", "HEALTH", "ADDRESS"], &rows));
     }
     Ok(())
 }
 
 pub fn print_nodes(nodes: &[NodeRow], json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(nodes)?);
+        crate::outln!("{}", serde_json::to_string_pretty(nodes)?);
         return Ok(());
     }
     let rows: Vec<Vec<String>> = nodes
@@ -139,7 +166,48 @@ pub fn print_nodes(nodes: &[NodeRow], json: bool) -> Result<()> {
             vec![n.id.short(), n.name.clone(), n.role.clone(), state, opt(n.addr), labels.join(",")]
         })
         .collect();
-    print!("{}", table(&["ID", "NAME", "ROLE", "STATE", "ADDRESS", "LABELS"], &rows));
+    crate::out!("{}", table(&["ID", "NAME", "ROLE", "STATE", "ADDRESS", "LABELS"], &rows));
+    Ok(())
+}
+
+pub fn print_services(services: &[ServiceRow], json: bool) -> Result<()> {
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(services)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            let pending = if s.pending > 0 { format!(" ({} pending)", s.pending) } else { String::new() };
+            vec![s.name.clone(), s.mode.clone(), format!("{}/{}{pending}", s.running, s.desired), s.image.clone()]
+        })
+        .collect();
+    crate::out!("{}", table(&["NAME", "MODE", "REPLICAS", "IMAGE"], &rows));
+    Ok(())
+}
+
+pub fn print_tasks(tasks: &[TaskRow], json: bool) -> Result<()> {
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(tasks)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            let node = t.node_name.clone().or_else(|| t.node.map(|n| n.short())).unwrap_or_else(|| "-".into());
+            vec![
+                opt(t.task),
+                t.slot.clone(),
+                node,
+                t.desired.clone(),
+                t.state.clone(),
+                opt(t.exit_code),
+                t.restarts.to_string(),
+                t.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    crate::out!("{}", table(&["TASK", "SLOT", "NODE", "DESIRED", "STATE", "EXIT", "RESTARTS", "ERROR"], &rows));
     Ok(())
 }
 

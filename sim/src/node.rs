@@ -117,6 +117,7 @@ impl Slot {
             boot: self.boots,
             left: false,
             in_cluster: false,
+            resources: Default::default(),
         };
         let mut cfg = MembershipConfig::lan(u32::try_from(expected_nodes).unwrap_or(u32::MAX));
         cfg.planted_bug = planted_bug;

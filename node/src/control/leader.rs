@@ -8,6 +8,7 @@
 
 use super::{Control, Running};
 use shoal_cluster::autopilot::{self, AutopilotDecision, AutopilotInput, Peer, PeerHealth};
+use shoal_cluster::scheduler::{self, Decision, Health, NodeView, SchedulerConfig, Slot};
 use shoal_consensus::openraft::ChangeMembers;
 use shoal_consensus::types::RaftMetrics;
 use shoal_consensus::{ClusterState, Command, IssuedCert, NodeRecord, RaftNodeId, Rejected, ShoalNode};
@@ -138,6 +139,81 @@ impl LeaderDuties {
                     tracing::warn!(healthy, voters, "autopilot: a majority of voters is not healthy; not changing voters");
                     self.quorum_warned = true;
                 }
+            }
+        }
+    }
+
+    /// One scheduler pass: the pure `schedule` over the replicated state and membership's
+    /// health, committed only when it changes something (a placement, a shutdown, or the
+    /// pending reasons). Then tasks that are fully shut down are forgotten.
+    pub(super) async fn schedule(&mut self, ctl: &Control, running: &Running, state: &ClusterState) {
+        let Ok(members) = ctl.membership().members().await else { return };
+        let now = now_ms();
+        let by_id: BTreeMap<NodeId, &shoal_discovery::MemberView> = members.iter().map(|m| (m.id, m)).collect();
+        let mut nodes = Vec::new();
+        for (id, record) in &state.nodes {
+            if state.revoked.contains(id) {
+                continue;
+            }
+            let member = by_id.get(id);
+            let health = match member {
+                Some(m) if m.is_self => Health::Alive,
+                Some(m) => {
+                    self.missing_since.remove(id);
+                    match m.state {
+                        MemberState::Alive => Health::Alive,
+                        MemberState::Suspect => Health::Suspect,
+                        MemberState::Down => Health::Down { since_ms: m.since_ms },
+                        MemberState::Left => Health::Left { since_ms: m.since_ms },
+                    }
+                }
+                None => Health::Down { since_ms: *self.missing_since.entry(*id).or_insert(now) },
+            };
+            let res = member.map(|m| m.resources.clone()).unwrap_or_default();
+            nodes.push(NodeView {
+                id: *id,
+                hostname: record.name.clone(),
+                arch: res.arch,
+                labels: record.labels.clone(),
+                health,
+                availability: state.availability_of(id),
+                engine_ok: res.engine_ok,
+                cpu_millis: res.cpu_millis,
+                memory_bytes: res.memory_bytes,
+            });
+        }
+        let (services, tasks) = state.scheduler_inputs();
+        let cfg = SchedulerConfig { down_grace_ms: ctl.config().reschedule_after.as_millis() as u64 };
+        let decisions = scheduler::schedule(&cfg, now, &nodes, &services, &tasks);
+        let acts = decisions.iter().any(|d| !matches!(d, Decision::Pending { .. }));
+        let pending_now: BTreeSet<(String, Slot, String)> = decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Pending { service, slot, reason } => {
+                    Some((service.clone(), *slot, shoal_consensus::state::clip_text(reason, shoal_consensus::state::MAX_PENDING_REASON_LEN)))
+                }
+                _ => None,
+            })
+            .collect();
+        let pending_before: BTreeSet<(String, Slot, String)> = state
+            .services
+            .iter()
+            .flat_map(|(name, svc)| svc.pending.iter().map(move |(slot, p)| (name.clone(), *slot, p.reason.clone())))
+            .collect();
+        if acts || pending_now != pending_before {
+            for d in decisions.iter().filter(|d| !matches!(d, Decision::Pending { .. })) {
+                tracing::info!(decision = ?d, "scheduler");
+            }
+            if let Err(e) = running.write(Command::apply_decisions(decisions, now)).await {
+                tracing::warn!(error = %e, "could not commit the scheduler's decisions");
+            }
+            return;
+        }
+        let forget = state.forgettable_tasks();
+        if !forget.is_empty() {
+            let ids: Vec<_> = forget.into_iter().take(shoal_consensus::state::MAX_FORGET).collect();
+            if let Err(e) = running.write(Command::ForgetTasks { ids }).await {
+                tracing::warn!(error = %e, "could not forget finished tasks");
             }
         }
     }

@@ -24,6 +24,7 @@
 pub mod files;
 mod leader;
 pub mod report;
+mod runner;
 
 use crate::joinnet::{self, JoinAuthority, JoinServer, JoinServerConfig, Refusal};
 use crate::pki::{self, ClusterCa, IssuePolicy, Issuer, JoinRequest, MutualTls, NodeCredentials, NodeGrant, NodeRole, Revocations};
@@ -95,6 +96,8 @@ pub struct ControlConfig {
     pub cert_lifetime: Duration,
     /// A voter down this long is replaced by a healthy learner (autopilot).
     pub dead_voter_after: Duration,
+    /// A node down this long has its tasks placed elsewhere.
+    pub reschedule_after: Duration,
 }
 
 /// The Raft/API TCP port of a node whose gossip address is `gossip`.
@@ -208,6 +211,7 @@ impl Control {
             let c = ctl.clone();
             tokio::spawn(async move { c.bootstrap_loop().await });
         }
+        tokio::spawn(runner::run_tasks(ctl.clone()));
         Ok(ctl)
     }
 
@@ -443,6 +447,7 @@ impl Control {
             let metrics = running.metrics();
             if metrics.current_leader == Some(RaftNodeId(self.inner.id)) {
                 leader.run(&self, &running, &state, &metrics).await;
+                leader.schedule(&self, &running, &state).await;
             } else {
                 leader.reset();
             }

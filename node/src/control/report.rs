@@ -198,10 +198,19 @@ impl Control {
                     row.addr = Some(record.addr);
                 }
             }
+            // Revoked nodes stay listed (marked), even once gossip has forgotten them.
             for id in &state.revoked {
-                if let Some(row) = rows.get_mut(id) {
-                    row.revoked = true;
-                }
+                rows.entry(*id)
+                    .or_insert_with(|| NodeRow {
+                        id: *id,
+                        name: "?".into(),
+                        role: "-".into(),
+                        state: "unknown".into(),
+                        addr: None,
+                        labels: BTreeMap::new(),
+                        revoked: true,
+                    })
+                    .revoked = true;
             }
             for row in rows.values_mut() {
                 let rid = shoal_consensus::RaftNodeId(row.id);

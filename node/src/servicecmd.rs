@@ -1,0 +1,248 @@
+//! `shoal service …`: the docker-like service commands. `create` and `scale` wait until the
+//! service has converged, printing each slot as it changes, unless `--detach`.
+
+use super::{identity, output, runtime, ClientArgs, Format};
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use shoal_node::api::{self, Request, Response};
+use shoal_node::services::{self, CreateFlags, TaskRow};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service and wait until its tasks run (like `docker service create`).
+    Create {
+        /// Service name: a-z, 0-9, '_', '.', '-'.
+        name: String,
+        /// Image, already present in each node's Docker Engine (shoal never pulls).
+        image: String,
+        /// Command and arguments (after `--` if they start with a dash).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+        /// Number of tasks [default: 1].
+        #[arg(long)]
+        replicas: Option<u32>,
+        /// One task on every eligible node instead of a number of replicas.
+        #[arg(long)]
+        global: bool,
+        /// Environment variable KEY=VALUE (repeatable).
+        #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Publish a port HOST:CONTAINER[/tcp|udp] on the node running the task (repeatable).
+        #[arg(long = "publish", short = 'p', value_name = "HOST:CONTAINER")]
+        publish: Vec<String>,
+        /// Placement constraint (repeatable): node.labels.KEY==VALUE, node.hostname!=NAME,
+        /// node.arch==aarch64, node.id==PREFIX.
+        #[arg(long = "constraint", value_name = "EXPR")]
+        constraints: Vec<String>,
+        /// CPUs reserved per task on its node, e.g. 0.5.
+        #[arg(long)]
+        reserve_cpu: Option<String>,
+        /// Memory reserved per task on its node, e.g. 64M.
+        #[arg(long)]
+        reserve_memory: Option<String>,
+        /// CPU limit per task, e.g. 1.5.
+        #[arg(long)]
+        limit_cpu: Option<String>,
+        /// Memory limit per task, e.g. 256M.
+        #[arg(long)]
+        limit_memory: Option<String>,
+        /// When a container ends: always, on-failure[:N], never.
+        #[arg(long, default_value = "always")]
+        restart: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List services with their running/desired tasks.
+    Ls(ClientArgs),
+    /// List the tasks of a service: node, state, exit code, errors, pending reasons.
+    Ps {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change the number of replicas: `shoal service scale web=3`.
+    Scale {
+        /// NAME=REPLICAS
+        target: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a service; its containers are stopped and removed on every node.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a service's definition and state as JSON.
+    Inspect {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct WaitArgs {
+    /// Return at once instead of waiting for the tasks to run.
+    #[arg(long, short = 'd')]
+    detach: bool,
+    /// Give up waiting after this long (the service stays; see `shoal service ps`).
+    #[arg(long, default_value = "120s", value_parser = shoal_node::config::parse_duration)]
+    timeout: Duration,
+}
+
+fn data_dir(client: &ClientArgs) -> std::path::PathBuf {
+    client.data_dir.clone().unwrap_or_else(identity::default_data_dir)
+}
+
+fn call(client: &ClientArgs, request: &Request) -> Result<Response> {
+    runtime()?.block_on(api::call(&data_dir(client), request))
+}
+
+fn done(message: &str, json: bool) {
+    if json {
+        shoal_node::outln!("{}", serde_json::json!({ "message": message }));
+    } else {
+        shoal_node::outln!("{message}");
+    }
+}
+
+pub fn run(command: ServiceCommand) -> Result<()> {
+    match command {
+        ServiceCommand::Create {
+            name,
+            image,
+            command,
+            replicas,
+            global,
+            env,
+            publish,
+            constraints,
+            reserve_cpu,
+            reserve_memory,
+            limit_cpu,
+            limit_memory,
+            restart,
+            wait,
+            client,
+        } => {
+            let flags = CreateFlags {
+                name: name.clone(),
+                image,
+                command,
+                replicas,
+                global,
+                env,
+                publish,
+                constraints,
+                reserve_cpu,
+                reserve_memory,
+                limit_cpu,
+                limit_memory,
+                restart,
+            };
+            let service = services::service_def(&flags)?;
+            if let Response::Done { message } = call(&client, &Request::ServiceCreate { service })? {
+                done(&message, matches!(client.format, Format::Json));
+            }
+            wait_converged(&client, &name, &wait)
+        }
+        ServiceCommand::Scale { target, wait, client } => {
+            let Some((name, n)) = target.split_once('=') else {
+                bail!("use NAME=REPLICAS, e.g. `shoal service scale web=3`");
+            };
+            let replicas: u32 = n.parse().map_err(|_| anyhow::anyhow!("`{n}` is not a number of replicas"))?;
+            if let Response::Done { message } = call(&client, &Request::ServiceScale { name: name.to_string(), replicas })? {
+                done(&message, matches!(client.format, Format::Json));
+            }
+            wait_converged(&client, name, &wait)
+        }
+        ServiceCommand::Rm { name, client } => {
+            if let Response::Done { message } = call(&client, &Request::ServiceRm { name })? {
+                done(&message, matches!(client.format, Format::Json));
+            }
+            Ok(())
+        }
+        ServiceCommand::Ls(client) => {
+            if let Response::Services { services } = call(&client, &Request::ServiceLs)? {
+                output::print_services(&services, matches!(client.format, Format::Json))?;
+            }
+            Ok(())
+        }
+        ServiceCommand::Ps { name, client } => {
+            if let Response::Tasks { tasks } = call(&client, &Request::ServicePs { name })? {
+                output::print_tasks(&tasks, matches!(client.format, Format::Json))?;
+            }
+            Ok(())
+        }
+        ServiceCommand::Inspect { name, client } => {
+            if let Response::Service { service } = call(&client, &Request::ServiceInspect { name })? {
+                shoal_node::outln!("{}", serde_json::to_string_pretty(&service)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Polls `service ps` until every slot runs, printing each slot when its state changes.
+fn wait_converged(client: &ClientArgs, name: &str, wait: &WaitArgs) -> Result<()> {
+    if wait.detach {
+        return Ok(());
+    }
+    let rt = runtime()?;
+    let dir: &Path = &data_dir(client);
+    let started = Instant::now();
+    let mut shown: BTreeMap<String, String> = BTreeMap::new();
+    let quiet = matches!(client.format, Format::Json);
+    loop {
+        let rows: Vec<TaskRow> = match rt.block_on(api::call(dir, &Request::ServicePs { name: name.to_string() }))? {
+            Response::Tasks { tasks } => tasks,
+            _ => Vec::new(),
+        };
+        let live: Vec<&TaskRow> = rows.iter().filter(|r| r.desired == "running").collect();
+        for r in &live {
+            let line = match (&r.node_name, &r.error) {
+                (_, Some(e)) if r.state == "pending" => format!("pending: {e}"),
+                (Some(node), Some(e)) => format!("{} on {node}: {e}", r.state),
+                (Some(node), None) => format!("{} on {node}", r.state),
+                (None, _) => r.state.clone(),
+            };
+            if shown.get(&r.slot) != Some(&line) && !quiet {
+                eprintln!("{:<24} {line}", r.slot);
+            }
+            shown.insert(r.slot.clone(), line);
+        }
+        let services = match rt.block_on(api::call(dir, &Request::ServiceLs))? {
+            Response::Services { services } => services,
+            _ => Vec::new(),
+        };
+        let row = services.iter().find(|s| s.name == name);
+        let stopping = rows.iter().any(|r| r.desired != "running" && r.state != "shutdown" && r.state != "new");
+        if let Some(row) = row {
+            if row.pending == 0 && row.running == row.desired && live.len() as u32 == row.desired && !stopping {
+                if !quiet {
+                    eprintln!("{name}: {}/{} running, converged in {:.1}s", row.running, row.desired, started.elapsed().as_secs_f64());
+                }
+                return Ok(());
+            }
+            if started.elapsed() >= wait.timeout {
+                bail!(
+                    "{name} has not converged after {:?}: {}/{} running; see `shoal service ps {name}` (the service stays as created)",
+                    wait.timeout,
+                    row.running,
+                    row.desired
+                );
+            }
+        } else if started.elapsed() >= wait.timeout {
+            bail!("service {name} is not listed by the cluster");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
