@@ -8,7 +8,9 @@
 //! - `net`, `node`, `rng`, `trace`: the simulated network, one machine, the seeded streams,
 //!   the trace file;
 //! - `invariants`: one checker per property;
-//! - [`report`]: counters, violations, the summary and the replay command.
+//! - [`report`]: counters, violations, the summary and the replay command;
+//! - [`raft`]: the Raft mode (`--raft`): real openraft nodes on paused tokio time, simulated
+//!   network and disks, its own checkers and report.
 //!
 //! Entry point: [`run`]. A caller prints [`SimPlan::derive`] first, then
 //! [`SimReport::summary`].
@@ -23,6 +25,7 @@ mod net;
 mod node;
 pub mod options;
 pub mod plan;
+pub mod raft;
 pub mod report;
 mod rng;
 pub mod services;

@@ -270,6 +270,10 @@ pub struct SimOptions {
     /// With `services`: a planted bug in the simulator's glue around the scheduler or the
     /// agent, to prove the services checkers catch it (sim-only; the crates are untouched).
     pub planted_services_bug: Option<ServicesBug>,
+    /// Run the Raft mode instead of the membership simulation (`crate::raft::run`).
+    pub raft: bool,
+    /// With `raft`: a planted bug in the simulated disk, to prove the Raft checkers catch it.
+    pub planted_raft_bug: Option<crate::raft::RaftBug>,
 }
 
 impl SimOptions {
@@ -284,6 +288,8 @@ impl SimOptions {
             planted_bug: false,
             services: false,
             planted_services_bug: None,
+            raft: false,
+            planted_raft_bug: None,
         }
     }
 
@@ -302,6 +308,20 @@ impl SimOptions {
 
     /// The command that replays this run exactly, with the node count spelled out.
     pub fn replay_command(&self, nodes: usize) -> String {
+        if self.raft {
+            let mut cmd = format!(
+                "shoal sim --raft --seed {} --nodes {} --duration {} --faults {}",
+                self.seed,
+                nodes,
+                format_duration(self.duration_ms),
+                crate::raft::raft_faults(self.faults)
+            );
+            if let Some(bug) = self.planted_raft_bug {
+                cmd.push_str(" --planted-raft-bug ");
+                cmd.push_str(bug.name());
+            }
+            return cmd;
+        }
         let mut cmd = format!(
             "shoal sim --seed {} --nodes {} --duration {} --faults {}",
             self.seed,
@@ -349,6 +369,10 @@ impl SimOptions {
                 opts.services = true;
                 continue;
             }
+            if name == "--raft" {
+                opts.raft = true;
+                continue;
+            }
 
             let value = match inline {
                 Some(v) => v,
@@ -365,6 +389,10 @@ impl SimOptions {
                 "--planted-services-bug" => {
                     let bug = ServicesBug::ALL.into_iter().find(|b| b.name() == value);
                     opts.planted_services_bug = Some(bug.ok_or_else(|| bad(format!("unknown planted services bug `{value}`: stale-containers or no-down-shutdown")))?);
+                }
+                "--planted-raft-bug" => {
+                    let bug = crate::raft::RaftBug::parse(&value);
+                    opts.planted_raft_bug = Some(bug.ok_or_else(|| bad(format!("unknown planted raft bug `{value}`: unsynced-flush")))?);
                 }
                 other => return Err(bad(format!("unknown flag `{other}`"))),
             }
@@ -436,5 +464,19 @@ mod tests {
         assert!(cmd.ends_with(" --services --planted-services-bug no-down-shutdown"), "{cmd}");
         assert_eq!(SimOptions::from_command_line(&cmd), Ok(SimOptions { nodes: Some(3), ..o }));
         assert!(SimOptions::from_command_line("--seed 1 --services --planted-services-bug nope").is_err());
+    }
+
+    #[test]
+    fn raft_flags_round_trip() {
+        let mut o = SimOptions::new(9);
+        o.raft = true;
+        o.faults = FaultSet::parse("crash,loss").expect("faults");
+        o.planted_raft_bug = Some(crate::raft::RaftBug::UnsyncedFlush);
+        let cmd = o.replay_command(3);
+        assert_eq!(cmd, "shoal sim --raft --seed 9 --nodes 3 --duration 10m --faults crash,loss --planted-raft-bug unsynced-flush");
+        assert_eq!(SimOptions::from_command_line(&cmd), Ok(SimOptions { nodes: Some(3), ..o }));
+        // Membership-only faults are dropped from a Raft replay command.
+        let all = SimOptions { raft: true, planted_raft_bug: None, ..SimOptions::new(1) };
+        assert!(all.replay_command(5).ends_with("--faults crash,partition,loss,delay"), "{}", all.replay_command(5));
     }
 }

@@ -23,6 +23,18 @@ pub(crate) enum Stream {
     Services,
     /// Services: which container crashes, when, how.
     ServiceFaults,
+    /// Raft mode: node count when not given.
+    RaftPlan,
+    /// Raft mode: the fault schedule.
+    RaftFaults,
+    /// Raft mode: per-RPC fate (loss, jitter, delay storms).
+    RaftNetwork,
+    /// Raft mode: the client's pacing.
+    RaftClient,
+    /// Raft mode: one machine's disk (sync latencies).
+    RaftDisk { slot: usize },
+    /// Raft mode: the seed of one boot of one openraft node (`runtime::with_seed`).
+    RaftNode { slot: usize, boot: u16 },
 }
 
 /// SplitMix64's finaliser: a bijection that spreads nearby inputs far apart.
@@ -42,6 +54,12 @@ fn stream_id(s: Stream) -> u64 {
         Stream::Intruder => 5,
         Stream::Services => 6,
         Stream::ServiceFaults => 7,
+        Stream::RaftPlan => 8,
+        Stream::RaftFaults => 9,
+        Stream::RaftNetwork => 10,
+        Stream::RaftClient => 11,
+        Stream::RaftDisk { slot } => (2 << 40) | (slot as u64),
+        Stream::RaftNode { slot, boot } => (3 << 40) | ((slot as u64) << 16) | u64::from(boot),
         Stream::Node { slot, boot } => (1 << 40) | ((slot as u64) << 16) | u64::from(boot),
     }
 }
@@ -49,4 +67,9 @@ fn stream_id(s: Stream) -> u64 {
 /// The rng of stream `s` in the run of `seed`.
 pub(crate) fn stream(seed: u64, s: Stream) -> StdRng {
     StdRng::seed_from_u64(mix(seed ^ mix(stream_id(s))))
+}
+
+/// A plain `u64` of stream `s` (the seed of an openraft node's `ShoalRuntime`).
+pub(crate) fn stream_seed(seed: u64, s: Stream) -> u64 {
+    mix(seed ^ mix(stream_id(s)))
 }
