@@ -249,9 +249,11 @@ impl LeaderDuties {
             let record = NodeRecord { name: cfg.name.clone(), addr, labels: cfg.labels.clone() };
             running.write(Command::RegisterNode { id: ctl.id(), record }).await.map_err(|e| e.to_string())?;
         }
-        if state.ca.is_some() && !state.issued.contains_key(&ctl.id()) {
-            let info = running.cert().info;
-            let cert = IssuedCert { serial: info.serial, not_after: super::pki_secs(info.not_after) };
+        // This node's certificate, recorded (again after a renewal the cluster missed).
+        let info = running.cert().info;
+        let not_after = super::pki_secs(info.not_after);
+        if state.ca.is_some() && state.issued.get(&ctl.id()).is_none_or(|c| c.not_after < not_after) {
+            let cert = IssuedCert { serial: info.serial, not_after };
             running.write(Command::RecordIssued { node: ctl.id(), cert }).await.map_err(|e| e.to_string())?;
         }
         Ok(())

@@ -192,19 +192,25 @@ impl Control {
         });
         let ctl = Control { inner };
         match ctl.inner.files.load_cert()? {
-            Some(stored) if stored.info.node_id == id && !stored.info.is_expired(SystemTime::now()) => {
-                tracing::info!(expires = ?stored.info.not_after, "found this node's certificate; starting Raft");
+            Some(stored) if stored.info.node_id == id => {
+                if stored.info.is_expired(SystemTime::now()) {
+                    // E.g. the whole cluster was off for longer than a certificate lives. Every
+                    // node holds the secret and its copy of the CA, so it renews from that at
+                    // once (see `renew_if_due`), and the links come back as nodes renew.
+                    tracing::warn!(expired = ?stored.info.not_after, "this node's certificate has expired; renewing it from this node's copy of the cluster CA");
+                } else {
+                    tracing::info!(expires = ?stored.info.not_after, "found this node's certificate; starting Raft");
+                }
                 let pending = ctl.inner.files.load_pending_ca()?;
                 ctl.start_running(stored, pending, false).await?;
             }
-            Some(stored) if stored.info.node_id != id => {
+            Some(stored) => {
                 return Err(anyhow!(
                     "the certificate in {} belongs to node {}, not to this node ({id}); remove node.crt and ca.crt to join again",
                     ctl.inner.files.cert_path().display(),
                     stored.info.node_id
                 ));
             }
-            Some(_) => tracing::warn!("this node's certificate has expired; joining the cluster again"),
             None => {}
         }
         if !matches!(ctl.phase(), Phase::Running(_)) {
@@ -427,7 +433,9 @@ impl Control {
     async fn watch_loop(self, running: Arc<Running>) {
         let mut announced = false;
         let mut revoked_logged = false;
-        let mut last_renew_check = tokio::time::Instant::now();
+        // Checked at the first tick (an expired certificate is renewed at once), then
+        // periodically.
+        let mut last_renew_check: Option<tokio::time::Instant> = None;
         let mut leader = leader::LeaderDuties::new();
         loop {
             tokio::time::sleep(WATCH_TICK).await;
@@ -451,8 +459,9 @@ impl Control {
             } else {
                 leader.reset();
             }
-            if last_renew_check.elapsed() >= RENEW_CHECK_MAX.min(self.inner.cfg.cert_lifetime / 30) {
-                last_renew_check = tokio::time::Instant::now();
+            let period = RENEW_CHECK_MAX.min(self.inner.cfg.cert_lifetime / 30);
+            if last_renew_check.is_none_or(|t| t.elapsed() >= period) {
+                last_renew_check = Some(tokio::time::Instant::now());
                 if let Err(e) = self.renew_if_due(&running, &state).await {
                     tracing::warn!(error = %format!("{e:#}"), "certificate renewal failed; will retry");
                 }
@@ -474,14 +483,23 @@ impl Control {
             return Ok(()); // nothing can issue before the CA is committed
         }
         tracing::info!(expires = ?info.not_after, role = %role, role_changed, "renewing this node's certificate");
+        // Issued here, from this node's copy of the replicated CA: renewal needs no leader (after
+        // a long power cut every certificate may have expired, and no leader can be elected
+        // until they are renewed). The cluster records it below, when a leader is reachable.
+        let issuer = running.issuer(state).map_err(|e| anyhow!("{e}"))?;
         let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
         let request = JoinRequest::new(&self.inner.cfg.secret, &self.inner.key, &mut rng)?;
-        let response = running.answer_join(&request, state).await.map_err(|e| anyhow!("{e}"))?;
+        let grant = NodeGrant { role, addresses: vec![self.inner.cfg.advertise.ip()] };
+        let response = issuer.answer_join(&request, &grant, &state.revoked, SystemTime::now(), &mut rng)?;
         let granted = response.verify(&self.inner.cfg.secret, &request, &self.inner.key)?;
         self.inner.files.save_cert(&granted.cert_der, &granted.ca_der)?;
         running.creds.replace(granted.cert_der.clone(), &self.inner.key)?;
+        let issued = shoal_consensus::IssuedCert { serial: granted.info.serial.clone(), not_after: pki_secs(granted.info.not_after) };
         *running.cert.lock().unwrap_or_else(PoisonError::into_inner) =
             StoredCert { cert: granted.cert_der, ca: granted.ca_der, info: granted.info };
+        if let Err(e) = running.write(Command::RecordIssued { node: self.inner.id, cert: issued }).await {
+            tracing::info!(error = %e, "the renewed certificate is not recorded yet; the leader records it later");
+        }
         tracing::info!("certificate renewed");
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! The join protocol's network transport: how a node without a certificate reaches a node
-//! that holds the cluster CA (design section 4, issue 3). Not wired into the agent yet.
+//! that holds the cluster CA (design section 4, issue 3). The agent serves it on gossip port + 2 (`control`).
 //!
 //! The protocol itself (CSR + nonce + HMAC, and the answer's HMAC) is `pki::join` and
 //! `pki::issuer`; this module only carries it:
@@ -31,8 +31,6 @@
 //! What the joiner learns when refused is [`JoinReply::Refused`]'s message: the `Display`
 //! of the refusal (`PkiError` messages never contain key material or the secret).
 
-// The agent wiring that uses this module lands with the rest of issue 3.
-#![allow(dead_code)]
 
 pub mod client;
 pub mod server;
@@ -40,9 +38,7 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-#[allow(unused_imports)]
 pub use client::{request_certificate, JoinError};
-#[allow(unused_imports)]
 pub use server::{JoinAuthority, JoinServer, JoinServerConfig, Refusal};
 
 use crate::pki::{JoinResponse, PkiError, MAX_JOIN_MESSAGE_LEN};

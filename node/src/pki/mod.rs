@@ -21,8 +21,6 @@
 //! the first 16 bytes of SHA-256 of the raw public key (as in `identity.rs`), and every
 //! reader checks that the two agree.
 
-// The consensus/agent wiring that uses this module lands with the rest of issue 3.
-#![allow(dead_code)]
 
 pub mod ca;
 pub mod cert;
@@ -35,16 +33,10 @@ pub(crate) mod testing;
 #[cfg(test)]
 mod tls_tests;
 
-// The crate's public face of this module; used by the wiring that comes with issue 3.
-#[allow(unused_imports)]
 pub use ca::{ClusterCa, SealedCaKey};
-#[allow(unused_imports)]
 pub use cert::{needs_renewal, renew_at, CertInfo};
-#[allow(unused_imports)]
 pub use issuer::{IssuePolicy, Issuer, NodeGrant};
-#[allow(unused_imports)]
 pub use join::{JoinRequest, JoinResponse, NodeCertificate, MAX_JOIN_MESSAGE_LEN};
-#[allow(unused_imports)]
 pub use tls::{MutualTls, NodeCredentials, Revocations, TlsError};
 
 use sha2::{Digest, Sha256};

@@ -6,7 +6,7 @@
 //!   `shoal_wire` under [`shoal_consensus::codec::MAX_RPC_BYTES`]; the [`frame::Request`]
 //!   and [`frame::Response`] enums, each frame tagged with a request id so several RPCs
 //!   share one connection.
-//! - [`server`]: [`RaftServer`]: accepts TCP, runs [`MutualTls::accept`] (cluster CA only,
+//! - [`server`]: [`RaftServer`]: accepts TCP, runs [`MutualTls::accept`](crate::pki::MutualTls::accept) (cluster CA only,
 //!   revoked ids refused), then serves frames by calling the local `Raft`. A cap on
 //!   connections, a cap on requests in flight per connection, an idle timeout between frames
 //!   and a timeout per frame. A bad frame (too long, truncated, undecodable) closes that
@@ -14,7 +14,7 @@
 //! - [`client`]: [`RaftNetwork`], openraft's `RaftNetworkFactory` + `RaftNetworkV2` for
 //!   [`shoal_consensus::TypeConfig`]: one multiplexed connection per target for
 //!   AppendEntries/heartbeats/votes and one for snapshots (so a large snapshot never
-//!   delays a heartbeat), opened with [`MutualTls::connect`] naming the target's node id,
+//!   delays a heartbeat), opened with [`MutualTls::connect`](crate::pki::MutualTls::connect) naming the target's node id,
 //!   reopened after any error.
 //!
 //! Error mapping (what openraft sees): no TCP connection, a refused handshake, a lost
@@ -28,8 +28,6 @@
 //! the revocation is closed at its next request. The client side relies on the handshake
 //! (and [`RaftNetwork::close_all`]); a revoked voter is expected to leave the membership.
 
-// The agent wiring that uses this module lands with the rest of issue 3.
-#![allow(dead_code)]
 
 pub mod client;
 pub mod frame;
@@ -38,13 +36,9 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-#[allow(unused_imports)]
 pub use client::{ClientConfig, RaftNetwork};
-#[allow(unused_imports)]
 pub use server::{RaftRpc, RaftServer, ServerConfig};
 
-#[allow(unused_imports)]
-use crate::pki::MutualTls;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -2,7 +2,7 @@
 //! with certificates from the cluster CA (`pki`), openraft nodes on the in-memory store.
 //! Every test is bounded by a timeout.
 
-use super::frame::{self, Request, RequestFrame, HEADER_BYTES};
+use super::frame::{self, ForwardRefused, Request, RequestFrame, HEADER_BYTES};
 use super::{ClientConfig, RaftNetwork, RaftServer, ServerConfig};
 use crate::pki::tls::{client_config_builder, server_name};
 use crate::pki::{
@@ -626,6 +626,45 @@ async fn a_late_learner_catches_up_from_a_snapshot_over_tls() {
             shoal_consensus::codec::encode_snapshot(&reference).map(|b| b.len()).unwrap_or(0)
         );
         nodes.push(learner);
+        shutdown(nodes).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_forwards_writes_to_the_leader_and_a_non_leader_names_it() {
+    bounded(async {
+        let ca = Ca::live(1);
+        let (nodes, _) = start_cluster(&ca).await;
+        let leader = leader_of(&nodes, None).await;
+        let follower = nodes.iter().find(|n| n.id != leader.id).expect("a follower");
+        let other = nodes.iter().find(|n| n.id != leader.id && n.id != follower.id).expect("another follower");
+        let leader_node = ShoalNode::new("leader", leader.addr);
+
+        // Forwarded to the leader: committed there, the state machine's answer comes back,
+        // and every replica applies it.
+        let answer = follower.network.forward(leader.id, &leader_node, register(40), Duration::from_secs(10)).await.expect("network");
+        assert_eq!(answer, Ok(Ok(Applied::NodeRegistered { new: true })));
+        let again = follower.network.forward(leader.id, &leader_node, register(40), Duration::from_secs(10)).await.expect("network");
+        assert_eq!(again, Ok(Ok(Applied::NodeRegistered { new: false })), "the same write is applied as an update");
+        for node in &nodes {
+            node.raft.wait(WAIT).metrics(|m| m.last_applied.is_some(), "applied").await.expect("applied");
+        }
+        let leader_index = leader.raft.metrics().borrow_watched().last_applied;
+        for node in &nodes {
+            node.raft.wait(WAIT).applied_index_at_least(leader_index.map(|l| l.index), "applied").await.expect("applied");
+            assert!(state_of(&node.raft).await.nodes.contains_key(&NodeId([40; 16])));
+        }
+
+        // A rejected command comes back as the state machine's rejection.
+        let bad = Command::RecordIssued { node: NodeId([99; 16]), cert: shoal_consensus::IssuedCert { serial: vec![1], not_after: 1 } };
+        let refused = follower.network.forward(leader.id, &leader_node, bad, Duration::from_secs(10)).await.expect("network");
+        assert!(matches!(refused, Ok(Err(_))), "{refused:?}");
+
+        // Sent to a follower, the write is refused and the leader named.
+        let other_node = ShoalNode::new("other", other.addr);
+        let refused = follower.network.forward(other.id, &other_node, register(41), Duration::from_secs(10)).await.expect("network");
+        assert_eq!(refused, Err(ForwardRefused::NotLeader { leader: Some(leader.id.0) }));
         shutdown(nodes).await;
     })
     .await;
