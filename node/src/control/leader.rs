@@ -89,6 +89,27 @@ impl LeaderDuties {
             return; // one change per tick: membership changes are serialized
         }
 
+        // A node whose address changed (DHCP, a moved machine) is dialled at its new address:
+        // gossip (sealed, each node speaks for itself) tells the current one.
+        for (id, node) in membership.nodes() {
+            let Some(m) = members.iter().find(|m| m.id == id.0 && m.state == MemberState::Alive) else { continue };
+            let gossip = if m.is_self { ctl.config().advertise } else { m.addr };
+            let Ok(addr) = super::raft_addr(gossip) else { continue };
+            if addr == node.addr {
+                continue;
+            }
+            tracing::info!(node = %id.0.short(), old = %node.addr, new = %addr, "node moved: updating its Raft address");
+            let moved = ShoalNode::new(node.name.clone(), addr);
+            self.change(running, ChangeMembers::SetNodes(BTreeMap::from([(*id, moved)])), true).await;
+            if let Some(record) = state.nodes.get(&id.0) {
+                let record = NodeRecord { addr, ..record.clone() };
+                if let Err(e) = running.write(Command::RegisterNode { id: id.0, record }).await {
+                    tracing::warn!(error = %e, "could not record the node's new address");
+                }
+            }
+            return;
+        }
+
         // Revoked nodes leave the Raft membership: voters first (while a quorum stays), then
         // as learners.
         let voters: BTreeSet<RaftNodeId> = membership.voter_ids().collect();
