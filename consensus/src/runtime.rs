@@ -134,7 +134,7 @@ impl AsyncRuntime for ShoalRuntime {
     }
 
     type Mpsc = <Tokio as AsyncRuntime>::Mpsc;
-    type Watch = <Tokio as AsyncRuntime>::Watch;
+    type Watch = watch::OrderedWatch;
     type Oneshot = <Tokio as AsyncRuntime>::Oneshot;
     type Mutex<T: OptionalSend + 'static> = <Tokio as AsyncRuntime>::Mutex<T>;
 
@@ -149,6 +149,186 @@ impl AsyncRuntime for ShoalRuntime {
         F: Future<Output = T>,
     {
         self.inner.block_on(future)
+    }
+}
+
+/// A watch channel whose receivers wake in a fixed order.
+///
+/// **Entropy source (found by the simulator):** `tokio::sync::watch` parks each waiting
+/// receiver on one of 8 `Notify` shards picked with tokio's thread-local `FastRand`
+/// (`BigNotify::notified`, tokio 1.54 `sync/watch.rs`), and a send wakes the shards in
+/// order. That rng is seeded from the OS for every runtime (only `tokio_unstable`'s
+/// `Builder::rng_seed` fixes it), so two runs of one seed woke openraft's replication tasks
+/// in different orders. This watch keeps the value under a `RwLock` and parks every receiver
+/// on one `Notify`, which wakes waiters in the order they registered.
+pub mod watch {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::sync::RwLock;
+    use std::sync::RwLockReadGuard;
+
+    use openraft::async_runtime::watch::RecvError;
+    use openraft::async_runtime::watch::SendError;
+    use openraft::async_runtime::watch::Watch;
+    use openraft::async_runtime::watch::WatchReceiver;
+    use openraft::async_runtime::watch::WatchSender;
+    use openraft::OptionalSend;
+    use openraft::OptionalSync;
+    use tokio::sync::Notify;
+
+    /// The [`Watch`] of [`super::ShoalRuntime`].
+    pub struct OrderedWatch;
+
+    struct Shared<T> {
+        value: RwLock<T>,
+        /// Bumped on every change.
+        version: AtomicU64,
+        senders: AtomicUsize,
+        receivers: AtomicUsize,
+        closed: AtomicBool,
+        notify: Notify,
+    }
+
+    impl<T> Shared<T> {
+        fn read(&self) -> RwLockReadGuard<'_, T> {
+            self.value.read().unwrap_or_else(|p| p.into_inner())
+        }
+    }
+
+    /// Sending half.
+    pub struct Sender<T>(Arc<Shared<T>>);
+
+    /// Receiving half: remembers the last version it has seen.
+    pub struct Receiver<T> {
+        shared: Arc<Shared<T>>,
+        seen: u64,
+    }
+
+    impl<T> Clone for Sender<T> {
+        fn clone(&self) -> Self {
+            self.0.senders.fetch_add(1, Ordering::Relaxed);
+            Self(self.0.clone())
+        }
+    }
+
+    impl<T> Drop for Sender<T> {
+        fn drop(&mut self) {
+            if self.0.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.0.closed.store(true, Ordering::Release);
+                self.0.notify.notify_waiters();
+            }
+        }
+    }
+
+    impl<T> Clone for Receiver<T> {
+        fn clone(&self) -> Self {
+            self.shared.receivers.fetch_add(1, Ordering::Relaxed);
+            Self {
+                shared: self.shared.clone(),
+                seen: self.seen,
+            }
+        }
+    }
+
+    impl<T> Drop for Receiver<T> {
+        fn drop(&mut self) {
+            self.shared.receivers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    impl Watch for OrderedWatch {
+        type Sender<T: OptionalSend + OptionalSync> = Sender<T>;
+        type Receiver<T: OptionalSend + OptionalSync> = Receiver<T>;
+        type Ref<'a, T: OptionalSend + 'a> = RwLockReadGuard<'a, T>;
+
+        fn channel<T: OptionalSend + OptionalSync>(init: T) -> (Sender<T>, Receiver<T>) {
+            let shared = Arc::new(Shared {
+                value: RwLock::new(init),
+                version: AtomicU64::new(0),
+                senders: AtomicUsize::new(1),
+                receivers: AtomicUsize::new(1),
+                closed: AtomicBool::new(false),
+                notify: Notify::new(),
+            });
+            (
+                Sender(shared.clone()),
+                Receiver { shared, seen: 0 },
+            )
+        }
+    }
+
+    impl<T: OptionalSend + OptionalSync> WatchSender<OrderedWatch, T> for Sender<T> {
+        /// Like tokio's: fails (and keeps the old value) when every receiver is gone.
+        fn send(&self, value: T) -> Result<(), SendError<T>> {
+            if self.0.receivers.load(Ordering::Acquire) == 0 {
+                return Err(SendError(value));
+            }
+            self.send_if_modified(|v| {
+                *v = value;
+                true
+            });
+            Ok(())
+        }
+
+        fn send_if_modified<F>(&self, modify: F) -> bool
+        where
+            F: FnOnce(&mut T) -> bool,
+        {
+            let modified = {
+                let mut v = self.0.value.write().unwrap_or_else(|p| p.into_inner());
+                modify(&mut v)
+            };
+            if modified {
+                self.0.version.fetch_add(1, Ordering::AcqRel);
+                self.0.notify.notify_waiters();
+            }
+            modified
+        }
+
+        fn borrow_watched(&self) -> RwLockReadGuard<'_, T> {
+            self.0.read()
+        }
+
+        fn subscribe(&self) -> Receiver<T> {
+            self.0.receivers.fetch_add(1, Ordering::Relaxed);
+            Receiver {
+                shared: self.0.clone(),
+                seen: self.0.version.load(Ordering::Acquire),
+            }
+        }
+    }
+
+    impl<T: OptionalSend + OptionalSync> WatchReceiver<OrderedWatch, T> for Receiver<T> {
+        async fn changed(&mut self) -> Result<(), RecvError> {
+            loop {
+                let notified = self.shared.notify.notified();
+                let mut notified = std::pin::pin!(notified);
+                // Registered before the checks, so a send in between is not missed.
+                notified.as_mut().enable();
+                let version = self.shared.version.load(Ordering::Acquire);
+                if version != self.seen {
+                    self.seen = version;
+                    return Ok(());
+                }
+                if self.shared.closed.load(Ordering::Acquire) {
+                    return Err(RecvError(()));
+                }
+                notified.await;
+            }
+        }
+
+        fn borrow_watched(&self) -> RwLockReadGuard<'_, T> {
+            self.shared.read()
+        }
+
+        fn borrow_and_update(&mut self) -> RwLockReadGuard<'_, T> {
+            let guard = self.shared.read();
+            self.seen = self.shared.version.load(Ordering::Acquire);
+            guard
+        }
     }
 }
 
