@@ -37,6 +37,13 @@ pub struct SimArgs {
     /// reconciler on a fake container engine per node.
     #[arg(long)]
     services: bool,
+    /// Simulate Raft instead of membership: real openraft nodes (shoal's state machine) on
+    /// simulated time, network and disks; faults crash, partition, loss, delay.
+    #[arg(long, conflicts_with = "services")]
+    raft: bool,
+    /// Test-only: a planted bug in the simulated Raft disk (unsynced-flush).
+    #[arg(long, hide = true, value_name = "BUG", requires = "raft")]
+    planted_raft_bug: Option<String>,
 }
 
 fn parse_range(text: &str) -> Result<(u64, u64)> {
@@ -66,6 +73,11 @@ fn options(args: &SimArgs, seed: u64) -> Result<SimOptions> {
             ),
         },
         services: args.services,
+        raft: args.raft,
+        planted_raft_bug: match args.planted_raft_bug.as_deref() {
+            None => None,
+            Some(name) => Some(shoal_sim::raft::RaftBug::parse(name).ok_or_else(|| anyhow!("unknown planted raft bug `{name}`: unsynced-flush"))?),
+        },
         ..SimOptions::new(seed)
     };
     opts.validate()?;
@@ -76,6 +88,11 @@ fn options(args: &SimArgs, seed: u64) -> Result<SimOptions> {
 pub fn run(args: SimArgs) -> Result<bool> {
     if let Some(seed) = args.seed {
         let opts = options(&args, seed)?;
+        if opts.raft {
+            let report = shoal_sim::raft::run(&opts);
+            print!("{}", report.summary());
+            return Ok(report.passed());
+        }
         println!("{}", SimPlan::derive(&opts));
         let report = shoal_sim::run(&opts);
         print!("{}", report.summary());
@@ -89,10 +106,16 @@ pub fn run(args: SimArgs) -> Result<bool> {
     let mut failed = 0u64;
     for seed in a..=b {
         let opts = options(&args, seed)?;
-        let report = shoal_sim::run(&opts);
-        if !report.passed() {
+        let (passed, summary) = if opts.raft {
+            let report = shoal_sim::raft::run(&opts);
+            (report.passed(), report.summary())
+        } else {
+            let report = shoal_sim::run(&opts);
+            (report.passed(), report.summary())
+        };
+        if !passed {
             failed += 1;
-            print!("{}", report.summary());
+            print!("{summary}");
         }
         if (seed - a + 1) % 50 == 0 {
             eprintln!("... {} of {} seeds, {failed} failed", seed - a + 1, b - a + 1);

@@ -2,6 +2,9 @@
 //! simulated seconds per wall second at 5, 50 and 200 nodes, and gossip bytes sent per node
 //! per second (sealed datagrams, measured over the second half of each run) at 5 and 50.
 //!
+//! Then the Raft mode (`--raft`, all its faults): simulated seconds per wall second at 3
+//! and 5 openraft nodes.
+//!
 //! `cargo bench -p shoal-sim`
 
 use shoal_sim::{format_duration, run, FaultSet, SimOptions};
@@ -21,5 +24,13 @@ fn main() {
             report.speed(),
             bytes
         );
+    }
+    println!();
+    println!("{:>6} {:>10} {:>10} {:>16} {:>22}", "raft", "simulated", "wall", "sim s / wall s", "acked writes");
+    for nodes in [3usize, 5] {
+        let opts = SimOptions { raft: true, nodes: Some(nodes), duration_ms: 10 * 60_000, ..SimOptions::new(1) };
+        let report = shoal_sim::raft::run(&opts);
+        assert!(report.passed(), "{}", report.summary());
+        println!("{:>6} {:>10} {:>8}ms {:>16.1} {:>22}", nodes, format_duration(opts.duration_ms), report.wall_ms, report.speed(), report.writes.acked);
     }
 }

@@ -57,7 +57,7 @@ fn same_seed_same_trace_and_seeds_matter() {
 }
 
 fn sweep_seeds() -> u64 {
-    std::env::var("SHOAL_SIM_RAFT_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30)
+    std::env::var("SHOAL_SIM_RAFT_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60)
 }
 
 #[test]
