@@ -5,7 +5,10 @@
 //! - [`Lab`]: network namespaces joined by a bridge in a dedicated "switch" namespace, so the
 //!   machine's own interfaces are never touched;
 //! - [`Node`] and [`Cluster`]: `shoal agent` processes (inside a namespace or on loopback),
-//!   their logs, signals, `shoal members` / `shoal stats`, and [`Cluster::wait_until`].
+//!   their logs, signals, `shoal members` / `shoal stats`, and [`Cluster::wait_until`];
+//! - [`cluster`]: Raft stories (`status`, `node ls`, writes, free port triples);
+//! - [`services`]: service stories on the host's Docker Engine (test image, containers by
+//!   node label, cleanup guard, `service ls|ps` rows).
 //!
 //! Every wait is bounded. Every process is killed and every namespace deleted on drop, also
 //! when a test panics. Agents are additionally started under `setpriv --pdeathsig KILL` (when
@@ -17,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod services;
 pub mod story;
 
 use serde::Deserialize;
