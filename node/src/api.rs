@@ -172,7 +172,7 @@ async fn handle(stream: UnixStream, ctl: Control) -> Result<()> {
             cluster_state(&ctl).await.and_then(|st| services::task_rows(&st, &name)).map(|tasks| Response::Tasks { tasks }),
         ),
         Ok(Request::ServiceInspect { name }) => into_response(cluster_state(&ctl).await.and_then(|st| {
-            let svc = st.services.get(&name).ok_or_else(|| anyhow!("no service named `{name}`; see `shoal service ls`"))?;
+            let svc = st.services.get(&name).ok_or_else(|| anyhow!("no service named {name}; list the services to see their names"))?;
             let pending: Vec<serde_json::Value> =
                 services::task_rows(&st, &name)?.into_iter().filter(|r| r.task.is_none()).map(|r| serde_json::json!({"slot": r.slot, "reason": r.error})).collect();
             Ok(Response::Service {

@@ -238,7 +238,7 @@ pub fn task_rows(state: &ClusterState, service: &str) -> Result<Vec<TaskRow>> {
     let svc = state
         .services
         .get(service)
-        .ok_or_else(|| anyhow!("no service named `{service}`; see `shoal service ls`"))?;
+        .ok_or_else(|| anyhow!("no service named {service}; list the services to see their names"))?;
     let mut rows: Vec<TaskRow> = state
         .tasks_of_service(service)
         .map(|t| {

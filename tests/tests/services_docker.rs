@@ -27,7 +27,8 @@
 //! 7. `service rm` → every container of the service is gone.
 //!
 //! A second test, `create_through_a_follower_waits_instead_of_failing` (loopback, no
-//! Docker, no privileges), reproduces a reported bug and is ignored until it is fixed.
+//! Docker, no privileges), checks that a write through a follower is readable there at once
+//! (a forwarded write is applied locally before the CLI gets its answer).
 //!
 //! Needs root (namespaces; fails unless SHOAL_SKIP_NETNS=1 says to skip), a Docker Engine
 //! socket and `/bin/busybox` from busybox-static (skipped with a printed reason if either is
@@ -236,10 +237,11 @@ fn services_run_spread_scale_restart_fail_over_drain_and_go_on_docker() {
     let mut w = World { c, docker, ids, image };
 
     // ------------------------------------------------------------------ 1. six replicas
-    // Through the leader: through another node the CLI fails when that node has not yet
-    // applied the create (see `create_through_a_follower_waits_instead_of_failing`).
+    // Through a follower: the write is forwarded to the leader and applied here before the
+    // CLI's first read (see `create_through_a_follower_waits_instead_of_failing`).
     let leader = w.leader();
-    let t = w.create(leader, &["--replicas", "6"], "web", &LONG_RUNNING);
+    let follower = (0..3).find(|&i| i != leader).expect("a follower");
+    let t = w.create(follower, &["--replicas", "6"], "web", &LONG_RUNNING);
     println!("service create web --replicas 6 converged (CLI returned) in {:.1?}", t.elapsed());
     let live = w.wait_settled(0, "web", 6, &w.ids, CONVERGE_TIMEOUT, "6 web containers run, one per task");
     let containers = w.containers();
@@ -485,13 +487,11 @@ fn one_running_per_slot(w: &World, via: usize) -> Result<(), String> {
 }
 
 /// `service create` (waiting for convergence, as by default) through a node that is not the
-/// leader must succeed once the service is created. Today the CLI prints "service sN
-/// created", then its first `service ps` reads the follower's state, which may not have
-/// applied the create yet, and it exits 1 with "no service named `sN`" although the
-/// service exists and is scheduled. `--replicas 0` so that no container and no Docker is
-/// needed: loopback agents, no privileges.
+/// leader must succeed once the service is created: the CLI's first `service ps` reads the
+/// follower's state right after the forwarded write (this failed 4 times in 40 before
+/// forwarded writes were applied locally before answering). `--replicas 0` so that no
+/// container and no Docker is needed: loopback agents, no privileges.
 #[test]
-#[ignore = "bug reported: `service create` through a follower can exit 1 with `no service named` (stale local read right after the write)"]
 fn create_through_a_follower_waits_instead_of_failing() {
     const ATTEMPTS: usize = 40;
     let ports = free_agent_ports(3);

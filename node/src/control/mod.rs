@@ -168,8 +168,10 @@ pub enum WriteError {
     NotInCluster,
     #[error("no leader could be reached within {0:?}: the cluster may have lost its quorum, or this node is cut off from it ({1})")]
     NoLeader(Duration, String),
+    /// (No `#[source]`: the message already holds the rejection's text, and error chains
+    /// printed with `{:#}` would repeat it.)
     #[error("the cluster refused the change: {0}")]
-    Rejected(#[from] shoal_consensus::Rejected),
+    Rejected(shoal_consensus::Rejected),
 }
 
 impl Control {
@@ -552,13 +554,25 @@ impl Running {
             match metrics.current_leader {
                 Some(leader) if leader == me => {
                     match shoal_consensus::propose(&self.raft, cmd.clone()).await {
-                        Ok(written) => return Ok(written.data?),
+                        Ok(written) => return Ok(written.data.map_err(WriteError::Rejected)?),
                         Err(e) => last = e.to_string(),
                     }
                 }
                 Some(leader) => match metrics.membership_config.get_node(&leader).cloned() {
                     Some(node) => match self.network.forward(leader, &node, cmd.clone(), FORWARD_TTL).await {
-                        Ok(Ok(answer)) => return Ok(answer?),
+                        Ok(Ok(committed)) => {
+                            // Read-your-writes on this node: wait (bounded) until it has
+                            // applied the entry too, so the caller's next read sees it.
+                            let applied = self
+                                .raft
+                                .wait(Some(FORWARD_TTL))
+                                .applied_index_at_least(Some(committed.index), "forwarded write applied here")
+                                .await;
+                            if applied.is_err() {
+                                tracing::debug!(index = committed.index, "a forwarded write is committed but not yet applied here");
+                            }
+                            return committed.response.map_err(WriteError::Rejected);
+                        }
                         Ok(Err(refused)) => last = refused.to_string(),
                         Err(e) => last = e,
                     },

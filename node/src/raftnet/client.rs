@@ -8,7 +8,7 @@
 //! naming the target's node id (a server presenting another node's certificate is
 //! refused) and reopened on the next RPC after any error.
 
-use super::frame::{self, ForwardRefused, FrameError, ReadTimeouts, Request, RequestFrame, Response, ResponseFrame};
+use super::frame::{self, Committed, ForwardRefused, FrameError, ReadTimeouts, Request, RequestFrame, Response, ResponseFrame};
 use super::{NetStats, NetStatsSnapshot};
 use crate::pki::MutualTls;
 use shoal_consensus::codec::MAX_RPC_BYTES;
@@ -125,7 +125,7 @@ impl RaftNetwork {
         node: &ShoalNode,
         cmd: Command,
         ttl: Duration,
-    ) -> Result<Result<shoal_consensus::Response, ForwardRefused>, String> {
+    ) -> Result<Result<Committed, ForwardRefused>, String> {
         let client = self.client(target, node, Channel::Rpc);
         match client.call(Request::Forward(cmd), ttl).await {
             Ok(Response::Forwarded(answer)) => Ok(answer),

@@ -43,6 +43,16 @@ pub enum Request {
     Forward(Command),
 }
 
+/// A forwarded write, committed and applied on the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    /// The state machine's answer.
+    pub response: shoal_consensus::Response,
+    /// The entry's log index: the forwarding node waits until it has applied it too, so a
+    /// client reads its own write from the node it asked.
+    pub index: u64,
+}
+
 /// Why a forwarded write was not committed by the node it was sent to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ForwardRefused {
@@ -77,7 +87,7 @@ pub enum Response {
     Snapshot(SnapshotResponse<TypeConfig>),
     TransferLeader(TransferLeaderResponse<TypeConfig>),
     /// The answer to `Forward`: the state machine's response, or why it was not committed.
-    Forwarded(Result<shoal_consensus::Response, ForwardRefused>),
+    Forwarded(Result<Committed, ForwardRefused>),
     /// The local Raft could not handle the request (it is shutting down or stopped on a
     /// fatal error). The client treats the node as unreachable.
     Unavailable(String),

@@ -7,7 +7,7 @@
 //! before any TLS work). All tasks belong to the server: dropping [`RaftServer`] stops the
 //! listener and closes every connection.
 
-use super::frame::{self, ForwardRefused, FrameError, ReadTimeouts, Request, RequestFrame, Response, ResponseFrame};
+use super::frame::{self, Committed, ForwardRefused, FrameError, ReadTimeouts, Request, RequestFrame, Response, ResponseFrame};
 use shoal_consensus::openraft::error::{ClientWriteError, RaftError};
 use shoal_consensus::{Command, ProposeError};
 use super::{NetError, NetStats, NetStatsSnapshot};
@@ -93,12 +93,12 @@ where
 }
 
 /// Proposes a forwarded write on this node, which must be the leader.
-async fn propose_forwarded<SM>(raft: &ShoalRaft<SM>, cmd: Command) -> Result<shoal_consensus::Response, ForwardRefused>
+async fn propose_forwarded<SM>(raft: &ShoalRaft<SM>, cmd: Command) -> Result<Committed, ForwardRefused>
 where
     SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
 {
     match shoal_consensus::propose(raft, cmd).await {
-        Ok(written) => Ok(written.data),
+        Ok(written) => Ok(Committed { response: written.data, index: written.log_id.index }),
         Err(ProposeError::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
             Err(ForwardRefused::NotLeader { leader: f.leader_id.map(NodeId::from) })
         }

@@ -2,7 +2,7 @@
 //! with certificates from the cluster CA (`pki`), openraft nodes on the in-memory store.
 //! Every test is bounded by a timeout.
 
-use super::frame::{self, ForwardRefused, Request, RequestFrame, HEADER_BYTES};
+use super::frame::{self, Committed, ForwardRefused, Request, RequestFrame, HEADER_BYTES};
 use super::{ClientConfig, RaftNetwork, RaftServer, ServerConfig};
 use crate::pki::tls::{client_config_builder, server_name};
 use crate::pki::{
@@ -644,9 +644,11 @@ async fn a_follower_forwards_writes_to_the_leader_and_a_non_leader_names_it() {
         // Forwarded to the leader: committed there, the state machine's answer comes back,
         // and every replica applies it.
         let answer = follower.network.forward(leader.id, &leader_node, register(40), Duration::from_secs(10)).await.expect("network");
-        assert_eq!(answer, Ok(Ok(Applied::NodeRegistered { new: true })));
+        let committed = answer.expect("committed");
+        assert_eq!(committed.response, Ok(Applied::NodeRegistered { new: true }));
+        assert_eq!(Some(committed.index), leader.raft.metrics().borrow_watched().last_applied.map(|l| l.index));
         let again = follower.network.forward(leader.id, &leader_node, register(40), Duration::from_secs(10)).await.expect("network");
-        assert_eq!(again, Ok(Ok(Applied::NodeRegistered { new: false })), "the same write is applied as an update");
+        assert_eq!(again.map(|c| c.response), Ok(Ok(Applied::NodeRegistered { new: false })), "the same write is applied as an update");
         for node in &nodes {
             node.raft.wait(WAIT).metrics(|m| m.last_applied.is_some(), "applied").await.expect("applied");
         }
@@ -659,7 +661,7 @@ async fn a_follower_forwards_writes_to_the_leader_and_a_non_leader_names_it() {
         // A rejected command comes back as the state machine's rejection.
         let bad = Command::RecordIssued { node: NodeId([99; 16]), cert: shoal_consensus::IssuedCert { serial: vec![1], not_after: 1 } };
         let refused = follower.network.forward(leader.id, &leader_node, bad, Duration::from_secs(10)).await.expect("network");
-        assert!(matches!(refused, Ok(Err(_))), "{refused:?}");
+        assert!(matches!(refused, Ok(Committed { response: Err(_), .. })), "{refused:?}");
 
         // Sent to a follower, the write is refused and the leader named.
         let other_node = ShoalNode::new("other", other.addr);
