@@ -30,6 +30,7 @@ pub struct AgentConfig {
     pub cert_lifetime: Duration,
     pub dead_voter_after: Duration,
     pub reschedule_after: Duration,
+    pub docker_socket: Option<PathBuf>,
 }
 
 /// How long a graceful leave may take before the process exits anyway.
@@ -171,6 +172,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             cert_lifetime: cfg.cert_lifetime,
             dead_voter_after: cfg.dead_voter_after,
             reschedule_after: cfg.reschedule_after,
+            docker_socket: cfg.docker_socket.clone(),
         },
         identity.id,
         &identity.key_pem,

@@ -149,6 +149,11 @@ struct AgentArgs {
     /// Tasks of a node down this long are started on other nodes, e.g. 5s, 1m.
     #[arg(long, default_value = "5s", value_parser = config::parse_duration)]
     reschedule_after: std::time::Duration,
+    /// The container engine's unix socket (Docker, or a Docker-compatible one such as rootless
+    /// Docker's) [default: $DOCKER_HOST, or /var/run/docker.sock]. Until it answers, this
+    /// node takes no tasks; it keeps retrying.
+    #[arg(long, value_name = "PATH")]
+    docker_socket: Option<PathBuf>,
 }
 
 fn parse_voters(text: &str) -> Result<usize, String> {
@@ -338,5 +343,6 @@ fn agent_config(args: AgentArgs) -> Result<agent::AgentConfig> {
         cert_lifetime: args.cert_lifetime,
         dead_voter_after: args.replace_dead_manager_after,
         reschedule_after: args.reschedule_after,
+        docker_socket: args.docker_socket,
     })
 }

@@ -50,8 +50,10 @@ pub type Raft = ShoalRaft<StateMachineStore<RedbSnapshots>>;
 
 /// How often a node without a certificate looks at membership.
 const BOOTSTRAP_TICK: Duration = Duration::from_millis(300);
-/// How long the candidate set must stay unchanged before the initializer acts.
-const BOOTSTRAP_SETTLE: Duration = Duration::from_secs(2);
+/// How long the candidate set must stay unchanged before the initializer acts: long enough
+/// for mDNS to answer on a LAN, so two machines switched on together (`--bootstrap-expect 1`)
+/// see each other before either creates a cluster.
+const BOOTSTRAP_SETTLE: Duration = Duration::from_secs(3);
 /// One join attempt (connect, handshake, answer; the answer waits for a commit).
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a write may take, retries included (leader changes, forwarding).
@@ -98,6 +100,8 @@ pub struct ControlConfig {
     pub dead_voter_after: Duration,
     /// A node down this long has its tasks placed elsewhere.
     pub reschedule_after: Duration,
+    /// The Docker Engine's unix socket; `None`: `DOCKER_HOST` or `/var/run/docker.sock`.
+    pub docker_socket: Option<std::path::PathBuf>,
 }
 
 /// The Raft/API TCP port of a node whose gossip address is `gossip`.

@@ -36,6 +36,7 @@ fn recorded(task: &TaskRecord, report: &TaskReport) -> bool {
 
 /// The loop; runs for the life of the agent.
 pub async fn run_tasks(ctl: Control) {
+    let socket = ctl.config().docker_socket.clone();
     let me = ctl.id();
     let mut reconciler = Reconciler::new(me.to_string(), ReconcilerConfig::default());
     let mut engine: Option<DockerEngine> = None;
@@ -43,7 +44,11 @@ pub async fn run_tasks(ctl: Control) {
     loop {
         tokio::time::sleep(RUN_TICK).await;
         if engine.is_none() {
-            match DockerEngine::connect_local(DockerConfig::default()).await {
+            let connected = match &socket {
+                Some(path) => DockerEngine::connect_unix(&path.to_string_lossy(), DockerConfig::default()).await,
+                None => DockerEngine::connect_local(DockerConfig::default()).await,
+            };
+            match connected {
                 Ok(e) => {
                     tracing::info!(api = %e.api_version(), "connected to the local Docker Engine");
                     engine = Some(e);
