@@ -10,7 +10,7 @@
 //! (falls back to the debug binary, with a note, when there is no release one).
 
 use shoal_tests::cluster::{agreed_leader, free_agent_ports, in_cluster, leader_of, statuses};
-use shoal_tests::{every, netns_unavailable, run, shoal_bin, token_new, Cluster, Lab, NodeSpec, TokenVia};
+use shoal_tests::{every, summary, BenchMode, run, shoal_bin, token_new, Cluster, Lab, NodeSpec, TokenVia};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,18 +21,12 @@ const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
 const BUDGET: Duration = Duration::from_secs(90);
 const MAX_ROUNDS: usize = 3;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Netns,
-    Loopback,
-}
-
-fn cluster(mode: Mode, nodes: usize, round: usize) -> Cluster {
+fn cluster(mode: BenchMode, nodes: usize, round: usize) -> Cluster {
     let token = token_new();
     let label = format!("rbench{nodes}-{round}");
     let expect = ["--bootstrap-expect".to_string(), "3".into()];
     match mode {
-        Mode::Netns => {
+        BenchMode::Netns => {
             let lab = Lab::new(nodes).unwrap_or_else(|e| panic!("cannot build the namespace lab: {e}"));
             let hosts = lab.hosts.clone();
             let mut c = Cluster::in_lab(&label, lab);
@@ -48,7 +42,7 @@ fn cluster(mode: Mode, nodes: usize, round: usize) -> Cluster {
             }
             c
         }
-        Mode::Loopback => {
+        BenchMode::Loopback => {
             let ports = free_agent_ports(nodes);
             let mut c = Cluster::new(&label);
             for (i, p) in ports.iter().enumerate() {
@@ -122,45 +116,12 @@ fn failover(c: &mut Cluster, nodes: usize) -> (Duration, Duration) {
     (elected, written)
 }
 
-fn summary(name: &str, xs: &[Duration]) {
-    if xs.is_empty() {
-        return;
-    }
-    let mut v: Vec<f64> = xs.iter().map(Duration::as_secs_f64).collect();
-    v.sort_by(f64::total_cmp);
-    let each: Vec<String> = xs.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect();
-    println!(
-        "{name}: min {:.2} s, median {:.2} s, max {:.2} s over {} round(s) [{}]",
-        v[0],
-        v[v.len() / 2],
-        v[v.len() - 1],
-        v.len(),
-        each.join(", ")
-    );
-}
 
 fn main() {
     let began = Instant::now();
-    let forced = std::env::var("SHOAL_BENCH_LOOPBACK").as_deref() == Ok("1");
-    let mode = match netns_unavailable() {
-        None if forced => {
-            println!("note: SHOAL_BENCH_LOOPBACK=1; using loopback");
-            Mode::Loopback
-        }
-        None => Mode::Netns,
-        Some(why) => {
-            println!("note: network namespaces unavailable ({why}); using loopback");
-            Mode::Loopback
-        }
-    };
+    let mode = BenchMode::choose();
     println!("cluster bench (--bootstrap-expect 3, default Raft timing), binary {}", shoal_bin().display());
-    println!(
-        "mode: {}",
-        match mode {
-            Mode::Netns => "network namespaces on one bridge, mDNS discovery, no seeds",
-            Mode::Loopback => "loopback, --no-mdns, --join seeds",
-        }
-    );
+    println!("mode: {}", mode.describe());
     println!("timings are from polling `shoal status` every {} ms on every node (resolution ≈ one poll round)", POLL.as_millis());
 
     let mut cold3 = Vec::new();
@@ -189,7 +150,7 @@ fn main() {
     }
 
     println!();
-    println!("== results ({}) ==", if mode == Mode::Netns { "netns + mDNS" } else { "loopback + seeds" });
+    println!("== results ({}) ==", if mode == BenchMode::Netns { "netns + mDNS" } else { "loopback + seeds" });
     summary("(a) start of 3 agents → all in the cluster with certificates, one leader", &cold3);
     summary("(a) start of 5 agents → all in the cluster with certificates (3 managers, 2 workers)", &cold5);
     summary("(b) leader SIGKILL → survivors agree on a new leader (3- and 5-node rounds)", &elected);

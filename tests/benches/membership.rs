@@ -6,7 +6,7 @@
 //! Run: `cargo build --release -p shoal-node && cargo bench -p shoal-tests` (falls back to the
 //! debug binary, with a note, when there is no release one).
 
-use shoal_tests::{every, free_udp_ports, netns_unavailable, shoal_bin, token_new, Cluster, Lab, NodeSpec, Stats, TokenVia};
+use shoal_tests::{every, free_udp_ports, shoal_bin, summary, BenchMode, token_new, Cluster, Lab, NodeSpec, Stats, TokenVia};
 use std::time::{Duration, Instant};
 
 const NODES: usize = 5;
@@ -19,16 +19,10 @@ const WINDOW: Duration = Duration::from_secs(10);
 const BUDGET: Duration = Duration::from_secs(55);
 const MAX_ROUNDS: usize = 5;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Netns,
-    Loopback,
-}
-
-fn cluster(mode: Mode, round: usize) -> Cluster {
+fn cluster(mode: BenchMode, round: usize) -> Cluster {
     let token = token_new();
     match mode {
-        Mode::Netns => {
+        BenchMode::Netns => {
             let lab = Lab::new(NODES).unwrap_or_else(|e| panic!("cannot build the namespace lab: {e}"));
             let hosts = lab.hosts.clone();
             let mut c = Cluster::in_lab(&format!("bench{round}"), lab);
@@ -44,7 +38,7 @@ fn cluster(mode: Mode, round: usize) -> Cluster {
             }
             c
         }
-        Mode::Loopback => {
+        BenchMode::Loopback => {
             let ports = free_udp_ports(NODES);
             let mut c = Cluster::new(&format!("bench{round}"));
             for (i, p) in ports.iter().enumerate() {
@@ -80,45 +74,12 @@ fn stats_all(c: &Cluster) -> Vec<Stats> {
         .collect()
 }
 
-fn summary(name: &str, xs: &[Duration]) {
-    if xs.is_empty() {
-        return;
-    }
-    let mut v: Vec<f64> = xs.iter().map(Duration::as_secs_f64).collect();
-    v.sort_by(f64::total_cmp);
-    let each: Vec<String> = xs.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect();
-    println!(
-        "{name}: min {:.2} s, median {:.2} s, max {:.2} s over {} round(s) [{}]",
-        v[0],
-        v[v.len() / 2],
-        v[v.len() - 1],
-        v.len(),
-        each.join(", ")
-    );
-}
 
 fn main() {
     let began = Instant::now();
-    let forced = std::env::var("SHOAL_BENCH_LOOPBACK").as_deref() == Ok("1");
-    let mode = match netns_unavailable() {
-        None if forced => {
-            println!("note: SHOAL_BENCH_LOOPBACK=1; using loopback");
-            Mode::Loopback
-        }
-        None => Mode::Netns,
-        Some(why) => {
-            println!("note: network namespaces unavailable ({why}); using loopback");
-            Mode::Loopback
-        }
-    };
+    let mode = BenchMode::choose();
     println!("membership bench, {NODES} nodes, binary {}", shoal_bin().display());
-    println!(
-        "mode: {}",
-        match mode {
-            Mode::Netns => "network namespaces on one bridge, mDNS discovery, no seeds",
-            Mode::Loopback => "loopback, --no-mdns, --join seeds",
-        }
-    );
+    println!("mode: {}", mode.describe());
     println!("timings are from polling `shoal members` every {} ms on every node (resolution ≈ one poll round)", POLL.as_millis());
 
     let all: Vec<usize> = (0..NODES).collect();
@@ -181,7 +142,7 @@ fn main() {
     }
 
     println!();
-    println!("== results ({}) ==", if mode == Mode::Netns { "netns + mDNS" } else { "loopback + seeds" });
+    println!("== results ({}) ==", if mode == BenchMode::Netns { "netns + mDNS" } else { "loopback + seeds" });
     summary("(a) start of 5 agents → all see 5 alive", &formation);
     summary("(b) SIGKILL of one → 4 others show it down", &down);
     if let Some((per_node, secs, drops)) = traffic {

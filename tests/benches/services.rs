@@ -18,7 +18,7 @@ use shoal_tests::services::{
     cli_ok, docker_unavailable, engines_ok, image_tag, is_running, of_service, per_node, service_ls, Docker, DockerCleanup, LONG_RUNNING,
     SERVICE_CLI_TIMEOUT,
 };
-use shoal_tests::{every, netns_unavailable, shoal_bin, token_new, Cluster, Lab, NodeSpec, TokenVia};
+use shoal_tests::{every, netns_unavailable, summary, shoal_bin, token_new, Cluster, Lab, NodeSpec, TokenVia};
 use std::time::{Duration, Instant};
 
 const REPLICAS: usize = 30;
@@ -67,22 +67,6 @@ fn cluster(netns: bool) -> Cluster {
     }
 }
 
-fn summary(name: &str, xs: &[Duration]) {
-    if xs.is_empty() {
-        return;
-    }
-    let mut v: Vec<f64> = xs.iter().map(Duration::as_secs_f64).collect();
-    v.sort_by(f64::total_cmp);
-    let each: Vec<String> = xs.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect();
-    println!(
-        "{name}: min {:.2} s, median {:.2} s, max {:.2} s over {} round(s) [{}]",
-        v[0],
-        v[v.len() / 2],
-        v[v.len() - 1],
-        v.len(),
-        each.join(", ")
-    );
-}
 
 fn main() {
     let began = Instant::now();

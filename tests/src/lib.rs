@@ -959,3 +959,54 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Where a benchmark runs its agents: network namespaces with mDNS when available (root and
+/// `ip`), else loopback with `--join` seeds. `SHOAL_BENCH_LOOPBACK=1` forces loopback.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BenchMode {
+    Netns,
+    Loopback,
+}
+
+impl BenchMode {
+    /// Picks the mode and says why when it falls back to loopback.
+    pub fn choose() -> Self {
+        let forced = std::env::var("SHOAL_BENCH_LOOPBACK").as_deref() == Ok("1");
+        match netns_unavailable() {
+            None if forced => {
+                println!("note: SHOAL_BENCH_LOOPBACK=1; using loopback");
+                BenchMode::Loopback
+            }
+            None => BenchMode::Netns,
+            Some(why) => {
+                println!("note: network namespaces unavailable ({why}); using loopback");
+                BenchMode::Loopback
+            }
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            BenchMode::Netns => "network namespaces on one bridge, mDNS discovery, no seeds",
+            BenchMode::Loopback => "loopback, --no-mdns, --join seeds",
+        }
+    }
+}
+
+/// Prints min, median and max of benchmark rounds, and every round.
+pub fn summary(name: &str, xs: &[Duration]) {
+    if xs.is_empty() {
+        return;
+    }
+    let mut v: Vec<f64> = xs.iter().map(Duration::as_secs_f64).collect();
+    v.sort_by(f64::total_cmp);
+    let each: Vec<String> = xs.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect();
+    println!(
+        "{name}: min {:.2} s, median {:.2} s, max {:.2} s over {} round(s) [{}]",
+        v[0],
+        v[v.len() / 2],
+        v[v.len() - 1],
+        v.len(),
+        each.join(", ")
+    );
+}
