@@ -8,7 +8,6 @@ use crate::pki::tls::{client_config_builder, server_name};
 use crate::pki::{
     node_dns_name, node_id_of_key, MutualTls, NodeCredentials, Revocations,
 };
-use rand::SeedableRng;
 use rcgen::KeyPair;
 use rustls::pki_types::CertificateDer;
 use shoal_consensus::codec::MAX_RPC_BYTES;
@@ -39,10 +38,6 @@ const WAIT: Option<Duration> = Some(Duration::from_secs(20));
 
 async fn bounded<F: Future<Output = ()>>(test: F) {
     tokio::time::timeout(TEST_TIMEOUT, test).await.expect("test timed out");
-}
-
-fn rng(seed: u64) -> rand::rngs::StdRng {
-    rand::rngs::StdRng::seed_from_u64(seed)
 }
 
 /// A cluster's secret and CA, created now so certificates are valid for real TLS.
@@ -90,10 +85,6 @@ struct Node {
     server: RaftServer,
     network: RaftNetwork,
     revoked: Revocations,
-}
-
-async fn start_node(ca: &Ca) -> Node {
-    start_node_with(ca, raft_config()).await
 }
 
 async fn start_node_with(ca: &Ca, config: Arc<Config>) -> Node {
