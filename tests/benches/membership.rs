@@ -17,7 +17,7 @@ const SETTLE: Duration = Duration::from_secs(2);
 const WINDOW: Duration = Duration::from_secs(10);
 /// No new round starts after this much time.
 const BUDGET: Duration = Duration::from_secs(55);
-const MAX_ROUNDS: usize = 5;
+const MAX_ROUNDS: usize = 3;
 
 fn cluster(mode: BenchMode, round: usize) -> Cluster {
     let token = token_new();
