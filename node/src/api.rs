@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use crate::control::report::{NodeRow, StatusReport};
-use crate::control::Control;
+use crate::control::{now_ms, Control};
 use crate::services::{self, ServiceRow, TaskRow};
 use shoal_cluster::scheduler::Availability;
 use shoal_consensus::state::ServiceDef;
@@ -195,10 +195,6 @@ async fn handle(stream: UnixStream, ctl: Control) -> Result<()> {
 
 fn into_response(result: Result<Response>) -> Response {
     result.unwrap_or_else(|e| Response::Error { message: format!("{e:#}") })
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn commit(ctl: &Control, cmd: Command) -> Result<shoal_consensus::Applied> {

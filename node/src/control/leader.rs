@@ -6,7 +6,7 @@
 //! gathers their inputs (membership health, replication progress) and carries them out.
 //! Each step is idempotent: the loop runs every tick on whatever node leads.
 
-use super::{Control, Running};
+use super::{now_ms, Control, Running};
 use shoal_cluster::autopilot::{self, AutopilotDecision, AutopilotInput, Peer, PeerHealth};
 use shoal_cluster::scheduler::{self, Decision, Health, NodeView, SchedulerConfig, Slot};
 use shoal_consensus::openraft::ChangeMembers;
@@ -15,7 +15,7 @@ use shoal_consensus::{ClusterState, Command, IssuedCert, NodeRecord, RaftNodeId,
 use shoal_discovery::MemberState;
 use shoal_wire::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// A learner this many entries behind the leader's last log is not caught up.
 const CAUGHT_UP_LAG: u64 = 100;
@@ -28,10 +28,6 @@ pub(super) struct LeaderDuties {
     /// membership no longer lists counts as down from the moment it was first missed.
     missing_since: BTreeMap<NodeId, u64>,
     quorum_warned: bool,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl LeaderDuties {

@@ -287,15 +287,14 @@ impl Control {
             }
             let candidates: Vec<Candidate> =
                 alive.iter().map(|m| Candidate { id: m.id, in_cluster: m.in_cluster && !m.is_self }).collect();
-            let ms = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
             let decision = bootstrap::decide(&BootstrapInput {
                 self_id: self.inner.id,
                 expect: self.inner.cfg.bootstrap_expect,
                 self_in_cluster: false,
                 candidates: &candidates,
-                now_ms: ms(SystemTime::now()),
-                started_ms: ms(started),
-                last_change_ms: ms(last_change),
+                now_ms: now_ms(),
+                started_ms: epoch_ms(started),
+                last_change_ms: epoch_ms(last_change),
                 settle_ms: BOOTSTRAP_SETTLE.as_millis() as u64,
             });
             let result = match decision {
@@ -558,7 +557,7 @@ impl Running {
             match metrics.current_leader {
                 Some(leader) if leader == me => {
                     match shoal_consensus::propose(&self.raft, cmd.clone()).await {
-                        Ok(written) => return Ok(written.data.map_err(WriteError::Rejected)?),
+                        Ok(written) => return written.data.map_err(WriteError::Rejected),
                         Err(e) => last = e.to_string(),
                     }
                 }
@@ -655,6 +654,17 @@ impl Running {
 
 fn pki_secs(t: SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Milliseconds since the Unix epoch of `t` (0 before it): the time unit of the pure rules,
+/// of membership's `since_ms`, and of the timestamps in the replicated state.
+pub fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    epoch_ms(SystemTime::now())
 }
 
 /// The join server's authority: the running node (any member can answer; the writes go

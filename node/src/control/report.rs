@@ -76,6 +76,22 @@ pub fn fingerprint(der: &[u8]) -> String {
     Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A node's role as Raft sees it here: leader, manager (a voter) or worker (a learner);
+/// `None` if it is not in the membership config.
+fn raft_role(metrics: &shoal_consensus::types::RaftMetrics, id: NodeId) -> Option<&'static str> {
+    let id = shoal_consensus::RaftNodeId(id);
+    let membership = metrics.membership_config.membership();
+    if metrics.current_leader == Some(id) {
+        Some("leader")
+    } else if membership.voter_ids().any(|v| v == id) {
+        Some("manager")
+    } else if membership.learner_ids().any(|l| l == id) {
+        Some("worker")
+    } else {
+        None
+    }
+}
+
 fn health(members: &[MemberView], id: NodeId) -> String {
     members.iter().find(|m| m.id == id).map_or("unknown", |m| m.state.as_str()).to_string()
 }
@@ -131,17 +147,7 @@ impl Control {
         };
         report.voters = membership.voter_ids().map(row).collect();
         report.learners = membership.learner_ids().map(row).collect();
-        let me = shoal_consensus::RaftNodeId(self.id());
-        report.role = if m.current_leader == Some(me) {
-            "leader"
-        } else if membership.voter_ids().any(|v| v == me) {
-            "manager"
-        } else if membership.learner_ids().any(|l| l == me) {
-            "worker"
-        } else {
-            "joining"
-        }
-        .into();
+        report.role = raft_role(&m, self.id()).unwrap_or("joining").into();
         if report.role == "joining" {
             report.detail = Some("holding a certificate; waiting for the leader to add this node to Raft".into());
         }
@@ -181,7 +187,6 @@ impl Control {
         if let Some(running) = self.running() {
             let state = running.state().await?;
             let metrics = running.metrics();
-            let membership = metrics.membership_config.membership().clone();
             for (id, record) in &state.nodes {
                 let row = rows.entry(*id).or_insert_with(|| NodeRow {
                     id: *id,
@@ -213,17 +218,7 @@ impl Control {
                     .revoked = true;
             }
             for row in rows.values_mut() {
-                let rid = shoal_consensus::RaftNodeId(row.id);
-                row.role = if metrics.current_leader == Some(rid) {
-                    "leader"
-                } else if membership.voter_ids().any(|v| v == rid) {
-                    "manager"
-                } else if membership.learner_ids().any(|l| l == rid) {
-                    "worker"
-                } else {
-                    "-"
-                }
-                .into();
+                row.role = raft_role(&metrics, row.id).unwrap_or("-").into();
                 if row.id == self.id() && row.state == "unknown" {
                     row.state = MemberState::Alive.as_str().into();
                 }

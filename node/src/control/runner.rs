@@ -12,19 +12,15 @@
 //! - Docker not reachable: the node says so in its gossiped facts (`engine_ok`), so the
 //!   scheduler gives it no tasks, and it reconnects on later passes.
 
-use super::Control;
+use super::{now_ms, Control};
 use shoal_consensus::state::TaskRecord;
 use shoal_consensus::Command;
 use shoal_engine::{DockerConfig, DockerEngine, Reconciler, ReconcilerConfig, TaskReport};
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// How often the node reconciles its tasks.
 const RUN_TICK: Duration = Duration::from_secs(1);
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Whether the state already records `report` for its task.
 fn recorded(task: &TaskRecord, report: &TaskReport) -> bool {
