@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod duties;
 pub mod propose;
 pub mod runtime;
 pub mod state;

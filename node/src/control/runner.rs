@@ -13,22 +13,12 @@
 //!   scheduler gives it no tasks, and it reconnects on later passes.
 
 use super::{now_ms, Control};
-use shoal_consensus::state::TaskRecord;
-use shoal_consensus::Command;
-use shoal_engine::{DockerConfig, DockerEngine, Reconciler, ReconcilerConfig, TaskReport};
-use std::collections::BTreeMap;
+use shoal_consensus::duties;
+use shoal_engine::{DockerConfig, DockerEngine, Reconciler, ReconcilerConfig};
 use std::time::Duration;
 
 /// How often the node reconciles its tasks.
 const RUN_TICK: Duration = Duration::from_secs(1);
-
-/// Whether the state already records `report` for its task.
-fn recorded(task: &TaskRecord, report: &TaskReport) -> bool {
-    task.observed.as_ref() == Some(&report.state)
-        && task.container == report.container
-        && task.last_exit_code == report.last_exit_code
-        && task.restarts == report.restarts
-}
 
 /// The loop; runs for the life of the agent.
 pub async fn run_tasks(ctl: Control) {
@@ -82,26 +72,9 @@ pub async fn run_tasks(ctl: Control) {
                 continue;
             }
         }
-        // Everything the reconciler knows, normalised as the state machine stores it, minus
-        // what is already recorded.
-        let latest: BTreeMap<_, _> = reconciler
-            .last_reports()
-            .into_iter()
-            .filter(|r| state.tasks.get(&r.task).is_some_and(|t| t.node == me))
-            .map(|r| (r.task, r))
-            .collect();
-        for cmd in Command::report_tasks(me, latest.into_values().collect(), now) {
-            let Command::ReportTasks { reports, .. } = &cmd else { continue };
-            let fresh: Vec<TaskReport> =
-                reports.iter().filter(|r| !state.tasks.get(&r.task).is_some_and(|t| recorded(t, r))).cloned().collect();
-            if fresh.is_empty() {
-                continue;
-            }
-            let count = fresh.len();
-            for cmd in Command::report_tasks(me, fresh, now) {
-                if let Err(e) = running.write(cmd).await {
-                    tracing::debug!(error = %e, count, "could not report task states yet; will resend");
-                }
+        for cmd in duties::unrecorded_reports(&state, me, reconciler.last_reports(), now) {
+            if let Err(e) = running.write(cmd).await {
+                tracing::debug!(error = %e, "could not report task states yet; will resend");
             }
         }
     }
