@@ -10,7 +10,7 @@ pub mod identity;
 pub mod joinnet;
 pub mod netutil;
 pub mod output;
-pub mod pki;
+pub use shoal_pki as pki;
 pub mod raftnet;
 pub mod services;
 pub mod simcmd;

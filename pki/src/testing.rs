@@ -2,7 +2,9 @@
 //! issuer, and nodes that joined it.
 
 use super::issuer::{IssuePolicy, Issuer, NodeGrant};
-use super::join::{JoinKey, JoinRequest};
+#[cfg(test)]
+use super::join::JoinKey;
+use super::join::JoinRequest;
 use super::{ClusterCa, NodeRole};
 use rand::SeedableRng;
 use rcgen::KeyPair;
@@ -63,7 +65,8 @@ impl Cluster {
         super::NodeCredentials::new(cert, &key).expect("credentials")
     }
 
-    pub fn issuer_key(&self) -> JoinKey {
+    #[cfg(test)]
+    pub(crate) fn issuer_key(&self) -> JoinKey {
         JoinKey::from_secret(&self.secret)
     }
 

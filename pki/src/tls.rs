@@ -294,7 +294,8 @@ pub fn server_config(
 
 /// A client config builder with the node server verifier, before choosing the client
 /// certificate (tests use it to build a client without one).
-pub(crate) fn client_config_builder(
+#[doc(hidden)]
+pub fn client_config_builder(
     ca: &CertificateDer<'static>,
     revoked: Revocations,
 ) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, TlsError> {

@@ -1,5 +1,6 @@
 //! Trust: the cluster CA, the join protocol that hands out node certificates, and mutual TLS
-//! between nodes (design section 4, issue 3).
+//! between nodes (design section 4, issue 3). Its own crate so that the simulator runs the same
+//! join check and issuer as the node.
 //!
 //! Layout:
 //! - [`ca`]: create the cluster CA, seal its key with a key derived from the join secret so
@@ -21,6 +22,7 @@
 //! the first 16 bytes of SHA-256 of the raw public key (as in `identity.rs`), and every
 //! reader checks that the two agree.
 
+#![forbid(unsafe_code)]
 
 pub mod ca;
 pub mod cert;
@@ -28,8 +30,10 @@ pub mod issuer;
 pub mod join;
 pub mod tls;
 
-#[cfg(test)]
-pub(crate) mod testing;
+/// Fixtures for tests (seeded rngs, secrets, a cluster with a CA and joined nodes); also used
+/// by the node's network tests.
+#[doc(hidden)]
+pub mod testing;
 #[cfg(test)]
 mod tls_tests;
 

@@ -213,7 +213,7 @@ pub(crate) fn random_serial(rng: &mut impl rand::CryptoRng) -> SerialNumber {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::testing::{rng, secret, t0};
+    use crate::testing::{rng, secret, t0};
 
     fn ca_for(secret: &JoinSecret) -> ClusterCa {
         ClusterCa::create(secret.cluster_id(), KeyPair::generate().expect("key"), t0(), &mut rng(1)).expect("ca")

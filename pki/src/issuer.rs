@@ -164,9 +164,9 @@ impl Issuer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::cert::CertInfo;
-    use crate::pki::testing::{rng, secret, t0, Cluster};
-    use crate::pki::{node_id_of_key, renew_at};
+    use crate::cert::CertInfo;
+    use crate::testing::{rng, secret, t0, Cluster};
+    use crate::{node_id_of_key, renew_at};
     use rcgen::KeyPair;
 
     fn grant() -> NodeGrant {

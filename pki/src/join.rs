@@ -216,7 +216,7 @@ impl JoinResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::testing::{rng, secret};
+    use crate::testing::{rng, secret};
 
     #[test]
     fn request_round_trips_through_the_codec_and_verifies() {
