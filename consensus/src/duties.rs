@@ -83,8 +83,10 @@ pub struct RaftView {
     pub learners: BTreeSet<NodeId>,
     /// Every member's node record (voters and learners).
     pub nodes: BTreeMap<NodeId, ShoalNode>,
-    /// A joint configuration is in flight.
+    /// A joint configuration is in the log (a change was started and not finished).
     pub joint: bool,
+    /// The voters the last configuration moves to (the current voters when not joint).
+    pub target_voters: BTreeSet<NodeId>,
     pub last_log: u64,
     /// The leader's matched index per follower.
     pub matched: BTreeMap<NodeId, u64>,
@@ -103,6 +105,7 @@ impl RaftView {
             learners: membership.learner_ids().map(|l| l.0).collect(),
             nodes: membership.nodes().map(|(id, n)| (id.0, n.clone())).collect(),
             joint: membership.get_joint_config().len() > 1,
+            target_voters: membership.get_joint_config().last().map(|c| c.iter().map(|v| v.0).collect()).unwrap_or_default(),
             last_log: m.last_log_index.unwrap_or(0),
             matched,
         }
@@ -125,8 +128,13 @@ pub struct DutyConfig {
 pub enum MembershipStep {
     /// Nothing to change.
     Keep,
-    /// A joint change is in flight: look again next tick.
-    Wait,
+    /// A joint configuration is in the log: finish it by moving to its target voters.
+    /// openraft makes a change in two steps inside one `change_membership` call; a leader
+    /// that crashed, or a call that timed out, between them leaves the joint configuration
+    /// in place, and no other change can start until it is finished (found by the
+    /// simulator's whole-node mode). If the joint entry is not committed yet, the call is
+    /// refused and the next tick tries again.
+    FinishJoint { voters: BTreeSet<NodeId> },
     /// A registered, alive node joins Raft as a learner.
     AddLearner { id: NodeId, node: ShoalNode },
     /// A member's Raft address changed (DHCP, a moved machine): update the membership's
@@ -158,7 +166,7 @@ pub fn membership_step(
     now_ms: u64,
 ) -> MembershipStep {
     if raft.joint {
-        return MembershipStep::Wait;
+        return MembershipStep::FinishJoint { voters: raft.target_voters.clone() };
     }
     let me = cfg.me;
     for (id, record) in &state.nodes {

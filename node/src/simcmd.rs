@@ -7,7 +7,9 @@ use std::path::PathBuf;
 #[derive(clap::Args)]
 #[command(long_about = "Runs many shoal membership cores in one process on simulated time, \
 injects faults drawn from the seed, checks invariants, and prints a summary. On a broken \
-invariant it exits non-zero and prints the command that replays the same run, byte for byte.")]
+invariant it exits non-zero and prints the command that replays the same run, byte for byte. \
+--raft simulates real openraft nodes instead; --whole simulates whole nodes (membership, Raft, \
+joins, the leader's duties and agents together).")]
 pub struct SimArgs {
     /// Seed of one run (everything else is derived from it unless given).
     #[arg(long, conflicts_with = "seeds")]
@@ -41,8 +43,13 @@ pub struct SimArgs {
     /// simulated time, network and disks; faults crash, partition, loss, delay.
     #[arg(long, conflicts_with = "services")]
     raft: bool,
-    /// Test-only: a planted bug in the simulated Raft disk (unsynced-flush).
-    #[arg(long, hide = true, value_name = "BUG", requires = "raft")]
+    /// Simulate whole nodes: membership, Raft, joins with the real issuer, the leader's
+    /// duties (autopilot, scheduler) and agents on fake container engines in every node;
+    /// every fault kind (leave removes a node with `node rm`). At most 10 nodes.
+    #[arg(long, conflicts_with_all = ["services", "raft"])]
+    whole: bool,
+    /// Test-only: a planted bug in the Raft or whole mode (unsynced-flush, skip-join-check).
+    #[arg(long, hide = true, value_name = "BUG")]
     planted_raft_bug: Option<String>,
 }
 
@@ -73,10 +80,14 @@ fn options(args: &SimArgs, seed: u64) -> Result<SimOptions> {
             ),
         },
         services: args.services,
-        raft: args.raft,
+        raft: args.raft || args.whole,
+        whole: args.whole,
         planted_raft_bug: match args.planted_raft_bug.as_deref() {
             None => None,
-            Some(name) => Some(shoal_sim::raft::RaftBug::parse(name).ok_or_else(|| anyhow!("unknown planted raft bug `{name}`: unsynced-flush"))?),
+            Some(_) if !(args.raft || args.whole) => bail!("--planted-raft-bug needs --raft or --whole"),
+            Some(name) => Some(
+                shoal_sim::raft::RaftBug::parse(name).ok_or_else(|| anyhow!("unknown planted raft bug `{name}`: unsynced-flush or skip-join-check"))?,
+            ),
         },
         ..SimOptions::new(seed)
     };

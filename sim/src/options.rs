@@ -191,6 +191,8 @@ pub enum OptionsError {
     DurationOutOfRange(String),
     #[error("node count {0} is out of range: use 1 to {MAX_NODES}")]
     NodesOutOfRange(usize),
+    #[error("node count {0} is out of range for --whole: use 1 to {max}", max = crate::raft::WHOLE_MAX_NODES)]
+    WholeNodesOutOfRange(usize),
     #[error("cannot read the command line: {0}")]
     BadCommandLine(String),
 }
@@ -274,6 +276,9 @@ pub struct SimOptions {
     pub raft: bool,
     /// With `raft`: a planted bug in the simulated disk, to prove the Raft checkers catch it.
     pub planted_raft_bug: Option<crate::raft::RaftBug>,
+    /// Whole nodes (`--whole`, implies `raft`): membership, Raft, the leader's duties, joins
+    /// with the real issuer, and agents on fake engines, in every simulated node.
+    pub whole: bool,
 }
 
 impl SimOptions {
@@ -290,6 +295,7 @@ impl SimOptions {
             planted_services_bug: None,
             raft: false,
             planted_raft_bug: None,
+            whole: false,
         }
     }
 
@@ -298,6 +304,9 @@ impl SimOptions {
         if let Some(n) = self.nodes {
             if !(1..=MAX_NODES).contains(&n) {
                 return Err(OptionsError::NodesOutOfRange(n));
+            }
+            if self.whole && n > crate::raft::WHOLE_MAX_NODES {
+                return Err(OptionsError::WholeNodesOutOfRange(n));
             }
         }
         if !(MIN_DURATION_MS..=MAX_DURATION_MS).contains(&self.duration_ms) {
@@ -309,12 +318,13 @@ impl SimOptions {
     /// The command that replays this run exactly, with the node count spelled out.
     pub fn replay_command(&self, nodes: usize) -> String {
         if self.raft {
+            let (mode, faults) = if self.whole { ("--whole", self.faults) } else { ("--raft", crate::raft::raft_faults(self.faults)) };
             let mut cmd = format!(
-                "shoal sim --raft --seed {} --nodes {} --duration {} --faults {}",
+                "shoal sim {mode} --seed {} --nodes {} --duration {} --faults {}",
                 self.seed,
                 nodes,
                 format_duration(self.duration_ms),
-                crate::raft::raft_faults(self.faults)
+                faults
             );
             if let Some(bug) = self.planted_raft_bug {
                 cmd.push_str(" --planted-raft-bug ");
@@ -373,6 +383,11 @@ impl SimOptions {
                 opts.raft = true;
                 continue;
             }
+            if name == "--whole" {
+                opts.raft = true;
+                opts.whole = true;
+                continue;
+            }
 
             let value = match inline {
                 Some(v) => v,
@@ -392,7 +407,7 @@ impl SimOptions {
                 }
                 "--planted-raft-bug" => {
                     let bug = crate::raft::RaftBug::parse(&value);
-                    opts.planted_raft_bug = Some(bug.ok_or_else(|| bad(format!("unknown planted raft bug `{value}`: unsynced-flush")))?);
+                    opts.planted_raft_bug = Some(bug.ok_or_else(|| bad(format!("unknown planted raft bug `{value}`: unsynced-flush or skip-join-check")))?);
                 }
                 other => return Err(bad(format!("unknown flag `{other}`"))),
             }

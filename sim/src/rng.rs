@@ -35,6 +35,10 @@ pub(crate) enum Stream {
     RaftDisk { slot: usize },
     /// Raft mode: the seed of one boot of one openraft node (`runtime::with_seed`).
     RaftNode { slot: usize, boot: u16 },
+    /// Whole mode: services, removals, the intruder's pacing.
+    Whole,
+    /// Whole mode: one machine's join nonces and certificate serials.
+    WholeMachine { slot: usize },
 }
 
 /// SplitMix64's finaliser: a bijection that spreads nearby inputs far apart.
@@ -60,6 +64,8 @@ fn stream_id(s: Stream) -> u64 {
         Stream::RaftClient => 11,
         Stream::RaftDisk { slot } => (2 << 40) | (slot as u64),
         Stream::RaftNode { slot, boot } => (3 << 40) | ((slot as u64) << 16) | u64::from(boot),
+        Stream::Whole => 12,
+        Stream::WholeMachine { slot } => (4 << 40) | (slot as u64),
         Stream::Node { slot, boot } => (1 << 40) | ((slot as u64) << 16) | u64::from(boot),
     }
 }

@@ -63,6 +63,7 @@ fn cfg() -> DutyConfig {
 fn raft(voters: &[u8], learners: &[u8]) -> RaftView {
     let nodes = voters.iter().chain(learners).map(|n| (id(*n), ShoalNode::new(format!("n{n}"), addr(*n)))).collect();
     RaftView {
+        target_voters: voters.iter().map(|n| id(*n)).collect(),
         voters: voters.iter().map(|n| id(*n)).collect(),
         learners: learners.iter().map(|n| id(*n)).collect(),
         nodes,
@@ -94,9 +95,14 @@ fn alive_registered_nodes_become_learners_one_per_step_and_dead_ones_wait() {
     let members = vec![member(1, MemberState::Alive, T0), member(2, MemberState::Down, T0), member(3, MemberState::Alive, T0)];
     let step = membership_step(&cfg(), &s, &raft(&[1], &[]), &members, &BTreeMap::new(), &mut GossipHealth::new(), T0);
     assert_eq!(step, MembershipStep::AddLearner { id: id(3), node: ShoalNode::new("n3", addr(3)) });
-    let mut joint = raft(&[1], &[]);
+    // A joint configuration left by an interrupted change is finished before anything else.
+    let mut joint = raft(&[1, 2, 3], &[]);
     joint.joint = true;
-    assert_eq!(membership_step(&cfg(), &s, &joint, &members, &BTreeMap::new(), &mut GossipHealth::new(), T0), MembershipStep::Wait);
+    joint.target_voters = BTreeSet::from([id(1), id(3)]);
+    assert_eq!(
+        membership_step(&cfg(), &s, &joint, &members, &BTreeMap::new(), &mut GossipHealth::new(), T0),
+        MembershipStep::FinishJoint { voters: BTreeSet::from([id(1), id(3)]) }
+    );
 }
 
 #[test]

@@ -55,9 +55,6 @@ impl LeaderDuties {
             return;
         }
         let raft = RaftView::from_metrics(metrics);
-        if raft.joint {
-            return; // a membership change is in flight; look again next tick
-        }
         let Ok(members) = ctl.membership().members().await else { return };
         // Where gossip says each alive member is now (sealed: each node speaks for itself).
         let advertised: BTreeMap<NodeId, SocketAddr> = members
@@ -72,7 +69,10 @@ impl LeaderDuties {
         let raft_ids = |ids: BTreeSet<NodeId>| -> BTreeSet<RaftNodeId> { ids.into_iter().map(RaftNodeId).collect() };
         match step {
             MembershipStep::Keep => self.quorum_warned = false,
-            MembershipStep::Wait => {}
+            MembershipStep::FinishJoint { voters } => {
+                tracing::info!(voters = voters.len(), "finishing an interrupted membership change");
+                self.change(running, ChangeMembers::ReplaceAllVoters(raft_ids(voters)), true).await;
+            }
             MembershipStep::AddLearner { id, node } => {
                 tracing::info!(node = %id.short(), name = %node.name, "adding node to Raft as a learner");
                 if let Err(e) = running.raft.add_learner(RaftNodeId(id), node, false).await {

@@ -17,6 +17,7 @@ mod invariants;
 mod net;
 mod report;
 mod store;
+mod whole;
 mod world;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ use shoal_consensus::ShoalNode;
 use shoal_wire::NodeId;
 
 pub use report::RaftReport;
+pub use whole::{WholeCounts, WHOLE_MAX_NODES};
 pub use world::{RpcCounts, WriteCounts};
 
 use crate::options::{FaultKind, FaultSet, SimOptions};
@@ -82,14 +84,18 @@ pub enum RaftBug {
     /// The log store invokes openraft's flush callback for a batch, but the batch reaches
     /// the disk only when the *next* batch is synced: a power cut loses acknowledged entries.
     UnsyncedFlush,
+    /// Whole mode: a member answers join requests without the join check (gossip visibility
+    /// and the secret's HMAC), so the intruder gets a certificate.
+    SkipJoinCheck,
 }
 
 impl RaftBug {
-    pub const ALL: [RaftBug; 1] = [RaftBug::UnsyncedFlush];
+    pub const ALL: [RaftBug; 2] = [RaftBug::UnsyncedFlush, RaftBug::SkipJoinCheck];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::UnsyncedFlush => "unsynced-flush",
+            Self::SkipJoinCheck => "skip-join-check",
         }
     }
 
@@ -138,9 +144,19 @@ pub fn run(opts: &SimOptions) -> RaftReport {
     report
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug)]
 enum Action {
     Tick,
+    /// Whole mode: the late joiner boots.
+    LateBoot(usize),
+    /// Whole mode: the leader's duties, the agents, the mDNS stand-in, the intruder.
+    Duties,
+    Agents,
+    LanRefresh,
+    Intruder,
+    /// Whole mode: a membership timer, a gossip datagram arriving.
+    Gossip { slot: usize, epoch: u32, timer: shoal_discovery::membership::MemberTimer },
+    Datagram { from: usize, to: usize, epoch: u32, packet: Vec<u8> },
     NextFault,
     Restart(usize),
     Uncut(u64),
@@ -173,7 +189,8 @@ async fn drive(opts: SimOptions) -> RaftReport {
     // the clock onto a whole ms of the wheel; everything starts after it.
     tokio::time::sleep(Duration::from_millis(1)).await;
     let nodes = raft_nodes(&opts);
-    let faults = raft_faults(opts.faults);
+    let faults = if opts.whole { opts.faults } else { raft_faults(opts.faults) };
+    let whole = opts.whole.then(|| whole::Whole::new(opts.seed, nodes, opts.planted_raft_bug, faults.contains(FaultKind::Crash)));
     let trace = match &opts.trace {
         Some(path) => Trace::to_file(path),
         None => Trace::off(),
@@ -201,17 +218,23 @@ async fn drive(opts: SimOptions) -> RaftReport {
         client_stopped: false,
         writes: WriteCounts::default(),
         acked: BTreeMap::new(),
+        whole,
     });
     {
         let mut w = world.lock();
         let head = format!(
-            "shoal sim --raft: seed {} nodes {nodes} duration {} faults {faults} heal {} ms{}",
+            "shoal sim {}: seed {} nodes {nodes} duration {} faults {faults} heal {} ms{}",
+            if opts.whole { "--whole" } else { "--raft" },
             opts.seed,
             crate::format_duration(opts.duration_ms),
             heal_ms(&opts),
             opts.planted_raft_bug.map(|b| format!(" planted bug {}", b.name())).unwrap_or_default()
         );
         w.trace.raw(&head);
+        if let Some(wh) = &w.whole {
+            let plan = format!("#{}", wh.plan);
+            w.trace.raw(&plan);
+        }
     }
     let disks = (0..nodes).map(|slot| Disk::new(stream(opts.seed, Stream::RaftDisk { slot }), opts.planted_raft_bug)).collect();
     let d = Driver {
@@ -244,17 +267,34 @@ impl Driver {
         self.opts.duration_ms - heal_ms(&self.opts)
     }
 
-    async fn run(mut self) -> RaftReport {
-        for slot in 0..self.nodes {
-            self.boot(slot).await;
+    /// The node id of `slot`: a fixed test key's in whole mode (ids are key hashes there).
+    fn id(&self, slot: usize) -> NodeId {
+        if self.opts.whole {
+            whole::whole_id(slot)
+        } else {
+            node_id(slot)
         }
-        let members: BTreeMap<RaftNodeId, ShoalNode> = (0..self.nodes).map(|s| (RaftNodeId(node_id(s)), node_info(s))).collect();
+    }
+
+    async fn run(mut self) -> RaftReport {
+        if self.opts.whole {
+            self.whole_setup();
+        }
+        for slot in 0..self.nodes {
+            if self.boots_at_start(slot) {
+                self.boot(slot).await;
+            }
+        }
+        // Whole mode: n0 initializes alone, as the node's bootstrap does; the others join.
+        let founders = if self.opts.whole { 1 } else { self.nodes };
+        let members: BTreeMap<RaftNodeId, ShoalNode> = (0..founders).map(|s| (RaftNodeId(self.id(s)), node_info(s))).collect();
         if let Some(r) = self.world.raft(0) {
             if let Err(e) = r.initialize(members).await {
                 self.violation("init".into(), format!("initialize failed: {e}"));
             }
         }
-        tokio::spawn(client(self.world.clone(), self.nodes, stream(self.opts.seed, Stream::RaftClient)));
+        let pace = if self.opts.whole { 1_000..=3_000 } else { 50..=500 };
+        tokio::spawn(client(self.world.clone(), self.nodes, stream(self.opts.seed, Stream::RaftClient), pace));
 
         let end = self.opts.duration_ms;
         self.at(TICK_MS, Action::Tick);
@@ -284,10 +324,44 @@ impl Driver {
                     }
                 }
                 Action::Restart(slot) => {
-                    if self.world.raft(slot).is_none() {
+                    if self.world.raft(slot).is_none() && self.may_boot(slot) {
                         self.boot(slot).await;
                     }
                 }
+                Action::LateBoot(slot) => {
+                    if self.world.raft(slot).is_none() && self.may_boot(slot) {
+                        self.world.count_fault("late-join");
+                        self.boot(slot).await;
+                    }
+                }
+                Action::Duties => {
+                    self.duties_tick();
+                    if t + whole::DUTY_TICK_MS < end {
+                        self.at(t + whole::DUTY_TICK_MS, Action::Duties);
+                    }
+                }
+                Action::Agents => {
+                    self.switch_off_revoked().await;
+                    self.agents_tick();
+                    if t + whole::AGENT_TICK_MS < end {
+                        self.at(t + whole::AGENT_TICK_MS, Action::Agents);
+                    }
+                }
+                Action::LanRefresh => {
+                    self.lan_refresh();
+                    if t + whole::LAN_REFRESH_MS < end {
+                        self.at(t + whole::LAN_REFRESH_MS, Action::LanRefresh);
+                    }
+                }
+                Action::Intruder => {
+                    if !self.healed {
+                        self.intruder_attempt();
+                        let next = t + self.faults.random_range(2_000..=8_000u64);
+                        self.at(next, Action::Intruder);
+                    }
+                }
+                Action::Gossip { slot, epoch, timer } => self.gossip_timer(slot, epoch, timer),
+                Action::Datagram { from, to, epoch, packet } => self.datagram(from, to, epoch, &packet),
                 Action::Uncut(id) => {
                     if self.world.lock().cuts.remove(&id).is_some() {
                         self.world.trace("net", || format!("heal cut #{id}"));
@@ -333,7 +407,7 @@ impl Driver {
         }
         let net = net::SimNet { from: slot, world: self.world.clone() };
         let seed = stream_seed(self.opts.seed, Stream::RaftNode { slot, boot });
-        let started = runtime::with_seed(seed, Raft::new(RaftNodeId(node_id(slot)), self.config.clone(), net, log, sm)).await;
+        let started = runtime::with_seed(seed, Raft::new(RaftNodeId(self.id(slot)), self.config.clone(), net, log, sm)).await;
         match started {
             Ok(raft) => {
                 let mut w = self.world.lock();
@@ -341,6 +415,9 @@ impl Driver {
                 w.rafts[slot] = Some(raft);
                 drop(w);
                 self.world.trace(&format!("n{slot}"), || format!("boot #{boot}"));
+                if self.opts.whole {
+                    self.whole_boot(slot);
+                }
             }
             Err(e) => self.violation(format!("start n{slot}"), format!("n{slot} failed to start from its disk: {e}")),
         }
@@ -354,6 +431,9 @@ impl Driver {
             raft
         };
         let loss = self.disks[slot].crash(lose_unsynced);
+        if self.opts.whole {
+            self.whole_crash(slot, lose_unsynced);
+        }
         self.world.trace(&format!("n{slot}"), || {
             if lose_unsynced {
                 format!("CRASH ({why}, power cut: {} unsynced entries lost{})", loss.entries_lost, if loss.committed_lost { ", committed id lost" } else { "" })
@@ -400,6 +480,7 @@ impl Driver {
         let other = self.faults.random_range(0..self.nodes);
         let mask: u64 = self.faults.random();
         match kind {
+            FaultKind::Crash if self.opts.whole && variant >= 85 => self.container_crash(victim, mask),
             FaultKind::Crash => {
                 if variant < 10 {
                     // Power outage: every machine loses power; each comes back 1–10 s later.
@@ -491,6 +572,7 @@ impl Driver {
                     self.at(t + length_ms, Action::EndDelay(self.storm_ids.1));
                 }
             }
+            FaultKind::Leave if self.opts.whole => self.revoke_one(victim),
             FaultKind::Leave | FaultKind::LateJoin | FaultKind::Intruder => {}
         }
     }
@@ -508,13 +590,13 @@ impl Driver {
         }
         self.world.trace("sim", || "HEAL: faults stop".into());
         for slot in 0..self.nodes {
-            if self.world.raft(slot).is_none() {
+            if self.world.raft(slot).is_none() && self.may_boot(slot) {
                 self.boot(slot).await;
             }
         }
     }
 
-    async fn finish(self) -> RaftReport {
+    async fn finish(mut self) -> RaftReport {
         let now = self.world.now_ms();
         let mut views = Vec::new();
         let mut states = Vec::new();
@@ -532,6 +614,10 @@ impl Driver {
             if let Ok(state) = state {
                 states.push((slot, state));
             }
+        }
+        if self.opts.whole {
+            let state = whole::leader_state(&self.world, self.nodes).await;
+            self.whole_finish(state.as_ref());
         }
         let acked: BTreeMap<u64, NodeId> = self.world.lock().acked.clone();
         {
@@ -575,10 +661,10 @@ fn write_command(k: u64) -> Command {
 /// it believes leads, without waiting for the previous one. A write is *acknowledged* when
 /// `client_write` returns the state machine's answer; refused ones (forward to leader) move
 /// the client's belief; ones without an answer in 5 s are unknown (they may still commit).
-async fn client(world: Shared, nodes: usize, mut rng: StdRng) {
+async fn client(world: Shared, nodes: usize, mut rng: StdRng, pace: std::ops::RangeInclusive<u64>) {
     let mut k = 0u64;
     loop {
-        let pause = rng.random_range(50..=500u64);
+        let pause = rng.random_range(pace.clone());
         tokio::time::sleep(Duration::from_millis(pause)).await;
         if world.lock().client_stopped {
             return;

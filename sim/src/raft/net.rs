@@ -146,3 +146,17 @@ impl RaftNetworkV2<TypeConfig> for Conn {
             .map_err(streaming_error)
     }
 }
+
+/// One request/response exchange from `from` to `to` over the simulated network (both legs
+/// meet the same fates as Raft's RPCs), handled by `handler` on the receiver's running Raft
+/// handle: the join protocol and writes forwarded to the leader use it.
+pub(crate) async fn exchange<Req, Resp, F, Fut>(world: &Shared, from: usize, to: usize, req: Req, ttl: Duration, handler: F) -> Result<Resp, String>
+where
+    F: FnOnce(Raft, Req) -> Fut,
+    Fut: Future<Output = Result<Resp, String>>,
+{
+    let conn = Conn { from, to, world: world.clone() };
+    conn.call(req, ttl, handler).await.map_err(|f| match f {
+        Failure::Unreachable(s) | Failure::Timeout(s) | Failure::Remote(s) => s,
+    })
+}

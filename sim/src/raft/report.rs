@@ -30,6 +30,8 @@ pub struct RaftReport {
     pub violations_distinct: u64,
     pub trace_lines: u64,
     pub trace_error: Option<String>,
+    /// Whole mode's counters.
+    pub whole: Option<super::WholeCounts>,
 }
 
 pub(crate) fn build(opts: &SimOptions, nodes: usize, world: &Shared) -> RaftReport {
@@ -54,6 +56,7 @@ pub(crate) fn build(opts: &SimOptions, nodes: usize, world: &Shared) -> RaftRepo
         violations_distinct: w.checks.distinct(),
         trace_lines,
         trace_error,
+        whole: w.whole.as_ref().map(|wh| wh.counts.clone()),
     }
 }
 
@@ -78,7 +81,8 @@ impl RaftReport {
         let (r, w) = (&self.rpcs, &self.writes);
         let _ = writeln!(
             s,
-            "raft seed {} ({} nodes): {} simulated in {} ms wall ({:.0}x), {} checks, {} violation(s)",
+            "{} seed {} ({} nodes): {} simulated in {} ms wall ({:.0}x), {} checks, {} violation(s)",
+            if self.whole.is_some() { "whole" } else { "raft" },
             self.options.seed,
             self.nodes,
             format_duration(self.simulated_ms),
@@ -98,6 +102,19 @@ impl RaftReport {
             w.proposed, w.acked, w.refused, w.failed, w.unknown
         );
         let _ = writeln!(s, "  rpc legs: {} sent, {} delivered, lost {}, cut {}, to a down node {}", r.legs, r.delivered, r.lost, r.cut, r.down);
+        if let Some(c) = &self.whole {
+            let _ = writeln!(
+                s,
+                "  whole: {} joins ({} refused), intruder {} attempts ({} refused), {} learners added, {} voter changes, {} removals, {} revoked",
+                c.joins, c.joins_refused, c.intruder_attempts, c.intruder_refused, c.learners_added, c.voter_changes, c.removals_from_raft, c.nodes_revoked
+            );
+            let _ = writeln!(
+                s,
+                "  services: {} created, {} scheduler commits ({} placed, {} shut down), {} reports, {} container crashes, {} power-cut exits",
+                c.services_created, c.scheduler_commits, c.placements, c.shutdowns, c.reports, c.container_crashes, c.power_cut_exits
+            );
+            let _ = writeln!(s, "  gossip: {} sent, {} delivered, {} dropped", c.gossip_sent, c.gossip_delivered, c.gossip_dropped);
+        }
         let _ = writeln!(s, "  faults: {}", if faults.is_empty() { "none".to_string() } else { faults.join(", ") });
         if let Some(e) = &self.trace_error {
             let _ = writeln!(s, "  trace incomplete: {e}");

@@ -93,6 +93,8 @@ pub(crate) struct World {
     pub writes: WriteCounts,
     /// Acknowledged writes: number → the node id it registered.
     pub acked: BTreeMap<u64, NodeId>,
+    /// Whole mode: the machines' membership cores, engines and agents.
+    pub whole: Option<super::whole::Whole>,
 }
 
 /// Handle on the [`World`], plus the simulated start time (tokio's paused clock).
@@ -110,8 +112,11 @@ pub(crate) fn node_id(slot: usize) -> NodeId {
     NodeId(b)
 }
 
-/// Inverse of [`node_id`].
+/// Inverse of [`node_id`] (and of the whole mode's key-derived ids).
 pub(crate) fn slot_of(id: &NodeId) -> usize {
+    if let Some(slot) = super::whole::whole_slot(id) {
+        return slot;
+    }
     let mut s = [0u8; 8];
     s.copy_from_slice(&id.0[8..]);
     u64::from_be_bytes(s) as usize
@@ -192,6 +197,14 @@ impl Shared {
             return;
         }
         let text = payload_text(entry);
+        // Whole mode: no certificate is ever recorded for a node without the join secret.
+        if let EntryPayload::Normal(shoal_consensus::Command::RecordIssued { node, .. }) = &entry.payload {
+            let stranger = w.whole.as_ref().is_some_and(|wh| !wh.honest(node));
+            if !w.checks.check(!stranger) {
+                let what = format!("a certificate for {}, which does not hold the join secret, was committed at index {}", node.short(), entry.log_id.index);
+                w.checks.violation(format!("cert-committed {}", node.short()), now, what);
+            }
+        }
         let World { checks, committed, prefix, .. } = &mut *w;
         committed.applied(checks, now, slot, entry.log_id, &text);
         prefix.applied(checks, now, slot, entry.log_id.index);
