@@ -78,9 +78,15 @@ pub fn decide(input: &AutopilotInput<'_>) -> AutopilotDecision {
             None => break,
         }
     }
-    // Grow towards the target in steps that keep the size odd.
+    // Grow towards the target in steps that keep the size odd; from an even size (a removed
+    // voter, or replacements that ran out) one learner first makes it odd.
     let remaining: Vec<&Peer> = spare_iter.collect();
     let mut idx = 0;
+    if voters.len() % 2 == 0 && voters.len() < target && !remaining.is_empty() {
+        voters.insert(remaining[0].id);
+        reasons.push(format!("promote {} (to an odd voter count)", remaining[0].id.short()));
+        idx = 1;
+    }
     while voters.len() < target && remaining.len() >= idx + 2 {
         voters.insert(remaining[idx].id);
         voters.insert(remaining[idx + 1].id);
@@ -113,6 +119,20 @@ mod tests {
     }
     fn set(ns: &[u8]) -> BTreeSet<NodeId> {
         ns.iter().map(|&n| id(n)).collect()
+    }
+
+    #[test]
+    fn an_even_voter_count_grows_to_odd_not_by_two() {
+        // Two voters left after a removal, two learners: three voters, not four.
+        assert_eq!(
+            run(&[up(1), up(2)], &[up(3), up(4)], 3, 0),
+            AutopilotDecision::ChangeVoters { voters: set(&[1, 2, 3]), reason: format!("promote {} (to an odd voter count)", id(3).short()) }
+        );
+        // Two voters, four learners, target five: 2 -> 3 -> 5.
+        match run(&[up(1), up(2)], &[up(3), up(4), up(5), up(6)], 5, 0) {
+            AutopilotDecision::ChangeVoters { voters, .. } => assert_eq!(voters, set(&[1, 2, 3, 4, 5])),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -213,6 +213,19 @@ pub fn membership_step(
     }
 }
 
+/// Why `node rm` of `id` must be refused now, if it must: the cluster's only voter cannot be
+/// removed (nothing could commit again once it is switched off). Found by the simulator's
+/// whole-node mode: an operator removing the founder before autopilot promoted anyone.
+pub fn removal_refusal(raft: &RaftView, id: &NodeId) -> Option<String> {
+    if raft.voters.contains(id) && raft.voters.len() == 1 {
+        return Some(format!(
+            "node {} is the cluster's only manager (Raft voter); start more machines and wait until `shoal status` shows other voters, then remove it",
+            id.short()
+        ));
+    }
+    None
+}
+
 /// What one scheduler pass asks the leader to commit.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SchedulerStep {

@@ -140,3 +140,18 @@ pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, Snapsho
 pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 /// A running Raft node over state machine `SM`.
 pub type ShoalRaft<SM> = openraft::Raft<TypeConfig, SM>;
+
+/// shoal's safety settings on top of a timing config. Both the node and the simulator build
+/// their openraft `Config` through this.
+///
+/// - **No leader restore.** openraft 0.10 by default lets a leader that restarts resume its
+///   old term without an election. If that leader had replicated an entry it then lost in a
+///   power cut (a log store may expose entries before they are synced), it writes a different
+///   entry at the same index in the same term, and followers holding the old one keep it:
+///   the log forks. The simulator's whole-node mode found this (`--whole --seed 25 --nodes 6`
+///   before the fix). shoal's redb store syncs before an entry is readable, so it should not
+///   be exposed, but standard Raft (a restarted node is a follower and must win a new term)
+///   costs one election and removes the question.
+pub fn with_safety(config: openraft::Config) -> openraft::Config {
+    openraft::Config { enable_leader_restore: Some(false), ..config }
+}

@@ -227,6 +227,12 @@ async fn node_rm(ctl: &Control, prefix: &str) -> Result<String> {
     if id == ctl.id() {
         bail!("refusing to remove the node you are asking ({}); run `shoal node rm` on another node", id.short());
     }
+    if let Some(running) = ctl.running() {
+        let raft = shoal_consensus::duties::RaftView::from_metrics(&running.metrics());
+        if let Some(why) = shoal_consensus::duties::removal_refusal(&raft, &id) {
+            bail!("refusing: {why}");
+        }
+    }
     ctl.write(Command::Revoke { node: id }).await?;
     Ok(format!("node {id} revoked: its certificate is refused from now on and it leaves Raft"))
 }

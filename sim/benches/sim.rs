@@ -3,7 +3,7 @@
 //! per second (sealed datagrams, measured over the second half of each run) at 5 and 50.
 //!
 //! Then the Raft mode (`--raft`, all its faults): simulated seconds per wall second at 3
-//! and 5 openraft nodes.
+//! and 5 openraft nodes; and whole nodes (`--whole`, every fault) at 5 and 10.
 //!
 //! `cargo bench -p shoal-sim`
 
@@ -11,7 +11,7 @@ use shoal_sim::{format_duration, run, FaultSet, SimOptions};
 
 fn main() {
     println!("{:>6} {:>10} {:>10} {:>16} {:>22}", "nodes", "simulated", "wall", "sim s / wall s", "gossip B/node/s");
-    for (nodes, duration_ms) in [(5usize, 10 * 60_000u64), (50, 5 * 60_000), (200, 60_000)] {
+    for (nodes, duration_ms) in [(5usize, 10 * 60_000u64), (50, 5 * 60_000), (200, 30_000)] {
         let opts = SimOptions { nodes: Some(nodes), duration_ms, faults: FaultSet::none(), ..SimOptions::new(1) };
         let report = run(&opts);
         assert!(report.passed(), "{}", report.summary());
@@ -32,5 +32,15 @@ fn main() {
         let report = shoal_sim::raft::run(&opts);
         assert!(report.passed(), "{}", report.summary());
         println!("{:>6} {:>10} {:>8}ms {:>16.1} {:>22}", nodes, format_duration(opts.duration_ms), report.wall_ms, report.speed(), report.writes.acked);
+    }
+    println!();
+    println!("{:>6} {:>10} {:>10} {:>16} {:>22}", "whole", "simulated", "wall", "sim s / wall s", "joins / placements");
+    for nodes in [5usize, 10] {
+        let opts = SimOptions { raft: true, whole: true, nodes: Some(nodes), duration_ms: 10 * 60_000, ..SimOptions::new(1) };
+        let report = shoal_sim::raft::run(&opts);
+        assert!(report.passed(), "{}", report.summary());
+        let w = report.whole.clone().unwrap_or_default();
+        let what = format!("{} / {}", w.joins, w.placements);
+        println!("{:>6} {:>10} {:>8}ms {:>16.1} {:>22}", nodes, format_duration(opts.duration_ms), report.wall_ms, report.speed(), what);
     }
 }

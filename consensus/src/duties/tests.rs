@@ -184,3 +184,10 @@ fn reports_already_recorded_or_about_other_nodes_tasks_are_not_sent() {
     }
     assert!(unrecorded_reports(&s, id(1), vec![running(mine)], T0 + 2_000).is_empty(), "an already recorded state is sent again");
 }
+
+#[test]
+fn the_only_voter_cannot_be_removed_but_one_of_three_can() {
+    assert!(removal_refusal(&raft(&[1], &[2, 3]), &id(1)).is_some_and(|r| r.contains("only manager")));
+    assert_eq!(removal_refusal(&raft(&[1], &[2, 3]), &id(2)), None);
+    assert_eq!(removal_refusal(&raft(&[1, 2, 3], &[]), &id(1)), None);
+}

@@ -367,7 +367,7 @@ impl Control {
 
     fn raft_config(&self) -> Result<Arc<Config>> {
         let t = self.inner.cfg.timing;
-        let config = Config {
+        let config = shoal_consensus::types::with_safety(Config {
             cluster_name: format!("shoal-{}", self.inner.cfg.secret.cluster_id()),
             heartbeat_interval: t.heartbeat_ms,
             election_timeout_min: t.election_timeout_min_ms,
@@ -377,7 +377,7 @@ impl Control {
             snapshot_policy: shoal_consensus::openraft::SnapshotPolicy::LogsSinceLast(5_000),
             max_in_snapshot_log_to_keep: 1_000,
             ..Default::default()
-        };
+        });
         Ok(Arc::new(config.validate().context("invalid Raft timing (--raft-* flags)")?))
     }
 

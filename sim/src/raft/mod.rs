@@ -112,7 +112,7 @@ pub fn raft_nodes(opts: &SimOptions) -> usize {
 /// shoal's Raft timing (the node's defaults: heartbeat 150 ms, election 800–1600 ms), with
 /// snapshots every 64 entries so that compaction, purge and snapshot install happen.
 fn config() -> Arc<Config> {
-    let config = Config {
+    let config = shoal_consensus::types::with_safety(Config {
         cluster_name: "shoal-sim".into(),
         heartbeat_interval: 150,
         election_timeout_min: 800,
@@ -121,7 +121,7 @@ fn config() -> Arc<Config> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(64),
         max_in_snapshot_log_to_keep: 16,
         ..Default::default()
-    };
+    });
     Arc::new(config.validate().expect("the simulator's Raft config is valid"))
 }
 
@@ -129,8 +129,40 @@ fn node_info(slot: usize) -> ShoalNode {
     ShoalNode::new(format!("n{slot}"), ([10, 1, 0, slot as u8], 7481).into())
 }
 
+thread_local! {
+    /// Panics on this thread since the run began (node tasks run on the runtime's thread).
+    static PANICS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A panic hook, installed once, that also records each panic in [`PANICS`] of the panicking
+/// thread: tokio catches a panic in a spawned task and the run goes on, so without this an
+/// openraft `debug_assert` or a bug in a node task would only be printed.
+fn count_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let text = info.to_string().lines().take(2).collect::<Vec<_>>().join(": ");
+            let _ = PANICS.try_with(|p| p.borrow_mut().push(text));
+            previous(info);
+        }));
+    });
+}
+
+/// Panics since the last call become violations (checked every tick, so the time is
+/// within [`TICK_MS`] of the panic).
+fn record_panics(w: &mut World, now: u64) {
+    for panic in PANICS.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+        let key = format!("panic {}", w.checks.distinct());
+        w.trace.line(now, "check", format_args!("PANIC {panic}"));
+        w.checks.violation(key, now, format!("a task panicked: {panic}"));
+    }
+}
+
 /// Runs one seed of the Raft mode.
 pub fn run(opts: &SimOptions) -> RaftReport {
+    count_panics();
+    PANICS.with(|p| p.borrow_mut().clear());
     let wall = std::time::Instant::now();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -456,6 +488,7 @@ impl Driver {
     fn sample(&self) {
         let now = self.world.now_ms();
         let mut w = self.world.lock();
+        record_panics(&mut w, now);
         let seen: Vec<(usize, u64)> = (0..self.nodes)
             .filter_map(|s| {
                 let r = w.rafts[s].as_ref()?;
@@ -487,7 +520,7 @@ impl Driver {
                     self.world.count_fault("power-outage");
                     for slot in 0..self.nodes {
                         if self.crash(slot, true, "power outage").await {
-                            let back = t + 1_000 + (mask >> (slot * 8) & 0xff) * 9_000 / 255;
+                            let back = t + 1_000 + (mask.rotate_right((slot % 8 * 8) as u32) & 0xff) * 9_000 / 255;
                             self.at(back, Action::Restart(slot));
                         }
                     }
@@ -619,6 +652,7 @@ impl Driver {
             let state = whole::leader_state(&self.world, self.nodes).await;
             self.whole_finish(state.as_ref());
         }
+        record_panics(&mut self.world.lock(), now);
         let acked: BTreeMap<u64, NodeId> = self.world.lock().acked.clone();
         {
             let mut w = self.world.lock();

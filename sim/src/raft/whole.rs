@@ -631,7 +631,11 @@ impl Driver {
             // Retried through any running node until it commits (an operator retries).
             for attempt in 0..60u64 {
                 let via = (attempt as usize + slot + 1) % nodes;
-                if via != slot {
+                // `shoal node rm`'s own check, on the node the operator asks.
+                let refused = world.raft(via).and_then(|r| duties::removal_refusal(&RaftView::from_metrics(&r.metrics().borrow_watched()), &whole_id(slot)));
+                if let Some(why) = refused {
+                    world.trace("operator", || format!("node rm n{slot} refused by n{via}: {why}"));
+                } else if via != slot {
                     if let Ok(Ok(_)) = forward_write(&world, via, Command::Revoke { node: whole_id(slot) }).await {
                         with_whole(&world, |wh| {
                             wh.counts.nodes_revoked += 1;
