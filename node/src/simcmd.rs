@@ -114,22 +114,31 @@ pub fn run(args: SimArgs) -> Result<bool> {
     };
     let (a, b) = parse_range(range)?;
     let started = std::time::Instant::now();
-    let mut failed = 0u64;
-    for seed in a..=b {
-        let opts = options(&args, seed)?;
-        let (passed, summary) = if opts.raft {
-            let report = shoal_sim::raft::run(&opts);
+    let opts: Vec<SimOptions> = (a..=b).map(|seed| options(&args, seed)).collect::<Result<_>>()?;
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    eprintln!("sweeping {} seeds on {workers} thread(s)...", b - a + 1);
+    // Each run is single-threaded and deterministic; seeds are shared out over the cores.
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let results = shoal_sim::sweep(a..=b, |seed| {
+        let Some(opts) = usize::try_from(seed - a).ok().and_then(|i| opts.get(i)) else { return (true, String::new()) };
+        let outcome = if opts.raft {
+            let report = shoal_sim::raft::run(opts);
             (report.passed(), report.summary())
         } else {
-            let report = shoal_sim::run(&opts);
+            let report = shoal_sim::run(opts);
             (report.passed(), report.summary())
         };
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n % 50 == 0 {
+            eprintln!("... {n} of {} seeds done", b - a + 1);
+        }
+        outcome
+    });
+    let mut failed = 0u64;
+    for (passed, summary) in results {
         if !passed {
             failed += 1;
             print!("{summary}");
-        }
-        if (seed - a + 1) % 50 == 0 {
-            eprintln!("... {} of {} seeds, {failed} failed", seed - a + 1, b - a + 1);
         }
     }
     println!("{} passed, {} failed ({} seeds in {:.1} s)", b - a + 1 - failed, failed, b - a + 1, started.elapsed().as_secs_f64());

@@ -9,8 +9,6 @@
 
 use shoal_sim::raft::{run, RaftBug};
 use shoal_sim::{FaultSet, SimOptions};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 fn raft(seed: u64, nodes: Option<usize>, duration_ms: u64, faults: &str) -> SimOptions {
     SimOptions { raft: true, nodes, duration_ms, faults: FaultSet::parse(faults).expect("faults"), ..SimOptions::new(seed) }
@@ -63,43 +61,17 @@ fn sweep_seeds() -> u64 {
 #[test]
 fn sweep_all_faults() {
     let n = sweep_seeds();
-    let next = AtomicU64::new(1);
-    let failures = Mutex::new(Vec::new());
-    let totals = Mutex::new((0u64, 0u64, 0u64, 0u64));
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let started = std::time::Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed > n {
-                    break;
-                }
-                let report = run(&raft(seed, None, 3 * 60_000, "all"));
-                {
-                    let mut t = totals.lock().unwrap_or_else(|p| p.into_inner());
-                    t.0 += report.faults.values().sum::<u64>();
-                    t.1 += report.elections;
-                    t.2 += report.writes.acked;
-                    t.3 += report.checks;
-                }
-                if !report.passed() {
-                    failures.lock().unwrap_or_else(|p| p.into_inner()).push(report.summary());
-                }
-            });
-        }
-    });
-    let t = totals.into_inner().unwrap_or_else(|p| p.into_inner());
+    let reports = shoal_sim::sweep(1..=n, |seed| run(&raft(seed, None, 3 * 60_000, "all")));
+    let faults: u64 = reports.iter().map(|r| r.faults.values().sum::<u64>()).sum();
+    let elections: u64 = reports.iter().map(|r| r.elections).sum();
+    let acked: u64 = reports.iter().map(|r| r.writes.acked).sum();
+    let checks: u64 = reports.iter().map(|r| r.checks).sum();
     eprintln!(
-        "raft sweep of {n} seeds x 3-5 nodes x 3 min, all faults: {} faults, {} elections, {} acked writes, {} checks; {} ms wall on {workers} thread(s)",
-        t.0,
-        t.1,
-        t.2,
-        t.3,
+        "raft sweep of {n} seeds x 3-5 nodes x 3 min, all faults: {faults} faults, {elections} elections, {acked} acked writes, {checks} checks; {} ms wall",
         started.elapsed().as_millis()
     );
-    let mut f = failures.into_inner().unwrap_or_else(|p| p.into_inner());
-    f.sort();
+    let f: Vec<String> = reports.iter().filter(|r| !r.passed()).map(|r| r.summary()).collect();
     assert!(f.is_empty(), "{} seed(s) failed:\n{}", f.len(), f.join("\n"));
 }
 

@@ -9,7 +9,6 @@
 //! `SHOAL_SIM_SERVICE_SEEDS=N` changes the number of seeds of the sweep.
 
 use shoal_sim::{run, FaultSet, ServicesBug, SimOptions, SimReport};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The tests of this file run one at a time. A traced run captures the cores' `tracing`
@@ -87,30 +86,15 @@ fn seeds() -> u64 {
 fn sweep_services_all_faults() {
     let _serial = serial();
     let n = seeds();
-    let next = AtomicU64::new(1);
-    let failures = Mutex::new(Vec::new());
-    let checked = AtomicU64::new(0);
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let started = std::time::Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed > n {
-                    break;
-                }
-                let opts = SimOptions { nodes: Some(5), duration_ms: 10 * 60_000, faults: FaultSet::all(), services: true, ..SimOptions::new(seed) };
-                let report = run(&opts);
-                checked.fetch_add(report.checks, Ordering::Relaxed);
-                if !report.passed() {
-                    failures.lock().unwrap_or_else(|p| p.into_inner()).push(report.summary());
-                }
-            });
-        }
+    let results = shoal_sim::sweep(1..=n, |seed| {
+        let opts = SimOptions { nodes: Some(5), duration_ms: 10 * 60_000, faults: FaultSet::all(), services: true, ..SimOptions::new(seed) };
+        let report = run(&opts);
+        (report.checks, (!report.passed()).then(|| report.summary()))
     });
-    eprintln!("services sweep of {n} seeds: {} ms wall on {workers} thread(s)", started.elapsed().as_millis());
-    let mut f = failures.into_inner().unwrap_or_else(|p| p.into_inner());
-    f.sort();
+    let checked: u64 = results.iter().map(|(c, _)| c).sum();
+    let f: Vec<String> = results.into_iter().filter_map(|(_, f)| f).collect();
+    eprintln!("services sweep of {n} seeds: {checked} checks, {} ms wall", started.elapsed().as_millis());
     assert!(f.is_empty(), "{} seed(s) failed:\n{}", f.len(), f.join("\n"));
 }
 

@@ -4,8 +4,6 @@
 //! `SHOAL_SIM_SEEDS=N` changes the number of seeds (first seed 1).
 
 use shoal_sim::{run, FaultSet, SimOptions};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 const DEFAULT_SEEDS: u64 = 200;
 
@@ -16,29 +14,13 @@ fn seeds() -> u64 {
 /// Runs the sweep; returns the summaries of failing seeds.
 fn sweep(faults: FaultSet) -> Vec<String> {
     let n = seeds();
-    let next = AtomicU64::new(1);
-    let failures = Mutex::new(Vec::new());
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let started = std::time::Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed > n {
-                    break;
-                }
-                let opts = SimOptions { nodes: Some(5), duration_ms: 10 * 60_000, faults, ..SimOptions::new(seed) };
-                let report = run(&opts);
-                if !report.passed() {
-                    failures.lock().unwrap_or_else(|p| p.into_inner()).push(report.summary());
-                }
-            });
-        }
+    let results = shoal_sim::sweep(1..=n, |seed| {
+        let report = run(&SimOptions { nodes: Some(5), duration_ms: 10 * 60_000, faults, ..SimOptions::new(seed) });
+        (!report.passed()).then(|| report.summary())
     });
-    eprintln!("sweep of {n} seeds, faults {faults}: {} ms wall on {workers} thread(s)", started.elapsed().as_millis());
-    let mut f = failures.into_inner().unwrap_or_else(|p| p.into_inner());
-    f.sort();
-    f
+    eprintln!("sweep of {n} seeds, faults {faults}: {} ms wall", started.elapsed().as_millis());
+    results.into_iter().flatten().collect()
 }
 
 /// Every fault: crash, partition, loss, delay, leave, late join, intruder.

@@ -11,8 +11,6 @@
 
 use shoal_sim::raft::{run, RaftBug, RaftReport};
 use shoal_sim::{FaultSet, SimOptions};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 fn whole(seed: u64, nodes: Option<usize>, duration_ms: u64, faults: &str) -> SimOptions {
     SimOptions { raft: true, whole: true, nodes, duration_ms, faults: FaultSet::parse(faults).expect("faults"), ..SimOptions::new(seed) }
@@ -65,35 +63,19 @@ fn sweep_seeds() -> u64 {
 #[test]
 fn sweep_200_seeds_5_nodes_10_minutes_all_faults() {
     let n = sweep_seeds();
-    let next = AtomicU64::new(1);
-    let failures = Mutex::new(Vec::new());
-    let totals = Mutex::new(Totals::default());
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let started = std::time::Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed > n {
-                    break;
-                }
-                let report = run(&whole(seed, Some(5), 10 * 60_000, "all"));
-                totals.lock().unwrap_or_else(|p| p.into_inner()).add(&report);
-                if !report.passed() {
-                    failures.lock().unwrap_or_else(|p| p.into_inner()).push(report.summary());
-                }
-            });
-        }
-    });
-    let t = totals.into_inner().unwrap_or_else(|p| p.into_inner());
+    let reports = shoal_sim::sweep(1..=n, |seed| run(&whole(seed, Some(5), 10 * 60_000, "all")));
+    let mut t = Totals::default();
+    for r in &reports {
+        t.add(r);
+    }
     eprintln!(
         "whole sweep of {n} seeds x 5 nodes x 10 min, all faults: {} faults ({} crashes, {} partitions, {} late joins, {} removals), \
-         {} elections, {} joins, {} intruder attempts refused, {} voter changes, {} placements, {} container crashes, {} checks; {} ms wall on {workers} thread(s)",
+         {} elections, {} joins, {} intruder attempts refused, {} voter changes, {} placements, {} container crashes, {} checks; {} ms wall",
         t.faults, t.crashes, t.partitions, t.late_joins, t.revoked, t.elections, t.joins, t.intruder_refused, t.voter_changes, t.placements, t.container_crashes, t.checks,
         started.elapsed().as_millis()
     );
-    let mut f = failures.into_inner().unwrap_or_else(|p| p.into_inner());
-    f.sort();
+    let f: Vec<String> = reports.iter().filter(|r| !r.passed()).map(|r| r.summary()).collect();
     assert!(f.is_empty(), "{} seed(s) failed:\n{}", f.len(), f.join("\n"));
     // The sweep exercised what it claims to.
     let ran = n.min(200);
