@@ -82,7 +82,7 @@ pub fn decide(input: &AutopilotInput<'_>) -> AutopilotDecision {
     // voter, or replacements that ran out) one learner first makes it odd.
     let remaining: Vec<&Peer> = spare_iter.collect();
     let mut idx = 0;
-    if voters.len() % 2 == 0 && voters.len() < target && !remaining.is_empty() {
+    if voters.len().is_multiple_of(2) && voters.len() < target && !remaining.is_empty() {
         voters.insert(remaining[0].id);
         reasons.push(format!("promote {} (to an odd voter count)", remaining[0].id.short()));
         idx = 1;

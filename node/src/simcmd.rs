@@ -129,7 +129,7 @@ pub fn run(args: SimArgs) -> Result<bool> {
             (report.passed(), report.summary())
         };
         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if n % 50 == 0 {
+        if n.is_multiple_of(50) {
             eprintln!("... {n} of {} seeds done", b - a + 1);
         }
         outcome

@@ -113,7 +113,12 @@ impl RaftReport {
                 "  services: {} created, {} scheduler commits ({} placed, {} shut down), {} reports, {} container crashes, {} power-cut exits",
                 c.services_created, c.scheduler_commits, c.placements, c.shutdowns, c.reports, c.container_crashes, c.power_cut_exits
             );
-            let _ = writeln!(s, "  gossip: {} sent, {} delivered, {} dropped", c.gossip_sent, c.gossip_delivered, c.gossip_dropped);
+            let per_node_s = c.gossip_bytes as f64 / self.nodes.max(1) as f64 / (self.simulated_ms.max(1) as f64 / 1000.0);
+            let _ = writeln!(
+                s,
+                "  gossip: {} sent ({:.0} B/node/s on average), {} delivered, {} dropped",
+                c.gossip_sent, per_node_s, c.gossip_delivered, c.gossip_dropped
+            );
         }
         let _ = writeln!(s, "  faults: {}", if faults.is_empty() { "none".to_string() } else { faults.join(", ") });
         if let Some(e) = &self.trace_error {

@@ -149,6 +149,8 @@ pub struct WholeCounts {
     pub container_crashes: u64,
     pub power_cut_exits: u64,
     pub gossip_sent: u64,
+    /// Bytes of the sealed gossip datagrams sent (all nodes).
+    pub gossip_bytes: u64,
     pub gossip_delivered: u64,
     pub gossip_dropped: u64,
 }
@@ -418,6 +420,7 @@ impl Driver {
                         let loss = w.loss_rate;
                         let Some(wh) = w.whole.as_mut() else { return };
                         wh.counts.gossip_sent += 1;
+                        wh.counts.gossip_bytes += packet.len() as u64;
                         match target {
                             Some(t) if wh.machines[t].core.is_some() && !cut && lost >= loss => {
                                 Some((t, wh.machines[t].epoch, 1 + jitter + storm))
