@@ -117,8 +117,8 @@ pub fn node_id_from_dns_name(name: &str) -> Option<NodeId> {
     NodeId::parse(hex)
 }
 
-/// Whole seconds since the epoch (X.509 times have one-second resolution).
-pub(crate) fn unix_secs(t: SystemTime) -> u64 {
+/// Whole seconds since the epoch (X.509 times have one-second resolution); 0 before it.
+pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 

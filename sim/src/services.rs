@@ -36,7 +36,8 @@ use rand::rngs::StdRng;
 use rand::RngExt;
 use shoal_cluster::constraint::Constraint;
 use shoal_cluster::scheduler::{self, Availability, Decision, Health, Mode, NodeView, SchedulerConfig, ServiceView, ShutdownReason, Slot as TaskSlot, TaskId, TaskView};
-use shoal_discovery::{MemberState, MemberView};
+use shoal_consensus::duties::GossipHealth;
+use shoal_discovery::MemberView;
 use shoal_engine::{
     Action, AssignedTask, ContainerSpec, ContainerState, Desired, Engine, FakeEngine, LabelFilter, Reconciler, ReconcilerConfig, RemoveReason, RestartPolicy,
 };
@@ -169,8 +170,8 @@ pub(crate) struct Services {
     /// What each node last heard from the leader; `None` until it heard once this boot.
     views: Vec<Option<Vec<AssignedTask>>>,
     leader: Option<usize>,
-    /// Registered nodes the current leader has no row for, since when (absolute ms).
-    missing_since: BTreeMap<NodeId, u64>,
+    /// The current leader's view of registered nodes' health (and when each went missing).
+    health: GossipHealth,
     rng: StdRng,
     pub counts: ServiceCounts,
 }
@@ -206,7 +207,7 @@ impl Services {
             reconcilers: (0..honest).map(|_| None).collect(),
             views: vec![None; honest],
             leader: None,
-            missing_since: BTreeMap::new(),
+            health: GossipHealth::new(),
             rng: stream(seed, Stream::ServiceFaults),
             counts: ServiceCounts::default(),
             plan,
@@ -260,7 +261,7 @@ impl Services {
             }
         }
         self.leader = running.iter().min_by_key(|(_, id)| *id).map(|(s, _)| *s);
-        self.missing_since.clear();
+        self.health.reset();
         self.leader
     }
 
@@ -268,28 +269,14 @@ impl Services {
     /// Returns trace lines.
     pub(crate) fn schedule(&mut self, now_abs_ms: u64, leader_view: &[MemberView]) -> Vec<String> {
         self.counts.scheduler_passes += 1;
-        let rows: BTreeMap<NodeId, &MemberView> = leader_view.iter().map(|m| (m.id, m)).collect();
-        self.missing_since.retain(|id, _| !rows.contains_key(id));
-        for id in self.registered.keys().filter(|id| !rows.contains_key(id)) {
-            self.missing_since.entry(*id).or_insert(now_abs_ms);
-        }
-        let missing = &self.missing_since;
+        // The node's own mapping (`duties::GossipHealth`): a registered node the leader has
+        // no row for is down from the first pass that missed it.
+        let me = leader_view.iter().find(|m| m.is_self).map_or(NodeId([0; 16]), |m| m.id);
+        let health = &mut self.health;
         let nodes: Vec<NodeView> = self
             .registered
             .iter()
-            .map(|(id, slot)| {
-                let health = match rows.get(id) {
-                    None => Health::Down { since_ms: missing.get(id).copied().unwrap_or(now_abs_ms) },
-                    Some(m) if m.is_self => Health::Alive,
-                    Some(m) => match m.state {
-                        MemberState::Alive => Health::Alive,
-                        MemberState::Suspect => Health::Suspect,
-                        MemberState::Down => Health::Down { since_ms: m.since_ms },
-                        MemberState::Left => Health::Left { since_ms: m.since_ms },
-                    },
-                };
-                sim_node_view(*slot, *id, health)
-            })
+            .map(|(id, slot)| sim_node_view(*slot, *id, health.health(me, leader_view, id, now_abs_ms)))
             .collect();
         let tasks: Vec<TaskView> = self.tasks.values().cloned().collect();
         let cfg = SchedulerConfig { down_grace_ms: self.plan.down_grace_ms };

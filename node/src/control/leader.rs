@@ -164,7 +164,7 @@ impl LeaderDuties {
         }
         // This node's certificate, recorded (again after a renewal the cluster missed).
         let info = running.cert().info;
-        let not_after = super::pki_secs(info.not_after);
+        let not_after = crate::pki::unix_secs(info.not_after);
         if state.ca.is_some() && state.issued.get(&ctl.id()).is_none_or(|c| c.not_after < not_after) {
             let cert = IssuedCert { serial: info.serial, not_after };
             running.write(Command::RecordIssued { node: ctl.id(), cert }).await.map_err(|e| e.to_string())?;

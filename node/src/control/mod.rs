@@ -499,7 +499,7 @@ impl Control {
         let granted = response.verify(&self.inner.cfg.secret, &request, &self.inner.key)?;
         self.inner.files.save_cert(&granted.cert_der, &granted.ca_der)?;
         running.creds.replace(granted.cert_der.clone(), &self.inner.key)?;
-        let issued = shoal_consensus::IssuedCert { serial: granted.info.serial.clone(), not_after: pki_secs(granted.info.not_after) };
+        let issued = shoal_consensus::IssuedCert { serial: granted.info.serial.clone(), not_after: pki::unix_secs(granted.info.not_after) };
         *running.cert.lock().unwrap_or_else(PoisonError::into_inner) =
             StoredCert { cert: granted.cert_der, ca: granted.ca_der, info: granted.info };
         if let Err(e) = running.write(Command::RecordIssued { node: self.inner.id, cert: issued }).await {
@@ -644,16 +644,12 @@ impl Running {
                 .await
                 .map_err(|e| Refusal::Unavailable(format!("cannot register the node: {e}")))?;
         }
-        let cert = shoal_consensus::IssuedCert { serial: info.serial.clone(), not_after: pki_secs(info.not_after) };
+        let cert = shoal_consensus::IssuedCert { serial: info.serial.clone(), not_after: pki::unix_secs(info.not_after) };
         self.write(Command::RecordIssued { node: request.node_id, cert })
             .await
             .map_err(|e| Refusal::Unavailable(format!("cannot record the certificate: {e}")))?;
         Ok(response)
     }
-}
-
-fn pki_secs(t: SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Milliseconds since the Unix epoch of `t` (0 before it): the time unit of the pure rules,

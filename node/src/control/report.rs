@@ -160,7 +160,7 @@ impl Control {
         report.last_applied = m.last_applied.map(|l| LogPos { term: l.leader_id.term, index: l.index });
         report.ca_fingerprint = Some(fingerprint(&running.ca_der));
         let cert = running.cert();
-        report.cert_expires_unix = Some(super::pki_secs(cert.info.not_after));
+        report.cert_expires_unix = Some(crate::pki::unix_secs(cert.info.not_after));
         report.cert_role = cert.info.role.map(|r| r.to_string());
         report.nodes_registered = state.nodes.len();
         report.revoked = state.revoked.iter().copied().collect();

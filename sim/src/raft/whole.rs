@@ -53,7 +53,7 @@ use super::net::exchange;
 use super::store::SimStateMachine;
 use super::world::{slot_of, Shared};
 use super::{node_info, Action, Driver, Raft, RaftBug};
-use crate::harness::EPOCH_MS;
+use crate::harness::{ceil_ms, EPOCH_MS};
 use crate::rng::{stream, Stream};
 use crate::services::{poll_ready, ServicesPlan};
 
@@ -126,9 +126,6 @@ fn record(slot: usize) -> NodeRecord {
     NodeRecord { name: format!("n{slot}"), addr: node_info(slot).addr, labels: labels(slot) }
 }
 
-fn ceil_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_micros().div_ceil(1_000)).unwrap_or(u64::MAX)
-}
 
 /// What a whole-node run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -314,7 +311,7 @@ impl Driver {
             let grant = NodeGrant { role: NodeRole::Manager, addresses: vec![gossip_addr(0).ip()] };
             let resp = issuer.answer_join(&req, &grant, &BTreeSet::new(), system_time(now), &mut rng).expect("n0's certificate");
             let info = CertInfo::parse(&resp.cert_der).expect("n0's certificate parses");
-            wh.machines[0].cert = Some(IssuedCert { serial: info.serial, not_after: secs(info.not_after) });
+            wh.machines[0].cert = Some(IssuedCert { serial: info.serial, not_after: shoal_pki::unix_secs(info.not_after) });
             if late {
                 wh.late_joiner = Some(self.nodes - 1);
                 Some(wh.rng.random_range(fault_end / 10..=fault_end / 2))
@@ -793,9 +790,6 @@ impl Driver {
     }
 }
 
-fn secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
 
 /// One pass of the leader's duties on `slot` (the node's `LeaderDuties::run` + `schedule`).
 async fn duties_pass(world: &Shared, slot: usize) {
@@ -962,7 +956,7 @@ async fn join(world: &Shared, slot: usize) {
     match answer {
         Ok(resp) => match resp.verify(&secret, &req, &key(slot)) {
             Ok(cert) => {
-                let issued = IssuedCert { serial: cert.info.serial.clone(), not_after: secs(cert.info.not_after) };
+                let issued = IssuedCert { serial: cert.info.serial.clone(), not_after: shoal_pki::unix_secs(cert.info.not_after) };
                 with_whole(world, |wh| {
                     let m = &mut wh.machines[slot];
                     m.cert = Some(issued);
@@ -1041,7 +1035,7 @@ async fn answer_join(world: &Shared, member: usize, raft: &Raft, req: &JoinReque
             Err(e) => return Err(format!("cannot register the node: {e}")),
         }
     }
-    let cert = IssuedCert { serial: info.serial, not_after: secs(info.not_after) };
+    let cert = IssuedCert { serial: info.serial, not_after: shoal_pki::unix_secs(info.not_after) };
     match forward_write(world, member, Command::RecordIssued { node: req.node_id, cert }).await {
         Ok(Ok(_)) => Ok(resp),
         Ok(Err(e)) => Err(format!("cannot record the certificate: {e}")),
