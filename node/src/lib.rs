@@ -10,6 +10,7 @@ pub mod identity;
 pub mod joinnet;
 pub mod netutil;
 pub mod output;
+pub mod port;
 pub use shoal_pki as pki;
 pub mod raftnet;
 pub mod services;

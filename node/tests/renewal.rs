@@ -2,92 +2,29 @@
 //! cluster whose certificates all expired while it was off comes back by itself. Two agents on loopback
 //! (`--no-mdns`, nothing leaves the machine) with 60-second certificates.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn shoal() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_shoal"));
-    c.env_remove("SHOAL_TOKEN");
-    c
-}
-
-/// A UDP port P on loopback with TCP P+1 and P+2 free too (the agent's Raft and join ports).
-fn free_ports() -> u16 {
-    for _ in 0..100 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-        let port = udp.local_addr().expect("addr").port();
-        if port > 65_000 {
-            continue;
-        }
-        let ok = (1..=2).all(|d| std::net::TcpListener::bind(("127.0.0.1", port + d)).is_ok());
-        if ok {
-            return port;
-        }
-    }
-    panic!("no free port triple on loopback");
-}
+use common::{free_port, shoal, status, wait_for, Agent};
+use std::path::Path;
+use std::time::Duration;
 
 fn start(token: &str, dir: &Path, port: u16, join: Option<u16>) -> Agent {
-    let mut cmd = shoal();
-    cmd.args(["agent", "--no-mdns", "--voters", "1", "--cert-lifetime", "60s", "--bind"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(dir)
-        .env("SHOAL_TOKEN", token)
-        .env("RUST_LOG", "info,openraft=error")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.with_extension("log")).expect("log file"));
-    if let Some(j) = join {
-        cmd.arg("--join").arg(format!("127.0.0.1:{j}"));
+    let join = join.map(|j| format!("127.0.0.1:{j}"));
+    let mut args = vec!["--no-mdns", "--voters", "1", "--cert-lifetime", "60s"];
+    if let Some(j) = &join {
+        args.extend(["--join", j.as_str()]);
     }
-    Agent { child: cmd.spawn().expect("spawn agent"), dir: dir.to_path_buf(), port }
-}
-
-fn status(a: &Agent) -> Option<serde_json::Value> {
-    let out = shoal().args(["status", "--format", "json", "--data-dir"]).arg(&a.dir).output().ok()?;
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-fn wait_for(what: &str, limit: Duration, logs: &[&Agent], mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let tails: Vec<String> = logs
-        .iter()
-        .map(|a| std::fs::read_to_string(a.dir.with_extension("log")).unwrap_or_default())
-        .map(|l| l.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
-        .collect();
-    panic!("timed out after {limit:?} waiting for {what}\n{}", tails.join("\n-----\n"));
+    common::start(Some(token), dir, port, &args)
 }
 
 #[test]
 fn certificates_renew_at_two_thirds_and_a_cluster_comes_back_after_they_all_expired() {
-    let root = std::env::temp_dir().join(format!("shoal-renewal-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).expect("tmp");
+    let root = common::scratch("renewal");
     let token = String::from_utf8(shoal().args(["token", "new"]).output().expect("token").stdout).expect("utf8");
     let token = token.trim().to_string();
-    let p1 = free_ports();
+    let p1 = free_port();
     let a = start(&token, &root.join("a"), p1, None);
-    let p2 = free_ports();
+    let p2 = free_port();
     let b = start(&token, &root.join("b"), p2, Some(p1));
 
     let expiry = |x: &Agent| status(x).and_then(|s| s["cert_expires_unix"].as_u64());

@@ -46,6 +46,10 @@ use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 /// slow peer can hold.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// ALPN protocol of node-to-node sessions (Raft RPC) on the node's one TCP port; the port
+/// routes a connection by the ALPN its client offers, so every client config here sends it.
+pub const RAFT_ALPN: &[u8] = b"shoal-raft/1";
+
 /// The crypto provider of the whole binary: ring, chosen explicitly in every config.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -289,6 +293,7 @@ pub fn server_config(
     // No resumption: every session verifies the certificate against the revoked set.
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
+    config.alpn_protocols = vec![RAFT_ALPN.to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -315,6 +320,7 @@ pub fn client_config(
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let mut config = client_config_builder(ca, revoked)?.with_client_cert_resolver(credentials);
     config.resumption = Resumption::disabled();
+    config.alpn_protocols = vec![RAFT_ALPN.to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -342,6 +348,7 @@ pub fn peer_node_id(conn: &CommonState) -> Result<NodeId, TlsError> {
 /// A node's mutual-TLS endpoint: accepts and opens connections to other nodes.
 #[derive(Clone)]
 pub struct MutualTls {
+    server: Arc<ServerConfig>,
     acceptor: TlsAcceptor,
     connector: TlsConnector,
     handshake_timeout: Duration,
@@ -361,8 +368,10 @@ impl MutualTls {
         credentials: Arc<NodeCredentials>,
         revoked: Revocations,
     ) -> Result<Self, TlsError> {
+        let server = server_config(ca, credentials.clone(), revoked.clone())?;
         Ok(Self {
-            acceptor: TlsAcceptor::from(server_config(ca, credentials.clone(), revoked.clone())?),
+            acceptor: TlsAcceptor::from(server.clone()),
+            server,
             connector: TlsConnector::from(client_config(ca, credentials, revoked)?),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         })
@@ -389,6 +398,23 @@ impl MutualTls {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let stream = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(io))
+            .await
+            .map_err(|_| TlsError::HandshakeTimeout(self.handshake_timeout))?
+            .map_err(TlsError::Handshake)?;
+        let peer = peer_node_id(stream.get_ref().1)?;
+        Ok((stream, peer))
+    }
+
+    /// Server side of a handshake whose ClientHello the node's port has already read (it
+    /// routed the connection here by its ALPN); same checks and result as [`Self::accept`].
+    pub async fn accept_started<IO>(
+        &self,
+        start: tokio_rustls::StartHandshake<IO>,
+    ) -> Result<(server::TlsStream<IO>, NodeId), TlsError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let stream = tokio::time::timeout(self.handshake_timeout, start.into_stream(self.server.clone()))
             .await
             .map_err(|_| TlsError::HandshakeTimeout(self.handshake_timeout))?
             .map_err(TlsError::Handshake)?;

@@ -69,8 +69,8 @@ pub fn sees_label(c: &Cluster, i: usize, target: &str, key: &str, value: &str) -
         .is_ok_and(|rows| rows.iter().any(|r| r.id == target && r.labels.get(key).map(String::as_str) == Some(value)))
 }
 
-/// `n` gossip ports P for loopback agents such that P, P+1 (Raft TCP) and P+2 (join TCP)
-/// were free a moment ago and no two agents' ranges overlap.
+/// `n` ports P for loopback agents such that P was free a moment ago both as UDP (gossip)
+/// and as TCP (the node's one TCP port, same number), all different.
 pub fn free_agent_ports(n: usize) -> Vec<u16> {
     let mut taken: BTreeSet<u16> = BTreeSet::new();
     let mut out = Vec::new();
@@ -82,18 +82,13 @@ pub fn free_agent_ports(n: usize) -> Vec<u16> {
             if out.len() == n {
                 break;
             }
-            let Some(top) = p.checked_add(2) else { continue };
-            let range: Vec<u16> = (p..=top).collect();
-            if range.iter().any(|q| taken.contains(q)) {
-                continue;
-            }
             // Bound and released at once, like free_udp_ports.
-            if [p + 1, p + 2].iter().all(|q| TcpListener::bind(("127.0.0.1", *q)).is_ok()) {
-                taken.extend(range);
+            if !taken.contains(&p) && TcpListener::bind(("127.0.0.1", p)).is_ok() {
+                taken.insert(p);
                 out.push(p);
             }
         }
     }
-    assert_eq!(out.len(), n, "could not find {n} free port triples");
+    assert_eq!(out.len(), n, "could not find {n} free ports (UDP and TCP)");
     out
 }

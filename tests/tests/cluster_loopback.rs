@@ -75,7 +75,8 @@ enum Probe {
     Refused(String),
 }
 
-/// A TLS 1.3 client session to `addr` (server certificate not checked), with the socket.
+/// A TLS 1.3 client session to `addr` for the Raft protocol (server certificate not
+/// checked), with the socket.
 fn tls_session(addr: SocketAddr, auth: ClientAuth) -> Result<(ClientConnection, TcpStream), String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -83,10 +84,12 @@ fn tls_session(addr: SocketAddr, auth: ClientAuth) -> Result<(ClientConnection, 
         .map_err(|e| format!("TLS config: {e}"))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
-    let config = match auth {
+    let mut config = match auth {
         Some((cert, key)) => builder.with_client_auth_cert(vec![cert], key).map_err(|e| format!("client cert: {e}"))?,
         None => builder.with_no_client_auth(),
     };
+    // The node's port routes by ALPN: offer Raft's, so a refusal is about the certificate.
+    config.alpn_protocols = vec![b"shoal-raft/1".to_vec()];
     let name = ServerName::try_from("node.shoal").map_err(|e| e.to_string())?;
     let conn = ClientConnection::new(Arc::new(config), name).map_err(|e| format!("TLS client: {e}"))?;
     let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
@@ -255,7 +258,8 @@ fn raft_port_refuses_strangers_and_revoked_nodes_and_survives_garbage() {
         statuses(&c, &all_idx).is_some_and(|all| every(&all, |s| in_cluster(s) && s.voters.len() == 3) && leader_of(&all).is_some())
     });
     println!("formed in {:.1?}", began.elapsed());
-    let raft = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i] + 1));
+    // One port per node: Raft is the TCP side of the gossip port.
+    let raft = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
     let ids: Vec<String> = statuses(&c, &all_idx).unwrap_or_default().into_iter().map(|s| s.node).collect();
 
     // --- who gets a session on n1's Raft port.

@@ -2,13 +2,14 @@
 //! node 1 joins node 2. Same story as the namespace test; needs no privileges.
 
 use shoal_tests::story::{membership_story, FOREIGN};
-use shoal_tests::{every, free_udp_ports, run, shoal_bin, token_new, Cluster, NodeSpec, TokenVia};
+use shoal_tests::cluster::free_agent_ports;
+use shoal_tests::{every, run, shoal_bin, token_new, Cluster, NodeSpec, TokenVia};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[test]
 fn five_nodes_form_detect_crash_leave_and_rejoin_over_loopback_seeds() {
-    let ports = free_udp_ports(6);
+    let ports = free_agent_ports(6);
     let mut c = Cluster::new("loopback");
     let token = token_new();
     let other = token_new();
@@ -47,7 +48,7 @@ fn five_nodes_form_detect_crash_leave_and_rejoin_over_loopback_seeds() {
 
 /// Two loopback nodes seeded at each other.
 fn pair(label: &str) -> Cluster {
-    let ports = free_udp_ports(2);
+    let ports = free_agent_ports(2);
     let token = token_new();
     let mut c = Cluster::new(label);
     for (i, port) in ports.iter().enumerate() {

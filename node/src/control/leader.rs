@@ -60,10 +60,7 @@ impl LeaderDuties {
         let advertised: BTreeMap<NodeId, SocketAddr> = members
             .iter()
             .filter(|m| m.state == MemberState::Alive)
-            .filter_map(|m| {
-                let gossip = if m.is_self { ctl.config().advertise } else { m.addr };
-                super::raft_addr(gossip).ok().map(|a| (m.id, a))
-            })
+            .map(|m| (m.id, if m.is_self { ctl.config().advertise } else { m.addr }))
             .collect();
         let step = duties::membership_step(&Self::duty_config(ctl), state, &raft, &members, &advertised, &mut self.health, now_ms());
         let raft_ids = |ids: BTreeSet<NodeId>| -> BTreeSet<RaftNodeId> { ids.into_iter().map(RaftNodeId).collect() };
@@ -158,7 +155,7 @@ impl LeaderDuties {
         }
         if !state.nodes.contains_key(&ctl.id()) {
             let cfg = ctl.config();
-            let addr = super::raft_addr(cfg.advertise).map_err(|e| e.to_string())?;
+            let addr = cfg.advertise;
             let record = NodeRecord { name: cfg.name.clone(), addr, labels: cfg.labels.clone() };
             running.write(Command::RegisterNode { id: ctl.id(), record }).await.map_err(|e| e.to_string())?;
         }

@@ -5,14 +5,15 @@
 //! 1. **No certificate yet.** Every [`BOOTSTRAP_TICK`] the controller reads membership and
 //!    asks the pure rule `shoal_cluster::bootstrap::decide`: wait for `--bootstrap-expect`
 //!    members and a settled view; the lowest id *initialises*; the others wait for it; a
-//!    node that sees a member with the `in_cluster` fact *joins* through that member's join
-//!    port (gossip port + 2) with the HMAC'd join protocol (`pki::join`, `joinnet`).
+//!    node that sees a member with the `in_cluster` fact *joins* through that member's TCP
+//!    port (ALPN `shoal-join/1`) with the HMAC'd join protocol (`pki::join`, `joinnet`).
 //!    The initializer creates the CA (kept sealed in `ca.pending` until committed), issues
 //!    its own certificate and initialises Raft with itself as the only voter; the others join
 //!    and autopilot promotes them (so "N voters" is reached through committed membership
 //!    changes, never by two nodes each believing they initialised).
-//! 2. **Certificate, Raft running.** Raft RPC over mutual TLS on gossip port + 1
-//!    (`raftnet`), the join server on gossip port + 2, both only with certificates of the
+//! 2. **Certificate, Raft running.** Raft RPC over mutual TLS (`raftnet`, ALPN
+//!    `shoal-raft/1`) and the join service (`joinnet`) are routed on the node's one TCP
+//!    port (`crate::port`, the gossip port's number), Raft only with certificates of the
 //!    cluster CA. A restarted node with a certificate in its data dir starts here directly.
 //!    Background loops: [`leader`] duties (commit the CA, add learners, autopilot, remove
 //!    revoked nodes) while this node leads; the state watcher (revoked set into TLS, the
@@ -26,9 +27,11 @@ mod leader;
 pub mod report;
 mod runner;
 
-use crate::joinnet::{self, JoinAuthority, JoinServer, JoinServerConfig, Refusal};
+use crate::joinnet::{self, JoinAuthority, JoinServerConfig, JoinService, Refusal, JOIN_ALPN};
+use crate::pki::tls::RAFT_ALPN;
+use crate::port::PortServer;
 use crate::pki::{self, ClusterCa, IssuePolicy, Issuer, JoinRequest, MutualTls, NodeCredentials, NodeGrant, NodeRole, Revocations};
-use crate::raftnet::{self, ClientConfig, RaftNetwork, RaftServer, ServerConfig};
+use crate::raftnet::{ClientConfig, RaftNetwork, RaftService, ServerConfig};
 use anyhow::{anyhow, Context, Result};
 use files::{StoredCert, TrustFiles};
 use rustls::pki_types::CertificateDer;
@@ -87,10 +90,10 @@ pub struct ControlConfig {
     pub secret: JoinSecret,
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    /// Where this node's gossip socket is bound; the Raft and join listeners use the same IP
-    /// and the next two ports.
+    /// Where this node's gossip socket is bound; its one TCP port (Raft, joins, ...) is the
+    /// same address and port number (`crate::port`).
     pub bind: SocketAddr,
-    /// The gossip address peers use; the Raft address peers dial is its port + 1.
+    /// The gossip address peers use; they dial the same address over TCP.
     pub advertise: SocketAddr,
     pub bootstrap_expect: usize,
     pub target_voters: usize,
@@ -102,17 +105,6 @@ pub struct ControlConfig {
     pub reschedule_after: Duration,
     /// The Docker Engine's unix socket; `None`: `DOCKER_HOST` or `/var/run/docker.sock`.
     pub docker_socket: Option<std::path::PathBuf>,
-}
-
-/// The Raft/API TCP port of a node whose gossip address is `gossip`.
-pub fn raft_addr(gossip: SocketAddr) -> Result<SocketAddr> {
-    raftnet::raft_addr(gossip).ok_or_else(|| anyhow!("gossip port {} leaves no room for the Raft port (+1)", gossip.port()))
-}
-
-/// The join port of a node: gossip port + 2.
-pub fn join_addr(gossip: SocketAddr) -> Result<SocketAddr> {
-    let port = gossip.port().checked_add(2).ok_or_else(|| anyhow!("gossip port {} leaves no room for the join port (+2)", gossip.port()))?;
-    Ok(SocketAddr::new(gossip.ip(), port))
 }
 
 /// Where the node is on its way into the cluster.
@@ -140,6 +132,9 @@ struct Inner {
     files: TrustFiles,
     store: RedbStore,
     phase: Mutex<Phase>,
+    /// The node's one TCP port; Raft and joins are routed on it once this node holds a
+    /// certificate. Taken (and so closed) at shutdown.
+    port: Mutex<Option<Arc<PortServer>>>,
 }
 
 /// The running half: Raft, its network and servers, the credentials.
@@ -155,14 +150,6 @@ pub struct Running {
     /// The issuer rebuilt from the committed (or pending) CA, unsealed once.
     issuer: Mutex<Option<Arc<Issuer>>>,
     ctl: std::sync::Weak<Inner>,
-    servers: Mutex<Vec<ServerHandle>>,
-}
-
-/// Held only so that the servers live as long as the node runs (dropping one stops it).
-#[allow(dead_code)]
-enum ServerHandle {
-    Raft(RaftServer),
-    Join(JoinServer),
 }
 
 /// Why a write did not happen.
@@ -181,12 +168,16 @@ pub enum WriteError {
 impl Control {
     /// Opens the Raft store and starts the controller's task. If the data dir holds a
     /// certificate, Raft starts at once; otherwise the bootstrap loop runs.
-    pub async fn start(cfg: ControlConfig, id: NodeId, key_pem: &str, membership: MembershipHandle) -> Result<Self> {
+    pub async fn start(
+        cfg: ControlConfig,
+        id: NodeId,
+        key_pem: &str,
+        membership: MembershipHandle,
+        port: Arc<PortServer>,
+    ) -> Result<Self> {
         let key = Arc::new(rcgen::KeyPair::from_pem(key_pem).context("cannot load the node key")?);
         let files = TrustFiles::new(&cfg.data_dir);
         let store = RedbStore::open(&files.raft_dir()).context("cannot open the Raft store")?;
-        raft_addr(cfg.bind)?;
-        join_addr(cfg.bind)?;
         let inner = Arc::new(Inner {
             cfg,
             id,
@@ -195,6 +186,7 @@ impl Control {
             files,
             store,
             phase: Mutex::new(Phase::Bootstrapping("starting".into())),
+            port: Mutex::new(Some(port)),
         });
         let ctl = Control { inner };
         match ctl.inner.files.load_cert()? {
@@ -263,7 +255,10 @@ impl Control {
     /// Stops Raft and the servers (before the process exits).
     pub async fn shutdown(&self) {
         if let Some(running) = self.running() {
-            running.servers.lock().unwrap_or_else(PoisonError::into_inner).clear();
+            if let Some(port) = self.inner.port.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                port.unroute(RAFT_ALPN);
+                port.unroute(JOIN_ALPN);
+            }
             let _ = running.raft.shutdown().await;
         }
     }
@@ -346,7 +341,7 @@ impl Control {
         let mut errors = Vec::new();
         for id in via {
             let Some(member) = members.iter().find(|m| m.id == *id) else { continue };
-            let addr = join_addr(member.addr)?;
+            let addr = member.addr;
             self.set_phase(Phase::Joining(format!("asking {} at {addr} for a certificate", id.short())));
             match joinnet::request_certificate(addr, &self.inner.cfg.secret, &self.inner.key, JOIN_TIMEOUT).await {
                 Ok(granted) => {
@@ -392,15 +387,8 @@ impl Control {
         let raft = with_seed(os_seed(), Raft::new(raft_id, self.raft_config()?, network.clone(), log, sm))
             .await
             .context("cannot start Raft")?;
-        let raft_listen = raft_addr(self.inner.cfg.bind)?;
-        let server = RaftServer::bind(
-            raft_listen,
-            tls,
-            Arc::new(raft.clone()),
-            ServerConfig { revoked: Some(revoked.clone()), ..ServerConfig::default() },
-        )
-        .await
-        .with_context(|| format!("cannot listen for Raft on {raft_listen}; is the port free? (it is the gossip port + 1)"))?;
+        let port = self.inner.port.lock().unwrap_or_else(PoisonError::into_inner).clone().ok_or_else(|| anyhow!("shutting down"))?;
+        port.route(RAFT_ALPN, RaftService::new(tls, Arc::new(raft.clone()), ServerConfig { revoked: Some(revoked.clone()), ..ServerConfig::default() }));
         let running = Arc::new(Running {
             raft: raft.clone(),
             network,
@@ -411,23 +399,18 @@ impl Control {
             pending_ca: Mutex::new(pending_ca),
             issuer: Mutex::new(None),
             ctl: Arc::downgrade(&self.inner),
-            servers: Mutex::new(vec![ServerHandle::Raft(server)]),
         });
-        let join_listen = join_addr(self.inner.cfg.bind)?;
         let authority: Arc<dyn JoinAuthority> = Arc::new(Authority(Arc::downgrade(&running)));
-        let join = JoinServer::bind(join_listen, creds, authority, JoinServerConfig::default())
-            .await
-            .with_context(|| format!("cannot listen for joins on {join_listen}; is the port free? (it is the gossip port + 2)"))?;
-        running.servers.lock().unwrap_or_else(PoisonError::into_inner).push(ServerHandle::Join(join));
+        port.route(JOIN_ALPN, JoinService::new(creds, authority, JoinServerConfig::default())?);
         if initialize {
-            let me = ShoalNode::new(self.inner.cfg.name.clone(), raft_addr(self.inner.cfg.advertise)?);
+            let me = ShoalNode::new(self.inner.cfg.name.clone(), self.inner.cfg.advertise);
             match raft.initialize(BTreeMap::from([(raft_id, me)])).await {
                 Ok(()) => tracing::info!("initialised Raft; this node leads until the others join"),
                 Err(e) => tracing::info!(error = %e, "Raft was already initialised"),
             }
         }
         self.set_phase(Phase::Running(running.clone()));
-        tracing::info!(raft = %raft_listen, join = %join_listen, "Raft and join servers listening (mutual TLS)");
+        tracing::info!(port = %port.local_addr(), "serving Raft and joins (TLS) on the node's TCP port");
         let c = self.clone();
         tokio::spawn(async move { c.watch_loop(running).await });
         Ok(())
@@ -637,7 +620,7 @@ impl Running {
         let response = issuer.answer_join(request, &grant, &state.revoked, SystemTime::now(), &mut rng)?;
         let info = pki::CertInfo::parse(&response.cert_der)?;
         if !state.nodes.contains_key(&request.node_id) {
-            let addr = raft_addr(member.addr).map_err(|e| Refusal::Unavailable(e.to_string()))?;
+            let addr = member.addr;
             let name = member.name.clone().unwrap_or_else(|| format!("node-{}", request.node_id.short()));
             let record = NodeRecord { name, addr, labels: member.labels.clone() };
             self.write(Command::RegisterNode { id: request.node_id, record })

@@ -1,5 +1,5 @@
 //! The join protocol's network transport: how a node without a certificate reaches a node
-//! that holds the cluster CA (design section 4, issue 3). The agent serves it on gossip port + 2 (`control`).
+//! that holds the cluster CA (design section 4, issue 3). The agent serves it on its one TCP port (`crate::port`), ALPN `shoal-join/1`.
 //!
 //! The protocol itself (CSR + nonce + HMAC, and the answer's HMAC) is `pki::join` and
 //! `pki::issuer`; this module only carries it:
@@ -39,7 +39,7 @@ pub mod server;
 mod tests;
 
 pub use client::{request_certificate, JoinError};
-pub use server::{JoinAuthority, JoinServer, JoinServerConfig, Refusal};
+pub use server::{JoinAuthority, JoinServer, JoinServerConfig, JoinService, Refusal};
 
 use crate::pki::{JoinResponse, PkiError, MAX_JOIN_MESSAGE_LEN};
 use crate::raftnet::frame::HEADER_BYTES;

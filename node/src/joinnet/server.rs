@@ -1,8 +1,10 @@
 //! The join server: TLS 1.3 with the node's own certificate and no client authentication,
 //! one request frame in, one [`JoinReply`] frame out, then close.
 //!
-//! Each connection is one task; at most [`JoinServerConfig::max_connections`] run at once
-//! (past the cap the TCP connection is closed before any TLS work). The handshake, the
+//! [`JoinService`] is mounted on the node's one TCP port (`crate::port`) under the ALPN
+//! `shoal-join/1`. Each connection is one task; at most
+//! [`JoinServerConfig::max_connections`] run at once (past the cap the connection is
+//! closed before the node's certificate is sent). The handshake, the
 //! request, the authority's answer and the write each have their own timeout, so a
 //! stranger that stalls holds a slot for a few seconds at most. Dropping [`JoinServer`]
 //! stops the listener and closes every connection.
@@ -18,8 +20,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use crate::port::{PortConfig, PortError, PortServer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::StartHandshake;
 
 /// Limits of a [`JoinServer`].
 #[derive(Debug, Clone)]
@@ -84,22 +87,61 @@ pub fn server_tls_config(credentials: Arc<NodeCredentials>) -> Result<Arc<rustls
     Ok(Arc::new(config))
 }
 
-/// A running join server.
-pub struct JoinServer {
-    local_addr: SocketAddr,
+/// The join service of a node's port, under the ALPN `shoal-join/1`: TLS with the node's
+/// certificate and no client certificate. It keeps its own connection cap
+/// ([`JoinServerConfig::max_connections`]), so strangers dialling joins cannot take the
+/// port's slots that members need.
+pub struct JoinService {
+    acceptor: Arc<rustls::ServerConfig>,
+    authority: Arc<dyn JoinAuthority>,
+    config: JoinServerConfig,
     stats: Arc<JoinStats>,
-    task: tokio::task::JoinHandle<()>,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
-impl Drop for JoinServer {
-    fn drop(&mut self) {
-        self.task.abort();
+impl JoinService {
+    pub fn new(
+        credentials: Arc<NodeCredentials>,
+        authority: Arc<dyn JoinAuthority>,
+        config: JoinServerConfig,
+    ) -> Result<Arc<Self>, JoinNetError> {
+        let acceptor = server_tls_config(credentials)?;
+        let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+        Ok(Arc::new(Self { acceptor, authority, config, stats: Arc::new(JoinStats::default()), slots }))
     }
+
+    pub fn stats(&self) -> JoinStatsSnapshot {
+        self.stats.snapshot()
+    }
+}
+
+impl crate::port::Service for JoinService {
+    fn serve(&self, start: StartHandshake<TcpStream>, peer_addr: SocketAddr) -> crate::port::BoxFuture<()> {
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            JoinStats::bump(&self.stats.over_capacity);
+            tracing::debug!(%peer_addr, "join connection refused: connection cap reached");
+            return Box::pin(async {});
+        };
+        JoinStats::bump(&self.stats.connections);
+        let (acceptor, authority, config, stats) =
+            (self.acceptor.clone(), self.authority.clone(), self.config.clone(), self.stats.clone());
+        Box::pin(async move {
+            serve_connection(start, peer_addr, acceptor, authority, &config, &stats).await;
+            drop(permit);
+        })
+    }
+}
+
+/// The join service alone on a port of its own (tests). Dropping it stops the listener and
+/// closes every connection.
+pub struct JoinServer {
+    port: PortServer,
+    service: Arc<JoinService>,
 }
 
 impl std::fmt::Debug for JoinServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinServer").field("local_addr", &self.local_addr).finish_non_exhaustive()
+        f.debug_struct("JoinServer").field("local_addr", &self.port.local_addr()).finish_non_exhaustive()
     }
 }
 
@@ -122,53 +164,35 @@ impl JoinServer {
         authority: Arc<dyn JoinAuthority>,
         config: JoinServerConfig,
     ) -> Result<Self, JoinNetError> {
-        let local_addr = listener.local_addr().map_err(JoinNetError::LocalAddr)?;
-        let acceptor = TlsAcceptor::from(server_tls_config(credentials)?);
-        let stats = Arc::new(JoinStats::default());
-        let task = tokio::spawn(accept_loop(listener, acceptor, authority, config, stats.clone()));
-        tracing::debug!(%local_addr, "join server listening");
-        Ok(Self { local_addr, stats, task })
+        let port_config = PortConfig { max_connections: config.max_connections, hello_timeout: config.handshake_timeout };
+        let port = PortServer::serve(listener, port_config).map_err(|e| match e {
+            PortError::LocalAddr(e) | PortError::Bind { source: e, .. } => JoinNetError::LocalAddr(e),
+        })?;
+        let service = JoinService::new(credentials, authority, config)?;
+        port.route(JOIN_ALPN, service.clone());
+        tracing::debug!(local_addr = %port.local_addr(), "join server listening");
+        Ok(Self { port, service })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.port.local_addr()
     }
 
+    /// The service's counters with the port's refusals folded in (every TCP connection accepted: `connections`; past the cap:
+    /// `over_capacity`; not TLS or not the join ALPN: a failed handshake).
     pub fn stats(&self) -> JoinStatsSnapshot {
-        self.stats.snapshot()
+        let mut stats = self.service.stats();
+        let port = self.port.stats();
+        stats.connections = port.connections;
+        stats.over_capacity += port.over_capacity;
+        stats.handshakes_failed += port.bad_hello + port.unknown_protocol;
+        stats
     }
 
     /// Stops listening and closes every connection.
     pub fn shutdown(self) {
         drop(self);
     }
-}
-
-impl crate::netutil::AcceptCounters for JoinStats {
-    fn accepted(&self) {
-        JoinStats::bump(&self.connections);
-    }
-    fn over_capacity(&self) {
-        JoinStats::bump(&self.over_capacity);
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    authority: Arc<dyn JoinAuthority>,
-    config: JoinServerConfig,
-    stats: Arc<JoinStats>,
-) {
-    let max = config.max_connections;
-    let serve = {
-        let stats = stats.clone();
-        move |tcp, peer_addr| {
-            let (acceptor, authority, config, stats) = (acceptor.clone(), authority.clone(), config.clone(), stats.clone());
-            async move { serve_connection(tcp, peer_addr, acceptor, authority, &config, &stats).await }
-        }
-    };
-    crate::netutil::serve_capped(listener, max, "join", stats, serve).await;
 }
 
 fn count_frame_error(stats: &JoinStats, e: &FrameError) {
@@ -192,15 +216,14 @@ fn refusal_text(text: String) -> String {
 }
 
 async fn serve_connection(
-    tcp: TcpStream,
+    start: StartHandshake<TcpStream>,
     peer_addr: SocketAddr,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     authority: Arc<dyn JoinAuthority>,
     config: &JoinServerConfig,
     stats: &JoinStats,
 ) {
-    let _ = tcp.set_nodelay(true);
-    let mut stream = match tokio::time::timeout(config.handshake_timeout, acceptor.accept(tcp)).await {
+    let mut stream = match tokio::time::timeout(config.handshake_timeout, start.into_stream(tls)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             JoinStats::bump(&stats.handshakes_failed);
@@ -214,8 +237,8 @@ async fn serve_connection(
         }
     };
     if stream.get_ref().1.alpn_protocol() != Some(JOIN_ALPN) {
-        // A Raft client (or anything else) that completed TLS with our node certificate:
-        // not a joiner, and nothing it sends is read.
+        // Only reachable if the port routed a session here that did not agree on the join
+        // ALPN: nothing it sends is read.
         JoinStats::bump(&stats.handshakes_failed);
         tracing::debug!(%peer_addr, "join connection: client did not negotiate ALPN shoal-join/1");
         return;

@@ -1,12 +1,13 @@
 //! The Raft network: openraft's RPCs between nodes over TCP with mutual TLS (design section
-//! 3, issue 3), on the node's Raft/API port (gossip port + 1).
+//! 3, issue 3), on the node's one TCP port (the gossip port number; ALPN `shoal-raft/1`).
 //!
 //! Layout:
 //! - [`frame`]: the wire protocol: `u32` big-endian length + a body encoded with
 //!   `shoal_wire` under [`shoal_consensus::codec::MAX_RPC_BYTES`]; the [`frame::Request`]
 //!   and [`frame::Response`] enums, each frame tagged with a request id so several RPCs
 //!   share one connection.
-//! - [`server`]: [`RaftServer`]: accepts TCP, runs [`MutualTls::accept`](crate::pki::MutualTls::accept) (cluster CA only,
+//! - [`server`]: [`RaftService`] (mounted on the node's port; [`RaftServer`] alone on a
+//!   port of its own for tests): runs [`MutualTls::accept_started`](crate::pki::MutualTls::accept_started) (cluster CA only,
 //!   revoked ids refused), then serves frames by calling the local `Raft`. A cap on
 //!   connections, a cap on requests in flight per connection, an idle timeout between frames
 //!   and a timeout per frame. A bad frame (too long, truncated, undecodable) closes that
@@ -37,17 +38,10 @@ pub mod server;
 mod tests;
 
 pub use client::{ClientConfig, RaftNetwork};
-pub use server::{RaftRpc, RaftServer, ServerConfig};
+pub use server::{RaftRpc, RaftServer, RaftService, ServerConfig};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// The Raft/API TCP port of a node: its gossip (UDP) port + 1 (ARCHITECTURE.md, "Ports").
-/// `None` if the gossip port is 65535.
-pub fn raft_addr(gossip: SocketAddr) -> Option<SocketAddr> {
-    let port = gossip.port().checked_add(1)?;
-    Some(SocketAddr::new(gossip.ip(), port))
-}
 
 /// Why the Raft network could not start (per-connection problems never surface here: they
 /// close that connection and are counted in [`NetStats`]).

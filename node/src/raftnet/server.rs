@@ -1,17 +1,20 @@
 //! The server side of the Raft network: accept TCP on the Raft port, authenticate the peer
 //! with mutual TLS, then answer frames by calling the local Raft.
 //!
-//! Each connection is one task (plus one task per request in flight, at most
-//! [`ServerConfig::max_in_flight`]); the number of connections is capped by
-//! [`ServerConfig::max_connections`] (the TCP connection is closed at once past the cap,
-//! before any TLS work). All tasks belong to the server: dropping [`RaftServer`] stops the
-//! listener and closes every connection.
+//! [`RaftService`] is mounted on the node's one TCP port (`crate::port`) under the ALPN
+//! `shoal-raft/1`. Each connection is one task (plus one task per request in flight, at
+//! most [`ServerConfig::max_in_flight`]); the service serves at most
+//! [`ServerConfig::max_connections`] at once (past it, closed before the rest of the
+//! handshake). All tasks belong to the port: dropping it closes every connection.
+//! [`RaftServer`] is the service alone on a port of its own (tests and benches).
 
 use super::frame::{self, Committed, ForwardRefused, FrameError, ReadTimeouts, Request, RequestFrame, Response, ResponseFrame};
 use shoal_consensus::openraft::error::{ClientWriteError, RaftError};
 use shoal_consensus::{Command, ProposeError};
 use super::{NetError, NetStats, NetStatsSnapshot};
+use crate::pki::tls::RAFT_ALPN;
 use crate::pki::{MutualTls, Revocations};
+use crate::port::{PortConfig, PortError, PortServer};
 use shoal_consensus::codec::MAX_RPC_BYTES;
 use shoal_consensus::openraft::storage::RaftStateMachine;
 use shoal_consensus::types::{ShoalRaft, Snapshot, SnapshotData};
@@ -26,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
+use tokio_rustls::StartHandshake;
 
 /// Limits of a [`RaftServer`].
 #[derive(Debug, Clone)]
@@ -106,23 +110,56 @@ where
     }
 }
 
-/// A running Raft server. Dropping it (or [`RaftServer::shutdown`]) closes the listener and
-/// every connection.
-pub struct RaftServer {
-    local_addr: SocketAddr,
+/// The Raft service of a node's port: mutual TLS (a client certificate of the cluster is
+/// required), then frames answered by the local Raft. Mounted on the node's
+/// [`PortServer`](crate::port::PortServer) under [`RAFT_ALPN`]; [`RaftServer`] is the same
+/// service alone on a port of its own (tests, benches).
+pub struct RaftService {
+    tls: MutualTls,
+    raft: Arc<dyn RaftRpc>,
+    config: ServerConfig,
     stats: Arc<NetStats>,
-    task: tokio::task::JoinHandle<()>,
+    /// Connections served at once by this service (the port's cap is over all services).
+    slots: Arc<Semaphore>,
 }
 
-impl Drop for RaftServer {
-    fn drop(&mut self) {
-        self.task.abort();
+impl RaftService {
+    pub fn new(tls: MutualTls, raft: Arc<dyn RaftRpc>, config: ServerConfig) -> Arc<Self> {
+        let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        Arc::new(Self { tls, raft, config, stats: Arc::new(NetStats::default()), slots })
     }
+
+    pub fn stats(&self) -> NetStatsSnapshot {
+        self.stats.snapshot()
+    }
+}
+
+impl crate::port::Service for RaftService {
+    fn serve(&self, start: StartHandshake<TcpStream>, peer_addr: SocketAddr) -> crate::port::BoxFuture<()> {
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            NetStats::bump(&self.stats.over_capacity);
+            tracing::debug!(%peer_addr, "raft connection refused: connection cap reached");
+            return Box::pin(async {});
+        };
+        NetStats::bump(&self.stats.connections);
+        let (tls, raft, config, stats) = (self.tls.clone(), self.raft.clone(), self.config.clone(), self.stats.clone());
+        Box::pin(async move {
+            serve_connection(start, peer_addr, tls, raft, config, stats).await;
+            drop(permit);
+        })
+    }
+}
+
+/// The Raft service alone on a port of its own. Dropping it (or [`RaftServer::shutdown`])
+/// closes the listener and every connection.
+pub struct RaftServer {
+    port: PortServer,
+    service: Arc<RaftService>,
 }
 
 impl std::fmt::Debug for RaftServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RaftServer").field("local_addr", &self.local_addr).finish_non_exhaustive()
+        f.debug_struct("RaftServer").field("local_addr", &self.port.local_addr()).finish_non_exhaustive()
     }
 }
 
@@ -145,19 +182,30 @@ impl RaftServer {
         raft: Arc<dyn RaftRpc>,
         config: ServerConfig,
     ) -> Result<Self, NetError> {
-        let local_addr = listener.local_addr().map_err(NetError::LocalAddr)?;
-        let stats = Arc::new(NetStats::default());
-        let task = tokio::spawn(accept_loop(listener, tls, raft, config, stats.clone()));
-        tracing::debug!(%local_addr, "raft server listening");
-        Ok(Self { local_addr, stats, task })
+        let port_config = PortConfig { max_connections: config.max_connections, ..PortConfig::default() };
+        let port = PortServer::serve(listener, port_config).map_err(|e| match e {
+            PortError::LocalAddr(e) | PortError::Bind { source: e, .. } => NetError::LocalAddr(e),
+        })?;
+        let service = RaftService::new(tls, raft, config);
+        port.route(RAFT_ALPN, service.clone());
+        tracing::debug!(local_addr = %port.local_addr(), "raft server listening");
+        Ok(Self { port, service })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.port.local_addr()
     }
 
+    /// The service's counters, with the port's refusals folded in: connections past the cap
+    /// are `over_capacity`, `connections` counts every TCP connection accepted, and a connection that was not TLS or did not offer the Raft ALPN
+    /// counts as a failed handshake.
     pub fn stats(&self) -> NetStatsSnapshot {
-        self.stats.snapshot()
+        let mut stats = self.service.stats();
+        let port = self.port.stats();
+        stats.connections = port.connections;
+        stats.over_capacity += port.over_capacity;
+        stats.handshakes_failed += port.bad_hello + port.unknown_protocol;
+        stats
     }
 
     /// Stops listening and closes every connection.
@@ -166,40 +214,15 @@ impl RaftServer {
     }
 }
 
-impl crate::netutil::AcceptCounters for NetStats {
-    fn accepted(&self) {
-        NetStats::bump(&self.connections);
-    }
-    fn over_capacity(&self) {
-        NetStats::bump(&self.over_capacity);
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    tls: MutualTls,
-    raft: Arc<dyn RaftRpc>,
-    config: ServerConfig,
-    stats: Arc<NetStats>,
-) {
-    let max = config.max_connections;
-    let serve = {
-        let stats = stats.clone();
-        move |tcp, peer_addr| serve_connection(tcp, peer_addr, tls.clone(), raft.clone(), config.clone(), stats.clone())
-    };
-    crate::netutil::serve_capped(listener, max, "raft", stats, serve).await;
-}
-
 async fn serve_connection(
-    tcp: TcpStream,
+    start: StartHandshake<TcpStream>,
     peer_addr: SocketAddr,
     tls: MutualTls,
     raft: Arc<dyn RaftRpc>,
     config: ServerConfig,
     stats: Arc<NetStats>,
 ) {
-    let _ = tcp.set_nodelay(true);
-    let (stream, peer) = match tls.accept(tcp).await {
+    let (stream, peer) = match tls.accept_started(start).await {
         Ok(accepted) => accepted,
         Err(e) => {
             NetStats::bump(&stats.handshakes_failed);
