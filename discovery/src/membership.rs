@@ -155,6 +155,9 @@ pub struct GossipStats {
     pub dropped_misdirected: u64,
     pub foca_rejected: u64,
     pub foreign_cluster_hints: u64,
+    /// Where the last hint of another cluster came from (the agent tells the user about it).
+    #[serde(default)]
+    pub last_foreign_hint: Option<SocketAddr>,
     /// Messages carrying this node's id from another address (see the logged error).
     pub duplicate_identity: u64,
 }
@@ -339,6 +342,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
         let mut out = Vec::new();
         if hint.cluster != self.cluster {
             self.stats.foreign_cluster_hints += 1;
+            self.stats.last_foreign_hint = Some(hint.addr);
             return out;
         }
         if hint.node == self.own_facts.node {
@@ -933,5 +937,6 @@ mod tests {
         let out = a.handle_discovered(5, PeerHint { cluster: ClusterId([2; 8]), node: NodeId([2; 16]), addr: "10.0.0.2:7480".parse().expect("addr") });
         assert!(out.is_empty());
         assert_eq!(a.stats().foreign_cluster_hints, 1);
+        assert!(a.stats().last_foreign_hint.is_some());
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 pub struct AgentConfig {
     pub data_dir: PathBuf,
     pub secret: shoal_discovery::JoinSecret,
+    pub token_origin: crate::config::TokenOrigin,
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub bind: SocketAddr,
@@ -97,12 +98,65 @@ fn host_resources() -> shoal_discovery::NodeResources {
     }
 }
 
+/// Tells the user, on stderr, that this node founded a cluster and how to add machines. The
+/// token itself is printed only to a terminal (stderr is often a log file, and no secret
+/// goes into logs); otherwise the command reads it with `shoal token show`.
+fn announce_founding(cfg: &AgentConfig) {
+    let dir = cfg.data_dir.display();
+    let token = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        cfg.secret.to_token()
+    } else {
+        format!("$(shoal token show --data-dir {dir})")
+    };
+    eprintln!(
+        "\nNo join token was given, so this node founds a new cluster.\n\
+         Its token is kept in {dir}/{file} (mode 0600); `shoal token show --data-dir {dir}` prints it.\n\
+         Start every other machine with the same token:\n\n    SHOAL_TOKEN={token} shoal agent\n",
+        file = crate::config::TOKEN_FILE,
+    );
+}
+
+/// How often the agent looks for nodes of other clusters in its gossip counters.
+const FOREIGN_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// On a node that founded its cluster without being given a token: says so once per address
+/// when mDNS hears a node of another shoal cluster, with how to join that one instead.
+async fn warn_about_other_clusters(handle: shoal_discovery::MembershipHandle, data_dir: PathBuf) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last_count = 0;
+    loop {
+        tokio::time::sleep(FOREIGN_CHECK_EVERY).await;
+        let Ok(stats) = handle.stats().await else { return };
+        if stats.foreign_cluster_hints == last_count {
+            continue;
+        }
+        last_count = stats.foreign_cluster_hints;
+        let Some(addr) = stats.last_foreign_hint else { continue };
+        if seen.len() < 64 && seen.insert(addr) {
+            tracing::warn!(
+                other = %addr,
+                "a shoal node of another cluster is on this network. This node founded its own cluster because it was \
+                 started without a token. To join that cluster instead: stop this agent, move {} away, and start it with \
+                 that cluster's token (SHOAL_TOKEN=<token> shoal agent; `shoal token show` on one of its nodes prints it)",
+                data_dir.display()
+            );
+        }
+    }
+}
+
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let identity = NodeIdentity::load_or_create(&cfg.data_dir)?;
     let listener = api::bind(&cfg.data_dir).await?;
     let socket = tokio::net::UdpSocket::bind(cfg.bind)
         .await
         .with_context(|| format!("cannot bind the gossip port {}; is another agent using it? pick another with --bind", cfg.bind))?;
+    // The one TCP port (Raft, joins, ...) has the gossip port's number; bound now so that a
+    // clash shows at start, not when the node first gets its certificate.
+    let port = std::sync::Arc::new(
+        crate::port::PortServer::bind(cfg.bind, crate::port::PortConfig::default())
+            .await
+            .with_context(|| format!("cannot open the TCP port of --bind {}", cfg.bind))?,
+    );
     identity.count_boot()?;
     let cluster = cfg.secret.cluster_id();
     let me = ShoalId { node: identity.id, addr: cfg.advertise, bump: ShoalId::first_bump(identity.boot_count) };
@@ -177,9 +231,15 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         identity.id,
         &identity.key_pem,
         handle.clone(),
+        port,
     )
     .await?;
     let api_task = tokio::spawn(api::serve(listener, ctl.clone()));
+    let founded_here = cfg.token_origin != crate::config::TokenOrigin::Given;
+    if cfg.token_origin == crate::config::TokenOrigin::Created {
+        announce_founding(&cfg);
+    }
+    let foreign_task = founded_here.then(|| tokio::spawn(warn_about_other_clusters(handle.clone(), cfg.data_dir.clone())));
     let peers_task = tokio::spawn(save_peers_periodically(handle.clone(), peers_path));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -202,6 +262,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     api_task.abort();
     peers_task.abort();
+    if let Some(t) = foreign_task {
+        t.abort();
+    }
     // Save the peers once more: the periodic save may be up to PEERS_SAVE_EVERY old.
     if let Ok(peers) = handle.known_peers().await {
         save_peers(&cfg.data_dir.join(PEERS_FILE), &peers);

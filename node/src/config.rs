@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 
-/// The well-known gossip port (UDP). Every other port a node opens derives from the gossip
-/// port unless set explicitly: the API/Raft TCP port is gossip + 1.
+/// The well-known port: UDP for gossip, and the same number over TCP for everything else
+/// (Raft, joins, ...), told apart by TLS ALPN.
 pub const DEFAULT_GOSSIP_PORT: u16 = 7480;
 
 /// Reads the join secret from `--token`, `SHOAL_TOKEN` (clap maps it onto `token`) or
@@ -24,6 +24,76 @@ pub fn resolve_secret(token: Option<&str>, token_file: Option<&Path>) -> Result<
         ),
     };
     JoinSecret::parse(&text).map_err(|e| anyhow!("{e}"))
+}
+
+/// The file in the data dir holding the token of a cluster this node founded without being
+/// given one (mode 0600; `shoal token show` prints it).
+pub const TOKEN_FILE: &str = "token";
+
+/// Where the agent's join secret came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenOrigin {
+    /// `--token`, `SHOAL_TOKEN` or `--token-file`.
+    Given,
+    /// Read back from the data dir: this node founded its cluster on an earlier start.
+    Stored,
+    /// Made just now: this node founds a new cluster.
+    Created,
+}
+
+/// The join secret of an agent: the one given, else the one this data dir's node created
+/// when it founded its cluster, else (on a data dir that never joined a cluster) a new one,
+/// kept in the data dir. A given token that differs from a stored one is refused: that data
+/// dir belongs to another cluster.
+pub fn agent_secret(token: Option<&str>, token_file: Option<&Path>, data_dir: &Path) -> Result<(JoinSecret, TokenOrigin)> {
+    let path = data_dir.join(TOKEN_FILE);
+    let stored = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(JoinSecret::parse(&text).map_err(|e| {
+            anyhow!("{} is damaged ({e}); restore it, or give the cluster's token with --token-file", path.display())
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if token.is_some() || token_file.is_some() {
+        let given = resolve_secret(token, token_file)?;
+        if stored.as_ref().is_some_and(|s| s.cluster_id() != given.cluster_id()) {
+            bail!(
+                "the data dir {} belongs to the cluster this node founded (its token is in {}), not to the cluster of the given token. \
+                 To join the other cluster, stop this node and give it a fresh --data-dir (or move this one away)",
+                data_dir.display(),
+                path.display()
+            );
+        }
+        return Ok((given, TokenOrigin::Given));
+    }
+    if let Some(secret) = stored {
+        return Ok((secret, TokenOrigin::Stored));
+    }
+    if data_dir.join("node.crt").exists() {
+        bail!(
+            "no join token given, and this node ({}) already belongs to a cluster that was started with one. \
+             Start it with the same token: SHOAL_TOKEN=<token> shoal agent, or --token-file <file>",
+            data_dir.display()
+        );
+    }
+    crate::identity::ensure_data_dir(data_dir)?;
+    let secret = JoinSecret::generate(&mut rand::rng());
+    crate::identity::write_atomic(&path, format!("{}\n", secret.to_token()).as_bytes(), 0o600)?;
+    Ok((secret, TokenOrigin::Created))
+}
+
+/// The token kept in `data_dir` by a node that founded its cluster, for `shoal token show`.
+pub fn stored_token(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(JoinSecret::parse(&text).map_err(|e| anyhow!("{} is damaged: {e}", path.display()))?.to_token()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no token is kept in {}: shoal keeps only the token of a cluster it founded itself (an agent started without \
+             --token). This node was either given its token (look where you keep it), or never started with this --data-dir",
+            data_dir.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// Warns when a token file can be read by other users (it admits machines to the cluster).

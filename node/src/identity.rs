@@ -59,29 +59,35 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// Creates the data dir (mode 0700) if it is missing; refuses one that other users can write.
+pub fn ensure_data_dir(data_dir: &Path) -> Result<()> {
+    if data_dir.exists() {
+        let mode = fs::metadata(data_dir)
+            .with_context(|| format!("cannot read data dir {}", data_dir.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o022 != 0 {
+            bail!(
+                "data dir {} is writable by other users (mode {:o}); use a private directory, e.g. --data-dir ~/.local/share/shoal",
+                data_dir.display(),
+                mode & 0o777
+            );
+        }
+    } else {
+        fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+        fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot set permissions on {}", data_dir.display()))?;
+    }
+    Ok(())
+}
+
 impl NodeIdentity {
     /// Loads the identity, creating the data dir and key on first start. The boot is counted
     /// by [`Self::count_boot`] once the node has its ports, so failed starts do not use up
     /// generations.
     pub fn load_or_create(data_dir: &Path) -> Result<Self> {
-        if data_dir.exists() {
-            let mode = fs::metadata(data_dir)
-                .with_context(|| format!("cannot read data dir {}", data_dir.display()))?
-                .permissions()
-                .mode();
-            if mode & 0o022 != 0 {
-                bail!(
-                    "data dir {} is writable by other users (mode {:o}); use a private directory, e.g. --data-dir ~/.local/share/shoal",
-                    data_dir.display(),
-                    mode & 0o777
-                );
-            }
-        } else {
-            fs::create_dir_all(data_dir)
-                .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-            fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("cannot set permissions on {}", data_dir.display()))?;
-        }
+        ensure_data_dir(data_dir)?;
         let key_path = data_dir.join(KEY_FILE);
         let key_pem = if key_path.exists() {
             fs::read_to_string(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?

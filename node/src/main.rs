@@ -17,7 +17,8 @@ mod servicecmd;
     about = "A self-forming, self-healing container cluster for home labs and small teams",
     long_about = "shoal is one binary you run on every machine. Machines started with the same join \
 token find each other on the LAN (mDNS) or through --join seeds, and keep a gossiped view of \
-who is up.\n\nStart: `shoal token new` once, then `shoal agent --token <token>` on each machine."
+who is up.\n\nStart: `shoal agent` on the first machine founds a cluster and keeps its token \
+(`shoal token show` prints it); start every other machine with `SHOAL_TOKEN=<token> shoal agent`."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -89,18 +90,27 @@ enum NodeCommand {
 enum TokenCommand {
     /// Print a fresh join token (256 random bits). Keep it secret: it admits machines.
     New,
+    /// Print the token of the cluster this node founded (an agent started without a token
+    /// creates one and keeps it in its data dir, mode 0600).
+    Show {
+        /// Data dir of the node.
+        #[arg(long, env = "SHOAL_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
 struct AgentArgs {
-    /// Join token (from `shoal token new`).
+    /// Join token of the cluster to join (`shoal token show` on one of its nodes, or
+    /// `shoal token new`). Without one, a node that has never joined founds a new cluster
+    /// and keeps its token in the data dir.
     #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Read the join token from this file instead.
     #[arg(long, conflicts_with = "token")]
     token_file: Option<PathBuf>,
     /// Where the node keeps its identity and state [default: $XDG_DATA_HOME/shoal, ~/.local/share/shoal, or /var/lib/shoal].
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Node name shown to users [default: the hostname].
     #[arg(long)]
@@ -108,7 +118,8 @@ struct AgentArgs {
     /// A label `key=value` for placement constraints (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
-    /// UDP address for gossip. Other ports derive from its port (API/Raft TCP = port + 1).
+    /// Address of the node's one port: UDP for gossip, TCP (same number) for Raft, joins and
+    /// the other node-to-node services, told apart by TLS ALPN.
     #[arg(long, default_value_t = config::default_bind())]
     bind: SocketAddr,
     /// IP that peers should use to reach this node [default: the bind IP, or the first non-loopback IPv4].
@@ -167,8 +178,8 @@ fn parse_voters(text: &str) -> Result<usize, String> {
 
 #[derive(clap::Args)]
 struct ClientArgs {
-    /// Data dir of the local agent to ask.
-    #[arg(long)]
+    /// Data dir of the local agent to ask [default: as for `shoal agent`].
+    #[arg(long, env = "SHOAL_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -215,6 +226,11 @@ fn run(cli: Cli) -> Result<()> {
                 "Keep this token secret. Start every node with it in the environment or a file \
                  (a --token flag is visible to other users in `ps`):\n  SHOAL_TOKEN=<token> shoal agent\n  shoal agent --token-file /path/to/token"
             );
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::Show { data_dir } } => {
+            let data_dir = data_dir.unwrap_or_else(identity::default_data_dir);
+            shoal_node::outln!("{}", config::stored_token(&data_dir)?);
             Ok(())
         }
         Command::Agent(args) => {
@@ -299,7 +315,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn agent_config(args: AgentArgs) -> Result<agent::AgentConfig> {
-    let secret = config::resolve_secret(args.token.as_deref(), args.token_file.as_deref())?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(identity::default_data_dir);
+    let (secret, token_origin) = config::agent_secret(args.token.as_deref(), args.token_file.as_deref(), &data_dir)?;
     if let Some(file) = &args.token_file {
         config::warn_if_readable_by_others(file);
     }
@@ -323,8 +340,9 @@ fn agent_config(args: AgentArgs) -> Result<agent::AgentConfig> {
         mdns_interfaces.push("lo".to_string());
     }
     Ok(agent::AgentConfig {
-        data_dir: args.data_dir.unwrap_or_else(identity::default_data_dir),
+        data_dir,
         secret,
+        token_origin,
         name,
         labels,
         bind: args.bind,

@@ -47,16 +47,6 @@ fn token_new_prints_a_fresh_256_bit_token() {
 }
 
 #[test]
-fn agent_without_token_says_how_to_make_one() {
-    let dir = std::env::temp_dir().join(format!("shoal-cli-{}", std::process::id()));
-    let out = shoal(&["agent", "--data-dir", dir.to_str().expect("utf8"), "--no-mdns"]);
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
-    assert!(err.contains("shoal token new"), "{err}");
-    assert!(!err.contains("stack backtrace"), "{err}");
-}
-
-#[test]
 fn bad_token_and_bad_flags_are_refused_without_echoing_the_token() {
     let out = shoal(&["agent", "--token", "shoal1-topsecretvalue", "--no-mdns"]);
     assert!(!out.status.success());
