@@ -261,29 +261,46 @@ fn mounts_under(root: &Path) -> Vec<String> {
     points
 }
 
-/// The ids of the containers whose shims are among `pids` (`containerd-shim… -id ID`).
-fn shim_container_ids(pids: &BTreeSet<u32>) -> Vec<String> {
+/// A containerd shim among the lab's processes: its container's id and the socket it made.
+struct Shim {
+    container: String,
+    socket: PathBuf,
+}
+
+/// The shims among `pids` (`containerd-shim-runc-v2 -namespace NS -id ID -address ADDR`).
+fn shims(pids: &BTreeSet<u32>) -> Vec<Shim> {
+    use sha2::Digest as _;
     processes()
         .into_iter()
         .filter(|(p, cmd)| pids.contains(p) && cmd.contains("containerd-shim"))
         .filter_map(|(_, cmd)| {
             let words: Vec<&str> = cmd.split_whitespace().collect();
-            let id = words.windows(2).find(|w| w[0] == "-id").map(|w| w[1])?;
-            id.chars().all(|c| c.is_ascii_hexdigit()).then(|| id.to_string())
+            let flag = |name: &str| words.windows(2).find(|w| w[0] == name).map(|w| w[1]);
+            let (id, ns, address) = (flag("-id")?, flag("-namespace")?, flag("-address")?);
+            if !id.chars().all(|c| c.is_ascii_hexdigit()) {
+                return None;
+            }
+            // containerd 1.6 `shim.SocketAddress`: /run/containerd/s/hex(sha256(ADDR/NS/ID)),
+            // left behind when the shim is killed.
+            let digest = sha2::Sha256::digest(format!("{address}/{ns}/{id}").as_bytes());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            Some(Shim { container: id.to_string(), socket: Path::new("/run/containerd/s").join(hex) })
         })
         .collect()
 }
 
-/// Removes the (empty, once their processes are dead) cgroups of killed containers, which
-/// an engine removes itself when it removes a container, wherever the cgroupfs driver puts
-/// them (`docker/ID` in every v1 hierarchy, or in the v2 tree).
-fn remove_container_cgroups(ids: &[String]) {
-    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else { return };
-    let mut dirs: Vec<PathBuf> = hierarchies.flatten().map(|h| h.path()).collect();
+/// What killed shims leave and an engine would have removed with the container: the
+/// (empty, once its processes are dead) cgroups of the container (`docker/ID` in every v1
+/// hierarchy, or in the v2 tree, with the cgroupfs driver) and the shim's socket.
+fn remove_shim_leftovers(shims: &[Shim]) {
+    let mut dirs: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup").map(|d| d.flatten().map(|h| h.path()).collect()).unwrap_or_default();
     dirs.push(PathBuf::from("/sys/fs/cgroup"));
-    for id in ids {
+    for shim in shims {
         for h in &dirs {
-            let _ = fs::remove_dir(h.join("docker").join(id));
+            let _ = fs::remove_dir(h.join("docker").join(&shim.container));
+        }
+        if fs::symlink_metadata(&shim.socket).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())) {
+            let _ = fs::remove_file(&shim.socket);
         }
     }
 }
@@ -360,10 +377,10 @@ pub(crate) fn teardown(root: &Path, namespaces: &[String], dockerd: &mut [Option
         std::thread::sleep(Duration::from_millis(50));
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut killed_containers = Vec::new();
+    let mut killed_shims = Vec::new();
     loop {
         let left: BTreeSet<u32> = lab_processes(root).into_iter().filter(|&p| alive(p)).collect();
-        killed_containers.extend(shim_container_ids(&left));
+        killed_shims.extend(shims(&left));
         if left.is_empty() || Instant::now() >= deadline {
             if !left.is_empty() {
                 eprintln!("teardown: processes of {} still alive after SIGKILL: {left:?}", root.display());
@@ -373,7 +390,7 @@ pub(crate) fn teardown(root: &Path, namespaces: &[String], dockerd: &mut [Option
         kill("KILL", left);
         std::thread::sleep(Duration::from_millis(50));
     }
-    remove_container_cgroups(&killed_containers);
+    remove_shim_leftovers(&killed_shims);
     for slot in dockerd.iter_mut() {
         if let Some(mut c) = slot.take() {
             let _ = c.kill();

@@ -6,6 +6,7 @@
 use shoal_tests::engines::engines_unavailable;
 use shoal_tests::services::{docker_unavailable, image_tag, Docker, DockerCleanup};
 use shoal_tests::{require_netns, run_ok, Lab};
+use sha2::Digest as _;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -191,6 +192,11 @@ fn a_stale_lab_of_a_killed_run_is_cleaned_at_start() {
                 !zombie && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == format!("/bin/sleep {secs}"))
             })
     };
+    // `docker run -d` may return before runc has exec'd the command.
+    let until = Instant::now() + Duration::from_secs(10);
+    while !sleeper() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(sleeper(), "the helper's container (/bin/sleep {secs}) should run");
     let _ = child.kill();
     let _ = child.wait();
@@ -217,6 +223,10 @@ fn a_stale_lab_of_a_killed_run_is_cleaned_at_start() {
         .map(|p| p.display().to_string())
         .collect();
     assert!(cgroups.is_empty(), "the stale container's cgroups are left: {cgroups:?}");
+    let address = format!("{folder}m1/exec/containerd/containerd.sock/moby/{container}");
+    let digest = sha2::Sha256::digest(address.as_bytes());
+    let socket = format!("/run/containerd/s/{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    assert!(!std::path::Path::new(&socket).exists(), "the killed shim's socket {socket} is left");
     let e = lab.engine(0).unwrap_or_else(|| panic!("no engine"));
     let ps = run_ok(e.docker_cli().args(["ps", "-aq"])).unwrap_or_else(|e| panic!("{e}"));
     assert!(ps.trim().is_empty(), "a fresh lab's engine has containers: {ps:?}");
