@@ -1,24 +1,27 @@
-//! Service figures on real agents and the host's Docker Engine (printed, not asserted):
+//! Service figures on real agents and Docker Engines (printed, not asserted):
 //! `shoal service create --replicas 30` on a 3-node cluster → 30 containers running, seen
 //! through the Docker API (labels `shoal.service`/`shoal.node`), and → `service ls` reports
 //! 30/30 running; then `service rm` → every container gone (the cleanup between rounds).
 //! The create is `--detach`ed so the clock is ours, not the CLI's polling.
 //!
 //! One cluster serves every round (its start is not measured; see `benches/cluster.rs`).
-//! The 3 agents run in network namespaces (mDNS) when possible, on loopback with --join
-//! seeds otherwise (`SHOAL_BENCH_LOOPBACK=1` forces it); all share the one local engine, as
-//! in `tests/services_docker.rs`. The image is a `FROM scratch` + static busybox built here;
-//! it and every container are removed at the end, also on failure.
+//! The 3 agents run on the machines of a lab with engines (network namespaces, mDNS, each
+//! machine its own Docker Engine, as in `tests/services_docker.rs`; the lab's start and the
+//! image load are printed) when possible, otherwise on loopback with --join seeds, sharing
+//! the host's engine (`SHOAL_BENCH_LOOPBACK=1` forces it). The image is a `FROM scratch` +
+//! static busybox built here on the host's engine; it and every container are removed at
+//! the end, also on failure.
 //! The scheduler's own placements/s (1,000 nodes × 10,000 tasks) is `cluster/benches/scheduler.rs`.
 //! Run: `cargo build --release -p shoal-node && cargo bench -p shoal-tests --bench services`
 //! (falls back to the debug binary, with a note, when there is no release one).
 
 use shoal_tests::cluster::{free_agent_ports, in_cluster, leader_of, statuses};
+use shoal_tests::engines::engines_unavailable;
 use shoal_tests::services::{
-    cli_ok, docker_unavailable, engines_ok, image_tag, is_running, of_service, per_node, service_ls, Docker, DockerCleanup, LONG_RUNNING,
-    SERVICE_CLI_TIMEOUT,
+    cli_ok, docker_unavailable, engines_ok, image_tag, is_running, of_service, per_node, service_ls, Docker, DockerCleanup, EngineSet,
+    LONG_RUNNING, SERVICE_CLI_TIMEOUT,
 };
-use shoal_tests::{every, netns_unavailable, summary, shoal_bin, token_new, Cluster, Lab, NodeSpec, TokenVia};
+use shoal_tests::{every, summary, shoal_bin, token_new, Cluster, Lab, NodeSpec, TokenVia};
 use std::time::{Duration, Instant};
 
 const REPLICAS: usize = 30;
@@ -30,24 +33,21 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 const BUDGET: Duration = Duration::from_secs(100);
 const MAX_ROUNDS: usize = 3;
 
-fn cluster(netns: bool) -> Cluster {
+/// The cluster (not started) and its engines: the lab's, with `image` loaded, or the host's.
+fn cluster(netns: bool, image: &str) -> (Cluster, EngineSet) {
     let token = token_new();
     let expect = ["--bootstrap-expect".to_string(), "3".into()];
     if netns {
-        let lab = Lab::new(NODES).unwrap_or_else(|e| panic!("cannot build the namespace lab: {e}"));
-        let hosts = lab.hosts.clone();
+        let lab = Lab::with_engines(NODES).unwrap_or_else(|e| panic!("cannot build the lab with engines: {e}"));
+        let took = lab.load_images(&[image]).unwrap_or_else(|e| panic!("{e}"));
+        println!("lab: {NODES} engines up in {:.2} s, {image} loaded into them in {:.2} s", lab.started_in().as_secs_f64(), took.as_secs_f64());
+        let engines = EngineSet::of_lab(&lab).unwrap_or_else(|e| panic!("{e}"));
+        let specs: Vec<NodeSpec> = (0..NODES).map(|i| lab.agent_spec(i, &token, &["--bootstrap-expect", "3"])).collect();
         let mut c = Cluster::in_lab("sbench", lab);
-        for (i, h) in hosts.iter().enumerate() {
-            c.add(NodeSpec {
-                name: format!("n{}", i + 1),
-                token: token.clone(),
-                token_via: TokenVia::Flag,
-                netns: Some(h.ns.clone()),
-                args: [vec!["--mdns-interface".into(), h.ifname.clone()], expect.to_vec()].concat(),
-                expect_addr: format!("{}:7480", h.ip),
-            });
+        for spec in specs {
+            c.add(spec);
         }
-        c
+        (c, engines)
     } else {
         let ports = free_agent_ports(NODES);
         let mut c = Cluster::new("sbench");
@@ -63,7 +63,7 @@ fn cluster(netns: bool) -> Cluster {
                 expect_addr: format!("127.0.0.1:{p}"),
             });
         }
-        c
+        (c, EngineSet::host().unwrap_or_else(|e| panic!("{e}")))
     }
 }
 
@@ -75,14 +75,14 @@ fn main() {
         return;
     }
     let forced = std::env::var("SHOAL_BENCH_LOOPBACK").as_deref() == Ok("1");
-    let netns = match netns_unavailable() {
+    let netns = match engines_unavailable() {
         None if forced => {
             println!("note: SHOAL_BENCH_LOOPBACK=1; using loopback");
             false
         }
         None => true,
         Some(why) => {
-            println!("note: network namespaces unavailable ({why}); using loopback");
+            println!("note: a lab with engines is not possible here ({why}); using loopback and the host's engine");
             false
         }
     };
@@ -92,13 +92,13 @@ fn main() {
     docker.build_busybox(&image).unwrap_or_else(|e| panic!("{e}"));
     println!("services bench: {REPLICAS} replicas on {NODES} nodes, binary {}", shoal_bin().display());
     println!(
-        "mode: {}; one shared Docker Engine (API {}); timings from polling every {} ms",
-        if netns { "network namespaces, mDNS" } else { "loopback, --join seeds" },
+        "mode: {} (host Docker API {}); timings from polling every {} ms",
+        if netns { "network namespaces, mDNS, a Docker Engine per machine" } else { "loopback, --join seeds, one shared Docker Engine" },
         docker.api_version(),
         POLL.as_millis()
     );
 
-    let mut c = cluster(netns);
+    let (mut c, mut engines) = cluster(netns, &image);
     let all: Vec<usize> = (0..NODES).collect();
     for &i in &all {
         c.node_mut(i).start();
@@ -110,10 +110,13 @@ fn main() {
     for id in &ids {
         cleanup.register(id);
     }
+    if netns {
+        engines.assign(&ids);
+    }
     c.wait_until(Duration::from_secs(30), "every node sees every engine healthy", || engines_ok(&c, &all, &ids));
 
     let containers = |service: &str| {
-        let all = docker.containers(&ids).unwrap_or_else(|e| panic!("{e}"));
+        let all = engines.containers(&ids).unwrap_or_else(|e| panic!("{e}"));
         all.into_iter().filter(|c| c.owner.service == service).collect::<Vec<_>>()
     };
     let (mut to_containers, mut to_reported, mut to_gone) = (Vec::new(), Vec::new(), Vec::new());
@@ -161,7 +164,7 @@ fn main() {
     }
 
     println!();
-    println!("== results ({}) ==", if netns { "netns + mDNS" } else { "loopback + seeds" });
+    println!("== results ({}) ==", if netns { "netns + mDNS, an engine per machine" } else { "loopback + seeds, one engine" });
     summary(&format!("service create --replicas {REPLICAS} → {REPLICAS} containers running (Docker API)"), &to_containers);
     summary(&format!("service create --replicas {REPLICAS} → service ls shows {REPLICAS}/{REPLICAS} running"), &to_reported);
     summary(&format!("service rm → all {REPLICAS} containers removed"), &to_gone);

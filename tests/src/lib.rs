@@ -3,12 +3,14 @@
 //! - [`shoal_bin`]: where the `shoal` binary is (built separately with `cargo build -p shoal-node`);
 //! - [`TempDir`]: a scratch directory, removed on drop (kept when the test failed);
 //! - [`Lab`]: network namespaces joined by a bridge in a dedicated "switch" namespace, so the
-//!   machine's own interfaces are never touched;
+//!   machine's own interfaces are never touched; [`Lab::with_engines`] also gives every
+//!   machine its own Docker Engine and hostname, and [`Lab::load_images`] fills them
+//!   ([`engines`]);
 //! - [`Node`] and [`Cluster`]: `shoal agent` processes (inside a namespace or on loopback),
 //!   their logs, signals, `shoal members` / `shoal stats`, and [`Cluster::wait_until`];
 //! - [`cluster`]: Raft stories (`status`, `node ls`, writes, free port triples);
-//! - [`services`]: service stories on the host's Docker Engine (test image, containers by
-//!   node label, cleanup guard, `service ls|ps` rows).
+//! - [`services`]: service stories on Docker Engines, the lab's or the host's (test image,
+//!   containers by node label and engine, cleanup guard, `service ls|ps` rows).
 //!
 //! Every wait is bounded. Every process is killed and every namespace deleted on drop, also
 //! when a test panics. Agents are additionally started under `setpriv --pdeathsig KILL` (when
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod engines;
 pub mod services;
 pub mod story;
 
@@ -32,7 +35,7 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Poll period of [`Cluster::wait_until`].
@@ -135,7 +138,7 @@ fn find_shoal_bin() -> PathBuf {
     );
 }
 
-fn which(program: &str) -> Option<PathBuf> {
+pub(crate) fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
 }
@@ -202,7 +205,7 @@ pub fn run_ok(cmd: &mut Command) -> Result<String, String> {
     }
 }
 
-fn ip(args: &[&str]) -> Result<String, String> {
+pub(crate) fn ip(args: &[&str]) -> Result<String, String> {
     run_ok(Command::new("ip").args(args))
 }
 
@@ -258,7 +261,7 @@ impl Drop for TempDir {
 
 // ------------------------------------------------------------------------------ network namespaces
 
-const NS_PREFIX: &str = "shoalt";
+pub(crate) const NS_PREFIX: &str = "shoalt";
 
 fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
@@ -299,7 +302,8 @@ pub fn require_netns(test: &str) -> bool {
 }
 
 /// Deletes namespaces left by harness runs whose process is gone (e.g. a killed `cargo test`).
-fn delete_stale_namespaces() {
+/// Labs with engines (`shoalt-eK-…`) are cleaned by slot instead (see [`engines`]).
+pub(crate) fn delete_stale_namespaces() {
     let Ok(list) = ip(&["netns", "list"]) else { return };
     for line in list.lines() {
         let Some(name) = line.split_whitespace().next() else { continue };
@@ -314,6 +318,11 @@ fn delete_stale_namespaces() {
     }
 }
 
+/// The agents' default gossip port (`--bind 0.0.0.0:7480`), which lab agents use: every
+/// machine has its own addresses. Loopback agents take ports from
+/// [`cluster::free_agent_ports`].
+pub const AGENT_PORT: u16 = 7480;
+
 /// One host of a [`Lab`].
 #[derive(Debug, Clone)]
 pub struct LabHost {
@@ -322,21 +331,37 @@ pub struct LabHost {
     /// Its one interface (besides `lo`), attached to the lab's bridge.
     pub ifname: String,
     pub ip: Ipv4Addr,
+    /// Its own Docker Engine and hostname, in a lab built with [`Lab::with_engines`].
+    pub engine: Option<engines::HostEngine>,
+}
+
+impl LabHost {
+    /// Where an agent on this host with the default bind listens and what it advertises.
+    pub fn agent_addr(&self) -> String {
+        format!("{}:{AGENT_PORT}", self.ip)
+    }
 }
 
 /// N host namespaces on one Ethernet segment: each has `lo` and `eth0` (10.77.X.i/24, i from
 /// 1), whose veth peer is a port of bridge `br0` in the lab's own switch namespace. Nothing
 /// is created in the root namespace. Dropping the lab kills whatever still runs in its
-/// namespaces (only processes this harness started can be there) and deletes them.
+/// namespaces (only processes this harness started can be there) and deletes them; a lab
+/// with engines ([`Lab::with_engines`]) also removes its engines' containers, engines,
+/// mounts and folders.
+///
+/// A [`Cluster`] holds its lab in an `Arc`, so one lab can carry several clusters one
+/// after another (agents of two clusters at once would both bind [`AGENT_PORT`]).
 pub struct Lab {
     pub switch: String,
     pub hosts: Vec<LabHost>,
     /// X in 10.77.X.0/24.
     pub subnet: u8,
     created: Vec<String>,
+    engines: Option<engines::Engines>,
 }
 
 impl Lab {
+    /// A lab of `hosts` namespaces without engines (agents share the host's engine, if any).
     pub fn new(hosts: usize) -> Result<Self, String> {
         assert!((1..=250).contains(&hosts), "a lab holds 1 to 250 hosts");
         delete_stale_namespaces();
@@ -345,9 +370,30 @@ impl Lab {
         // Labs are isolated from each other, so subnets could even repeat; keep them distinct
         // anyway so logs of different labs cannot be confused.
         let subnet = ((std::process::id() + n * 7) % 250 + 1) as u8;
-        let mut lab = Self { switch: format!("{prefix}-sw"), hosts: Vec::new(), subnet, created: Vec::new() };
+        let mut lab = Self::empty(&prefix, subnet);
         lab.build(&prefix, hosts)?; // on error, dropping `lab` removes what was made
         Ok(lab)
+    }
+
+    fn empty(prefix: &str, subnet: u8) -> Self {
+        Self { switch: format!("{prefix}-sw"), hosts: Vec::new(), subnet, created: Vec::new(), engines: None }
+    }
+
+    /// A spec for an agent on host `i` (index from 0): named after the host (`n{i+1}`, the
+    /// hostname of a machine with an engine), token by flag, mDNS on the host's interface,
+    /// the default bind ([`AGENT_PORT`]), then `extra` arguments. Fields can be changed after.
+    pub fn agent_spec(&self, i: usize, token: &str, extra: &[&str]) -> NodeSpec {
+        let host = &self.hosts[i];
+        let mut args = vec!["--mdns-interface".to_string(), host.ifname.clone()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        NodeSpec {
+            name: host.engine.as_ref().map_or_else(|| format!("n{}", i + 1), |e| e.hostname.clone()),
+            token: token.to_string(),
+            token_via: TokenVia::Flag,
+            netns: Some(host.ns.clone()),
+            args,
+            expect_addr: host.agent_addr(),
+        }
     }
 
     fn add_ns(&mut self, name: &str) -> Result<(), String> {
@@ -372,14 +418,22 @@ impl Lab {
             let addr = Ipv4Addr::new(10, 77, self.subnet, i as u8);
             ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            self.hosts.push(LabHost { ns, ifname: "eth0".into(), ip: addr });
+            self.hosts.push(LabHost { ns, ifname: "eth0".into(), ip: addr, engine: None });
         }
         Ok(())
     }
 
-    /// Runs a command inside host `i`'s namespace (index from 0).
+    /// Runs a command inside host `i`'s namespace (index from 0), and its UTS namespace on a
+    /// machine with an engine.
     pub fn exec(&self, i: usize, argv: &[&str]) -> Result<Output, String> {
-        run(Command::new("ip").args(["netns", "exec", &self.hosts[i].ns]).args(argv), Duration::from_secs(10))
+        let host = &self.hosts[i];
+        match &host.engine {
+            Some(e) => run(
+                Command::new("nsenter").arg(format!("--net=/run/netns/{}", host.ns)).arg(format!("--uts={}", e.uts.display())).args(argv),
+                Duration::from_secs(10),
+            ),
+            None => run(Command::new("ip").args(["netns", "exec", &host.ns]).args(argv), Duration::from_secs(10)),
+        }
     }
 
     /// Cuts host `i` (index from 0) off the segment: its switch port leaves the bridge, so
@@ -397,6 +451,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if let Some(mut engines) = self.engines.take() {
+            self.drop_engines(&mut engines);
+            // `engines` (its slot lock) goes last, once nothing of the lab is left.
+        }
         for ns in self.created.iter().rev() {
             if let Ok(pids) = ip(&["netns", "pids", ns]) {
                 for pid in pids.split_whitespace() {
@@ -585,6 +643,9 @@ pub struct Node {
     pub spec: NodeSpec,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// The engine of the lab machine it runs on (set by [`Cluster::add`] when the spec's
+    /// namespace is a machine of the cluster's lab with engines).
+    machine: Option<engines::HostEngine>,
     child: Option<Child>,
     starts: u32,
     /// What the last `members`/`stats` call saw, for failure reports.
@@ -592,11 +653,12 @@ pub struct Node {
 }
 
 impl Node {
-    fn new(spec: NodeSpec, dir: &Path) -> Self {
+    fn new(spec: NodeSpec, dir: &Path, machine: Option<engines::HostEngine>) -> Self {
         Self {
             data_dir: dir.join(&spec.name),
             log_path: dir.join(format!("{}.log", spec.name)),
             spec,
+            machine,
             child: None,
             starts: 0,
             last_seen: Mutex::new("(never queried)".into()),
@@ -611,22 +673,41 @@ impl Node {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The Docker Engine of the lab machine this node runs on, if it has one of its own.
+    pub fn machine(&self) -> Option<&engines::HostEngine> {
+        self.machine.as_ref()
+    }
+
     /// Starts the agent (again, with the same data dir and arguments) and waits until the
-    /// started pid is the `shoal` process itself (`ip netns exec` and `setpriv` exec into it,
-    /// so signals reach the agent).
+    /// started pid is the `shoal` process itself (`ip netns exec`, `nsenter` and `setpriv`
+    /// exec into it, so signals reach the agent). On a lab machine with an engine it runs in
+    /// the machine's UTS namespace too, without `--name` when its name is the hostname (the
+    /// agent's default, as on a real machine), and with `--docker-socket` of the machine's
+    /// engine unless the spec's arguments give one.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name());
         let bin = shoal_bin();
         let mut argv: Vec<String> = Vec::new();
-        if let Some(ns) = &self.spec.netns {
-            argv.extend(["ip", "netns", "exec", ns].map(String::from));
+        match (&self.machine, &self.spec.netns) {
+            (Some(m), Some(ns)) => {
+                argv.extend(["nsenter".to_string(), format!("--net=/run/netns/{ns}"), format!("--uts={}", m.uts.display())]);
+            }
+            (None, Some(ns)) => argv.extend(["ip", "netns", "exec", ns].map(String::from)),
+            (_, None) => {}
         }
         if let Some(setpriv) = which("setpriv") {
             argv.extend([setpriv.display().to_string(), "--pdeathsig".into(), "KILL".into(), "--".into()]);
         }
         argv.push(bin.display().to_string());
         argv.extend(["agent".into(), "--data-dir".into(), self.data_dir.display().to_string()]);
-        argv.extend(["--name".into(), self.spec.name.clone()]);
+        if self.machine.as_ref().is_none_or(|m| m.hostname != self.spec.name) {
+            argv.extend(["--name".into(), self.spec.name.clone()]);
+        }
+        if let Some(m) = &self.machine {
+            if !self.spec.args.iter().any(|a| a == "--docker-socket" || a.starts_with("--docker-socket=")) {
+                argv.extend(["--docker-socket".into(), m.socket.display().to_string()]);
+            }
+        }
         let mut env_token = None;
         match self.spec.token_via {
             TokenVia::Flag => argv.extend(["--token".into(), self.spec.token.clone()]),
@@ -874,7 +955,7 @@ pub fn every<T>(items: impl IntoIterator<Item = T>, mut f: impl FnMut(T) -> bool
 /// processes, then namespaces, then files.
 pub struct Cluster {
     pub nodes: Vec<Node>,
-    lab: Option<Lab>,
+    lab: Option<Arc<Lab>>,
     tmp: TempDir,
     /// A failure report was already part of a panic message.
     reported: std::sync::atomic::AtomicBool,
@@ -885,22 +966,35 @@ impl Cluster {
         Self { nodes: Vec::new(), lab: None, tmp: TempDir::new(label), reported: false.into() }
     }
 
-    /// A cluster whose nodes run in `lab`'s namespaces.
-    pub fn in_lab(label: &str, lab: Lab) -> Self {
-        Self { nodes: Vec::new(), lab: Some(lab), tmp: TempDir::new(label), reported: false.into() }
+    /// A cluster whose nodes run in `lab`'s namespaces (a `Lab`, or an `Arc<Lab>` that
+    /// another cluster used before).
+    pub fn in_lab(label: &str, lab: impl Into<Arc<Lab>>) -> Self {
+        Self { nodes: Vec::new(), lab: Some(lab.into()), tmp: TempDir::new(label), reported: false.into() }
+    }
+
+    /// The lab, to hand on to another cluster once this one is dropped.
+    pub fn lab_arc(&self) -> Option<Arc<Lab>> {
+        self.lab.clone()
     }
 
     pub fn lab(&self) -> Option<&Lab> {
-        self.lab.as_ref()
+        self.lab.as_deref()
     }
 
     pub fn dir(&self) -> &Path {
         self.tmp.path()
     }
 
-    /// Adds a node (not started); returns its index.
+    /// Adds a node (not started); returns its index. A node whose namespace is a machine of
+    /// the lab with its own engine is started on that machine (see [`Node::start`]).
     pub fn add(&mut self, spec: NodeSpec) -> usize {
-        self.nodes.push(Node::new(spec, self.tmp.path()));
+        let machine = self
+            .lab
+            .as_ref()
+            .zip(spec.netns.as_ref())
+            .and_then(|(lab, ns)| lab.hosts.iter().find(|h| &h.ns == ns))
+            .and_then(|h| h.engine.clone());
+        self.nodes.push(Node::new(spec, self.tmp.path(), machine));
         self.nodes.len() - 1
     }
 
@@ -940,6 +1034,9 @@ impl Cluster {
         for n in &self.nodes {
             let _ = writeln!(s, "--- {} (pid {:?}, data dir {})", n.name(), n.pid(), n.data_dir.display());
             let _ = writeln!(s, "    last seen: {}", n.last_seen());
+            if let Some(m) = &n.machine {
+                let _ = writeln!(s, "    on machine {} with its own engine at {} (log {})", m.hostname, m.socket.display(), m.log_path().display());
+            }
             let _ = writeln!(s, "    log tail ({}):", n.log_path.display());
             for line in n.log_tail(LOG_TAIL_LINES).lines() {
                 let _ = writeln!(s, "      {line}");

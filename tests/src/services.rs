@@ -1,18 +1,23 @@
-//! Helpers for stories about services on real agents and the host's Docker Engine: shared
-//! by `tests/services_docker.rs` and `benches/services.rs`.
+//! Helpers for stories about services on real agents and Docker Engines (each lab machine's
+//! own, or the host's shared by all nodes): shared by `tests/services_docker.rs` and
+//! `benches/services.rs`.
 //!
 //! - [`docker_unavailable`] says why Docker-backed stories cannot run here;
-//! - [`Docker`]: the local engine through `shoal_engine::DockerEngine` (bollard) on a
-//!   private tokio runtime, so sync tests can list the containers of given nodes, and build
-//!   and remove the `FROM scratch` + static busybox test image;
-//! - [`DockerCleanup`]: on drop, removes every container labelled `shoal.node=<id>` for the
-//!   ids registered with it, and the test image — also when the test panics. Declare it
+//! - [`Docker`]: one engine (the host's, or a lab machine's socket) through
+//!   `shoal_engine::DockerEngine` (bollard) on a private tokio runtime, so sync tests can
+//!   list the containers of given nodes, and build and remove the `FROM scratch` + static
+//!   busybox test image;
+//! - [`EngineSet`]: the engines a test's nodes run on, listed engine by engine, checking
+//!   that a node's containers are on its own machine's engine only;
+//! - [`DockerCleanup`]: on drop, removes from the host's engine every container labelled
+//!   `shoal.node=<id>` for the ids registered with it, and the test image — also when the
+//!   test panics (a lab's own engines go with the lab, containers and all). Declare it
 //!   *before* the [`Cluster`] so the agents are killed first (drop runs in reverse order)
 //!   and cannot recreate what is being removed;
 //! - the CLI: `shoal service …` and `shoal node update` through one node, and the JSON rows
 //!   of `service ls` / `service ps`.
 
-use crate::{run, shoal_bin, Cluster, Output};
+use crate::{run, shoal_bin, Cluster, Lab, Output};
 use serde::Deserialize;
 use shoal_engine::testimage::{busybox_context, BUSYBOX_PATH};
 use shoal_engine::{ContainerInfo, ContainerState, DockerConfig, DockerEngine, Engine, LabelFilter};
@@ -57,16 +62,29 @@ pub struct Docker {
 }
 
 impl Docker {
+    /// The host's engine (`DOCKER_HOST`, else `/var/run/docker.sock`).
     pub fn connect() -> Result<Self, String> {
+        Self::connect_with(None)
+    }
+
+    /// The engine at a unix socket, e.g. a lab machine's ([`Lab::docker_socket`]).
+    pub fn connect_to(socket: &Path) -> Result<Self, String> {
+        Self::connect_with(Some(socket))
+    }
+
+    fn connect_with(socket: Option<&Path>) -> Result<Self, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("tokio runtime: {e}"))?;
         // Grace 0: what the harness removes is killed at once.
         let cfg = DockerConfig { stop_grace_s: 0, request_timeout_s: 30 };
-        let engine = rt
-            .block_on(DockerEngine::connect_local(cfg))
-            .map_err(|e| format!("cannot reach the local Docker Engine: {e}"))?;
+        let engine = match socket {
+            None => rt.block_on(DockerEngine::connect_local(cfg)).map_err(|e| format!("cannot reach the local Docker Engine: {e}"))?,
+            Some(path) => rt
+                .block_on(DockerEngine::connect_unix(&path.to_string_lossy(), cfg))
+                .map_err(|e| format!("cannot reach the Docker Engine at {}: {e}", path.display()))?,
+        };
         Ok(Self { rt, engine })
     }
 
@@ -108,6 +126,86 @@ impl Docker {
                 .map_err(|e| format!("removing container {}: {e}", c.name))?;
         }
         Ok(list.len())
+    }
+}
+
+/// The engines a test's nodes run on: one per machine of a lab with engines (machine `i`
+/// runs node `i`), or the host's one, shared by every node.
+pub struct EngineSet {
+    /// Each engine and how messages name it.
+    engines: Vec<(String, Docker)>,
+    /// The node each engine belongs to, once [`Self::assign`]ed (lab engines only).
+    owners: Vec<Option<String>>,
+}
+
+impl EngineSet {
+    /// The host's engine alone.
+    pub fn host() -> Result<Self, String> {
+        Ok(Self { engines: vec![("the host's engine".into(), Docker::connect()?)], owners: vec![None] })
+    }
+
+    /// Every machine's engine of a lab built with [`Lab::with_engines`], in host order.
+    pub fn of_lab(lab: &Lab) -> Result<Self, String> {
+        let mut engines = Vec::new();
+        for (i, h) in lab.hosts.iter().enumerate() {
+            let e = h.engine.as_ref().ok_or_else(|| format!("machine {} of the lab has no engine of its own (use Lab::with_engines)", i + 1))?;
+            engines.push((format!("the engine of {}", e.hostname), Docker::connect_to(&e.socket)?));
+        }
+        let owners = vec![None; engines.len()];
+        Ok(Self { engines, owners })
+    }
+
+    pub fn len(&self) -> usize {
+        self.engines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.engines.is_empty()
+    }
+
+    /// Engine `i`.
+    pub fn docker(&self, i: usize) -> &Docker {
+        &self.engines[i].1
+    }
+
+    /// Engine `i` runs the containers of node `ids[i]` and of no other node: from now on a
+    /// listing that finds another node's container there is an error. One id per engine.
+    pub fn assign(&mut self, ids: &[String]) {
+        assert_eq!(ids.len(), self.engines.len(), "one node per engine");
+        self.owners = ids.iter().cloned().map(Some).collect();
+    }
+
+    /// Every container (any state) of `nodes`, engine by engine. `Err` when an engine cannot
+    /// be listed or holds a container of a node that is not its own.
+    pub fn by_engine(&self, nodes: &[String]) -> Result<Vec<Vec<ContainerInfo>>, String> {
+        let mut out = Vec::new();
+        for ((name, docker), owner) in self.engines.iter().zip(&self.owners) {
+            let list = docker.containers(nodes).map_err(|e| format!("{name}: {e}"))?;
+            if let Some(owner) = owner {
+                if let Some(c) = list.iter().find(|c| &c.owner.node != owner) {
+                    return Err(format!(
+                        "{name} (of node {owner:.8}) holds container {} of node {:.8}: a node used another machine's engine",
+                        c.name, c.owner.node
+                    ));
+                }
+            }
+            out.push(list);
+        }
+        Ok(out)
+    }
+
+    /// Every container (any state) of `nodes` on any of the engines.
+    pub fn containers(&self, nodes: &[String]) -> Result<Vec<ContainerInfo>, String> {
+        Ok(self.by_engine(nodes)?.into_iter().flatten().collect())
+    }
+
+    /// Stops and removes every container of `nodes` on every engine; returns how many.
+    pub fn remove_all(&self, nodes: &[String]) -> Result<usize, String> {
+        let mut n = 0;
+        for (name, docker) in &self.engines {
+            n += docker.remove_all(nodes).map_err(|e| format!("{name}: {e}"))?;
+        }
+        Ok(n)
     }
 }
 

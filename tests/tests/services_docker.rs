@@ -1,14 +1,15 @@
-//! Services end to end: 3 real agents, each in its own network namespace (a [`Lab`], mDNS,
-//! `--bootstrap-expect 3`), all driving the host's Docker Engine through
-//! `/var/run/docker.sock` — a unix socket is a file, not a network endpoint, so it is
-//! reachable from inside every namespace. The agents share that one engine and tell their
-//! containers apart by the `shoal.node` label, like separate machines would by engine.
-//! The image is a `FROM scratch` + static busybox built here under a tag unique to the run
-//! (no registry); every container of the run's nodes and the image are removed at the end,
-//! also on failure. One cluster carries all the stories, in this order:
+//! Services end to end: 3 real agents on 3 lab machines, each a network namespace with its
+//! own Docker Engine and hostname ([`Lab::with_engines`], mDNS, `--bootstrap-expect 3`, the
+//! agent named after the hostname and given `--docker-socket` of its machine's engine).
+//! Every listing goes engine by engine, and a container of one node found on another node's
+//! engine fails the test. The image is a `FROM scratch` + static busybox built here on the
+//! host's engine under a tag unique to the run (no registry) and loaded into the 3 engines
+//! (`docker save | docker load`); the lab's engines go with the lab, and the image is removed
+//! from the host at the end, also on failure. One cluster carries all the stories, in this
+//! order:
 //!
-//! 1. `service create web --replicas 6` → 6 running containers, 2/2/2 over the nodes, one
-//!    per live task of `service ps`;
+//! 1. `service create web --replicas 6` → 6 running containers, 2 on each machine's engine,
+//!    one per live task of `service ps`;
 //! 2. bad input is refused with a clear message and a non-zero exit, and `service ls` is
 //!    unchanged: unknown service (ps, scale, rm), bad constraint, `--replicas 1001`,
 //!    `scale web=1001`, duplicate name, `--publish 80`, `scale web=x`; an image that no node
@@ -17,8 +18,8 @@
 //!    restarts, then it stays ended; `--restart always` with an exit 3 after a second →
 //!    restarts keep growing, exit code 3 shown;
 //! 4. `service scale web=3` → exactly 3 containers remain;
-//! 5. SIGKILL of a (non-leader) node with web tasks — its containers keep running on the
-//!    shared engine, like a machine cut off — → after `--reschedule-after` its slots run on
+//! 5. SIGKILL of a (non-leader) node with web tasks — its containers keep running on its
+//!    machine's engine, like a machine cut off — → after `--reschedule-after` its slots run on
 //!    the 2 survivors; it comes back with the same data dir → it removes its stale
 //!    containers and every slot has exactly one running container (checked over a few
 //!    reconcile ticks after convergence);
@@ -26,19 +27,24 @@
 //!    and its containers go;
 //! 7. `service rm` → every container of the service is gone.
 //!
-//! A second test, `create_through_a_follower_waits_instead_of_failing` (loopback, no
-//! Docker, no privileges), checks that a write through a follower is readable there at once
-//! (a forwarded write is applied locally before the CLI gets its answer).
+//! `three_agents_share_the_host_engine` keeps the other supported setup: several nodes on
+//! one machine and one engine (loopback agents, the host's engine, containers told apart by
+//! the `shoal.node` label): 3 replicas run, one per node, and `service rm` removes them.
+//!
+//! `create_through_a_follower_waits_instead_of_failing` (loopback, no Docker, no
+//! privileges) checks that a write through a follower is readable there at once (a forwarded
+//! write is applied locally before the CLI gets its answer).
 //!
 //! Needs root (namespaces; fails unless SHOAL_SKIP_NETNS=1 says to skip), a Docker Engine
-//! socket and `/bin/busybox` from busybox-static (skipped with a printed reason if either is
-//! missing; a socket that does not answer is a failure).
+//! socket, `dockerd` and `/bin/busybox` from busybox-static (skipped with a printed reason if
+//! one is missing; an engine that does not answer is a failure).
 
 use shoal_engine::{ContainerInfo, ContainerState};
 use shoal_tests::cluster::{free_agent_ports, in_cluster, leader_of, statuses};
+use shoal_tests::engines::engines_unavailable;
 use shoal_tests::services::{
     cli, cli_ok, docker_unavailable, engines_ok, image_tag, is_running, of_service, per_node, service_ls, service_ps, show, Docker,
-    DockerCleanup, ServiceRow, TaskRow, CONVERGE_CLI_TIMEOUT, LONG_RUNNING, SERVICE_CLI_TIMEOUT,
+    DockerCleanup, EngineSet, ServiceRow, TaskRow, CONVERGE_CLI_TIMEOUT, LONG_RUNNING, SERVICE_CLI_TIMEOUT,
 };
 use shoal_tests::{every, require_netns, token_new, Cluster, Lab, NodeSpec, TokenVia};
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,10 +59,11 @@ const FAILOVER_TIMEOUT: Duration = Duration::from_secs(45);
 /// 1 s reconcile ticks of every node and 500 ms scheduler passes).
 const STABLE_FOR: Duration = Duration::from_secs(3);
 
-/// The cluster, the engine and the nodes' ids, with the helpers the stories share.
+/// The cluster, its engines (machine `i`'s runs node `i`) and the nodes' ids, with the
+/// helpers the stories share.
 struct World {
     c: Cluster,
-    docker: Docker,
+    engines: EngineSet,
     ids: Vec<String>,
     image: String,
 }
@@ -70,9 +77,9 @@ impl World {
         self.ids.iter().position(|i| i == id).map_or_else(|| format!("{id:.8}"), |i| self.c.node(i).name().to_string())
     }
 
-    /// Every container of the run's nodes (any state).
+    /// Every container of the run's nodes (any state), on every engine.
     fn containers(&self) -> Vec<ContainerInfo> {
-        self.docker.containers(&self.ids).unwrap_or_else(|e| panic!("{e}"))
+        self.engines.containers(&self.ids).unwrap_or_else(|e| panic!("{e}\n{}", self.c.report()))
     }
 
     fn ls(&self, via: usize) -> Vec<ServiceRow> {
@@ -105,7 +112,7 @@ impl World {
         if let Some(r) = live.iter().find(|r| !r.node.as_ref().is_some_and(|x| allowed.contains(x))) {
             return Err(format!("task {} is on a node it should not be on:{}", r.short(), shown()));
         }
-        let all = self.docker.containers(&self.ids)?;
+        let all = self.engines.containers(&self.ids)?;
         let mine = of_service(&all, name);
         let want: BTreeSet<(String, u64)> = live.iter().map(|r| (r.node.clone().unwrap_or_default(), r.task.unwrap_or(0))).collect();
         let have: BTreeSet<(String, u64)> = mine.iter().filter(|c| is_running(c)).map(|c| (c.owner.node.clone(), c.owner.task)).collect();
@@ -159,28 +166,55 @@ fn poll_then_hold(c: &Cluster, timeout: Duration, what: &str, mut cond: impl FnM
     took
 }
 
+/// Agents on the lab's machines: named after the hostname, each with its machine's engine.
 fn lab_cluster(lab: Lab) -> Cluster {
-    let hosts = lab.hosts.clone();
-    let mut c = Cluster::in_lab("svc", lab);
     let token = token_new();
-    for (i, host) in hosts.iter().enumerate() {
+    let specs: Vec<NodeSpec> =
+        (0..lab.hosts.len()).map(|i| lab.agent_spec(i, &token, &["--bootstrap-expect", "3", "--reschedule-after", "5s"])).collect();
+    let mut c = Cluster::in_lab("svc", lab);
+    for spec in specs {
+        c.add(spec);
+    }
+    c
+}
+
+/// `n` loopback agents (`--no-mdns`, `--join` seeds, `--bootstrap-expect n`), all on the
+/// host's engine when they run tasks.
+fn loopback_cluster(label: &str, n: usize) -> Cluster {
+    let ports = free_agent_ports(n);
+    let token = token_new();
+    let mut c = Cluster::new(label);
+    for (i, p) in ports.iter().enumerate() {
+        let seed = if i == 0 { ports[1 % n] } else { ports[0] };
+        let expect = n.to_string();
         c.add(NodeSpec {
             name: format!("n{}", i + 1),
             token: token.clone(),
             token_via: TokenVia::Flag,
-            netns: Some(host.ns.clone()),
-            args: vec![
-                "--mdns-interface".into(),
-                host.ifname.clone(),
-                "--bootstrap-expect".into(),
-                "3".into(),
-                "--reschedule-after".into(),
-                "5s".into(),
-            ],
-            expect_addr: format!("{}:7480", host.ip),
+            netns: None,
+            args: ["--no-mdns", "--bind", &format!("127.0.0.1:{p}"), "--join", &format!("127.0.0.1:{seed}"), "--bootstrap-expect", &expect]
+                .map(String::from)
+                .to_vec(),
+            expect_addr: format!("127.0.0.1:{p}"),
         });
     }
     c
+}
+
+/// Starts every node and waits for one cluster with one leader and every node a voter;
+/// returns the node ids (node `i`'s at `i`).
+fn form(c: &mut Cluster) -> Vec<String> {
+    let all: Vec<usize> = (0..c.nodes.len()).collect();
+    for &i in &all {
+        c.node_mut(i).start();
+    }
+    let n = all.len();
+    let took = c.wait_until(FORM_TIMEOUT, &format!("{n} nodes form one cluster with one leader"), || {
+        statuses(c, &all).is_some_and(|s| every(&s, |s| in_cluster(s) && s.voters.len() == n) && leader_of(&s).is_some())
+    });
+    println!("cluster of {n} formed in {took:.1?}");
+    let st = statuses(c, &all).unwrap_or_else(|| panic!("a node stopped answering\n{}", c.report()));
+    st.iter().map(|s| s.node.clone()).collect()
 }
 
 /// Runs a command that must fail: non-zero exit, `expect` in its stderr (case-insensitive),
@@ -208,33 +242,34 @@ fn services_run_spread_scale_restart_fail_over_drain_and_go_on_docker() {
         println!("skipped: services_docker: {why}");
         return;
     }
+    if let Some(why) = engines_unavailable() {
+        println!("skipped: services_docker: {why}");
+        return;
+    }
     let began = Instant::now();
-    let docker = Docker::connect().unwrap_or_else(|e| panic!("{e} (the socket exists: is dockerd running?)"));
+    let host = Docker::connect().unwrap_or_else(|e| panic!("{e} (the socket exists: is dockerd running?)"));
     let image = image_tag("svc");
-    // Declared before the cluster: dropped after it, once the agents are dead.
+    // Declared before the cluster: dropped after it (the image leaves the host's engine).
     let cleanup = DockerCleanup::new(&image);
     let t = Instant::now();
-    docker.build_busybox(&image).unwrap_or_else(|e| panic!("{e}"));
-    println!("built {image} in {:.1?} (Docker API {})", t.elapsed(), docker.api_version());
+    host.build_busybox(&image).unwrap_or_else(|e| panic!("{e}"));
+    println!("built {image} on the host's engine in {:.1?} (Docker API {})", t.elapsed(), host.api_version());
 
-    let lab = Lab::new(3).unwrap_or_else(|e| panic!("cannot build the namespace lab: {e}"));
+    let lab = Lab::with_engines(3).unwrap_or_else(|e| panic!("cannot build the lab with engines: {e}"));
+    let took = lab.load_images(&[&image]).unwrap_or_else(|e| panic!("{e}"));
+    println!("loaded {image} into the 3 machines' engines in {:.2} s", took.as_secs_f64());
+    let mut engines = EngineSet::of_lab(&lab).unwrap_or_else(|e| panic!("{e}"));
     let mut c = lab_cluster(lab);
     let all = [0, 1, 2];
-    for i in all {
-        c.node_mut(i).start();
-    }
-    let took = c.wait_until(FORM_TIMEOUT, "3 nodes form one cluster with one leader", || {
-        statuses(&c, &all).is_some_and(|s| every(&s, |s| in_cluster(s) && s.voters.len() == 3) && leader_of(&s).is_some())
-    });
+    let ids = form(&mut c);
+    engines.assign(&ids);
     let st = statuses(&c, &all).unwrap_or_else(|| panic!("a node stopped answering\n{}", c.report()));
-    let ids: Vec<String> = st.iter().map(|s| s.node.clone()).collect();
-    for id in &ids {
-        cleanup.register(id);
+    for (i, s) in st.iter().enumerate() {
+        assert_eq!(s.name, format!("n{}", i + 1), "the agent on machine n{} (no --name) is not named after its hostname", i + 1);
     }
-    println!("cluster formed in {took:.1?}");
     let took = c.wait_until(Duration::from_secs(30), "every node sees every engine healthy", || engines_ok(&c, &all, &ids));
     println!("all engines healthy in gossip after {took:.1?} more");
-    let mut w = World { c, docker, ids, image };
+    let mut w = World { c, engines, ids, image };
 
     // ------------------------------------------------------------------ 1. six replicas
     // Through a follower: the write is forwarded to the leader and applied here before the
@@ -244,6 +279,9 @@ fn services_run_spread_scale_restart_fail_over_drain_and_go_on_docker() {
     let t = w.create(follower, &["--replicas", "6"], "web", &LONG_RUNNING);
     println!("service create web --replicas 6 converged (CLI returned) in {:.1?}", t.elapsed());
     let live = w.wait_settled(0, "web", 6, &w.ids, CONVERGE_TIMEOUT, "6 web containers run, one per task");
+    let per_engine = w.engines.by_engine(&w.ids).unwrap_or_else(|e| panic!("{e}"));
+    let counts: Vec<usize> = per_engine.iter().map(|list| of_service(list, "web").len()).collect();
+    assert_eq!(counts, [2, 2, 2], "6 replicas are not 2 on each machine's engine: {}", show(&of_service(&w.containers(), "web")));
     let containers = w.containers();
     let web = of_service(&containers, "web");
     let spread = per_node(&web, &w.ids);
@@ -383,7 +421,7 @@ fn services_run_spread_scale_restart_fail_over_drain_and_go_on_docker() {
     let still: Vec<ContainerInfo> = of_service(&w.containers(), "web").into_iter().filter(|c| c.owner.node == victim_id).cloned().collect();
     assert!(
         still.iter().filter(|c| is_running(c)).count() == stale.len(),
-        "the dead agent's containers should still run on the shared engine (a cut-off machine): {}",
+        "the dead agent's containers should still run on its machine's engine (a cut-off machine): {}",
         show(&still.iter().collect::<Vec<_>>())
     );
 
@@ -440,7 +478,7 @@ impl World {
         if live.len() != 3 || !live.iter().all(|r| r.state == "running" && r.node.as_ref().is_some_and(|n| survivors.contains(n))) {
             return Err(format!("live tasks:{}", shown()));
         }
-        let all = self.docker.containers(&self.ids)?;
+        let all = self.engines.containers(&self.ids)?;
         let web = of_service(&all, "web");
         let running: BTreeSet<(String, u64)> =
             web.iter().filter(|c| is_running(c) && c.owner.node != victim).map(|c| (c.owner.node.clone(), c.owner.task)).collect();
@@ -462,7 +500,7 @@ fn one_running_per_slot(w: &World, via: usize) -> Result<(), String> {
     }
     let slot_of: BTreeMap<u64, &str> = ps.iter().filter_map(|r| r.task.map(|t| (t, r.slot.as_str()))).collect();
     let live_tasks: BTreeMap<u64, &str> = live.iter().filter_map(|r| Some((r.task?, r.node.as_deref()?))).collect();
-    let all = w.docker.containers(&w.ids)?;
+    let all = w.engines.containers(&w.ids)?;
     let web = of_service(&all, "web");
     let mut per_slot: BTreeMap<String, Vec<&ContainerInfo>> = BTreeMap::new();
     for c in web.iter().filter(|c| is_running(c)) {
@@ -494,29 +532,9 @@ fn one_running_per_slot(w: &World, via: usize) -> Result<(), String> {
 #[test]
 fn create_through_a_follower_waits_instead_of_failing() {
     const ATTEMPTS: usize = 40;
-    let ports = free_agent_ports(3);
-    let token = token_new();
-    let mut c = Cluster::new("svcfollow");
-    for (i, p) in ports.iter().enumerate() {
-        let seed = if i == 0 { ports[1] } else { ports[0] };
-        c.add(NodeSpec {
-            name: format!("n{}", i + 1),
-            token: token.clone(),
-            token_via: TokenVia::Flag,
-            netns: None,
-            args: ["--no-mdns", "--bind", &format!("127.0.0.1:{p}"), "--join", &format!("127.0.0.1:{seed}"), "--bootstrap-expect", "3"]
-                .map(String::from)
-                .to_vec(),
-            expect_addr: format!("127.0.0.1:{p}"),
-        });
-    }
+    let mut c = loopback_cluster("svcfollow", 3);
     let all = [0, 1, 2];
-    for i in all {
-        c.node_mut(i).start();
-    }
-    c.wait_until(FORM_TIMEOUT, "3 nodes form one cluster with one leader", || {
-        statuses(&c, &all).is_some_and(|s| every(&s, |s| in_cluster(s) && s.voters.len() == 3) && leader_of(&s).is_some())
-    });
+    form(&mut c);
     let st = statuses(&c, &all).unwrap_or_else(|| panic!("a node stopped answering\n{}", c.report()));
     let leader = leader_of(&st).unwrap_or_default();
     let followers: Vec<usize> = all.iter().copied().filter(|&i| st[i].node != leader).collect();
@@ -533,4 +551,51 @@ fn create_through_a_follower_waits_instead_of_failing() {
     let names: BTreeSet<String> = service_ls(&c, leader_idx).unwrap_or_else(|e| panic!("{e}")).into_iter().map(|r| r.name).collect();
     assert_eq!(names, (1..=ATTEMPTS).map(|n| format!("s{n}")).collect::<BTreeSet<_>>(), "service ls through the leader");
     assert!(failed.is_empty(), "{} of {ATTEMPTS} creates through a follower failed although the services exist:\n{}", failed.len(), failed.join("\n"));
+}
+
+/// Several nodes on one machine share its engine (a supported setup): 3 loopback agents on
+/// the host's engine, `--replicas 3` → 3 running containers, one per node, each labelled
+/// with its node; `service rm` → none left.
+#[test]
+fn three_agents_share_the_host_engine() {
+    if let Some(why) = docker_unavailable() {
+        println!("skipped: three_agents_share_the_host_engine: {why}");
+        return;
+    }
+    let host = EngineSet::host().unwrap_or_else(|e| panic!("{e} (the socket exists: is dockerd running?)"));
+    let image = image_tag("svchost");
+    // Declared before the cluster: dropped after it, once the agents are dead.
+    let cleanup = DockerCleanup::new(&image);
+    host.docker(0).build_busybox(&image).unwrap_or_else(|e| panic!("{e}"));
+    let mut c = loopback_cluster("svchost", 3);
+    let all = [0, 1, 2];
+    let ids = form(&mut c);
+    for id in &ids {
+        cleanup.register(id);
+    }
+    c.wait_until(Duration::from_secs(30), "every node sees every engine healthy", || engines_ok(&c, &all, &ids));
+    let t = Instant::now();
+    cli_ok(&c, 0, &["service", "create", "--timeout", "60s", "--replicas", "3"], &[&["one", image.as_str()][..], &LONG_RUNNING].concat(), CONVERGE_CLI_TIMEOUT);
+    let (web, _) = poll(&c, CONVERGE_TIMEOUT, "3 containers of `one` run on the host's engine, one per node", || {
+        let all = host.containers(&ids)?;
+        let mine: Vec<ContainerInfo> = of_service(&all, "one").into_iter().cloned().collect();
+        let refs: Vec<&ContainerInfo> = mine.iter().collect();
+        let spread = per_node(&refs, &ids);
+        if mine.len() == 3 && mine.iter().all(is_running) && spread.values().all(|&n| n == 1) {
+            Ok(mine)
+        } else {
+            Err(format!("per node {spread:?}: {}", show(&refs)))
+        }
+    });
+    println!("3 replicas on one shared engine run in {:.1?}: {}", t.elapsed(), show(&web.iter().collect::<Vec<_>>()));
+    let live = service_ps(&c, 1, "one").unwrap_or_else(|e| panic!("{e}"));
+    let want: BTreeSet<(String, u64)> = live.iter().filter(|r| r.is_live()).map(|r| (r.node.clone().unwrap_or_default(), r.task.unwrap_or(0))).collect();
+    let have: BTreeSet<(String, u64)> = web.iter().map(|c| (c.owner.node.clone(), c.owner.task)).collect();
+    assert_eq!(have, want, "the containers are not the live tasks of `service ps`");
+    cli_ok(&c, 2, &["service", "rm"], &["one"], SERVICE_CLI_TIMEOUT);
+    c.wait_until(CONVERGE_TIMEOUT, "every container of `one` is gone from the host's engine", || {
+        host.containers(&ids).is_ok_and(|all| of_service(&all, "one").is_empty())
+    });
+    drop(c);
+    drop(cleanup);
 }
