@@ -10,7 +10,7 @@
 
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use shoal_engine::conformance::{self, Harness};
-use shoal_engine::testimage::{busybox_context, BUSYBOX_PATH};
+use shoal_engine::testimage::{busybox_context, labelled_context, BUSYBOX_PATH, TEST_IMAGE_LABEL};
 use shoal_engine::*;
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,8 +23,8 @@ fn cfg() -> DockerConfig {
     DockerConfig { stop_grace_s: 5, request_timeout_s: 30 }
 }
 
-/// Removes, on drop, every container whose `shoal.node` label starts with `prefix`, and
-/// the image `tag`.
+/// Removes, on drop, every container whose `shoal.node` label starts with `prefix`, every
+/// image labelled `shoal.test.image=<prefix>…` (tagged or not), and the image `tag`.
 struct Cleanup {
     prefix: String,
     tag: String,
@@ -51,8 +51,19 @@ impl Drop for Cleanup {
                         }
                     }
                 }
+                let filters: HashMap<&str, Vec<String>> = HashMap::from([("label", vec![TEST_IMAGE_LABEL.to_string()])]);
+                let options = bollard::query_parameters::ListImagesOptionsBuilder::default().filters(&filters).build();
+                let mut images = 0;
+                if let Ok(list) = engine.client().list_images(Some(options)).await {
+                    for i in list {
+                        if i.labels.get(TEST_IMAGE_LABEL).is_some_and(|v| v.starts_with(&prefix)) {
+                            let _ = engine.remove_image(&i.id).await;
+                            images += 1;
+                        }
+                    }
+                }
                 let _ = engine.remove_image(&tag).await;
-                eprintln!("cleanup: removed {removed} containers of {prefix}* and image {tag}");
+                eprintln!("cleanup: removed {removed} containers of {prefix}*, {images} derived images and image {tag}");
             });
         });
         let _ = done.join();
@@ -109,6 +120,22 @@ impl Harness for DockerHarness {
     }
     async fn pass_time(&self) {
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    async fn fresh_image(&self, name: &str) -> String {
+        let label = format!("{}-{name}", self.prefix);
+        let repo = format!("shoal-test-img-{label}");
+        let context = labelled_context(&self.tag, &label).expect("build context");
+        self.engine.build_image(&format!("{repo}:latest"), context).await.expect("build a labelled test image");
+        repo
+    }
+    async fn remove_image(&self, reference: &str) {
+        self.engine.remove_image(reference).await.expect("remove image");
+    }
+    fn unpullable_reference(&self) -> String {
+        // A registry on loopback where nothing listens (port 9, discard): Docker treats
+        // 127.0.0.0/8 as an insecure registry, gets "connection refused" at once, and no
+        // name is looked up, so nothing leaves this machine.
+        "127.0.0.1:9/shoal-none:1".to_string()
     }
 }
 
@@ -292,7 +319,7 @@ async fn reconciler_reports_a_missing_image_clearly() {
         assert_eq!(reports.len(), 1, "{reports:?}");
         match &reports[0].state {
             TaskState::Failed { reason } => {
-                assert!(reason.contains(&image) && reason.contains("shoal does not pull"), "{reason}")
+                assert!(reason.contains(&image) && reason.contains("is not on this node's engine"), "{reason}")
             }
             other => panic!("{other:?}"),
         }

@@ -45,6 +45,17 @@ impl Harness for FakeHarness {
     async fn pass_time(&self) {
         self.engine.set_now_ms(self.engine.now_ms() + 100);
     }
+    async fn fresh_image(&self, name: &str) -> String {
+        let repo = format!("fake-{name}");
+        self.engine.add_image_sized(repo.clone(), 10_000);
+        repo
+    }
+    async fn remove_image(&self, reference: &str) {
+        self.engine.remove_image(reference);
+    }
+    fn unpullable_reference(&self) -> String {
+        "127.0.0.1:9/shoal-none:1".to_string()
+    }
 }
 
 #[tokio::test]
@@ -173,4 +184,83 @@ async fn an_engine_outage_is_survived() {
         reports.extend(reconcile_once(&e, &mut r, step * 200, &tasks).await.unwrap());
     }
     assert_eq!(reports.last().map(|r| (r.state.clone(), r.restarts)), Some((TaskState::Running, 0)), "{reports:?}");
+}
+
+fn collect(mut chunks: ImageStream) -> Vec<u8> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    while let Some(c) = futures_util::FutureExt::now_or_never(chunks.next()).expect("fake chunks are ready at once") {
+        out.extend_from_slice(&c.unwrap());
+    }
+    out
+}
+
+/// The fake as the simulator will use it for image sharing: the same name is the same
+/// image (id) on every engine, an export is the same bytes every time, and one engine's
+/// export loads into another.
+#[tokio::test]
+async fn fake_images_move_between_engines_deterministically() {
+    let (a, b) = (FakeEngine::new(0), FakeEngine::new(0));
+    let id = a.add_image_sized("web:1", 100_000);
+    assert_eq!(b.add_image_sized("web:1", 100_000), id, "same name, same image, same id");
+    assert!(b.remove_image("web:1"));
+    assert_eq!(b.images().await.unwrap(), vec![]);
+
+    let tags = ["web:1".to_string()];
+    let first = a.export_image(&id, &tags).await.unwrap();
+    assert_eq!(first.image, ImageInfo { id: id.clone(), tags: tags.to_vec(), size_bytes: 100_000 });
+    let total = first.total_bytes.unwrap();
+    let bytes = collect(first.chunks);
+    assert_eq!(bytes.len() as u64, total);
+    assert_eq!(collect(a.export_image(&id, &tags).await.unwrap().chunks), bytes, "exports are byte for byte the same");
+
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = bytes.chunks(1000).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+    let info = b.import_image(&id, &tags, total, Box::pin(futures_util::stream::iter(chunks))).await.unwrap();
+    assert_eq!(info, ImageInfo { id: id.clone(), tags: tags.to_vec(), size_bytes: 100_000 });
+    assert_eq!(b.images().await.unwrap(), a.images().await.unwrap());
+
+    // A flipped byte in the layer no longer matches the id the archive claims.
+    let mut corrupt = bytes.clone();
+    corrupt[600] ^= 1;
+    assert!(b.remove_image("web:1"));
+    let one: Vec<Result<bytes::Bytes, std::io::Error>> = vec![Ok(bytes::Bytes::from(corrupt))];
+    match b.import_image(&id, &tags, total, Box::pin(futures_util::stream::iter(one))).await {
+        Err(EngineError::ImportFailed { reason }) => assert!(reason.contains("does not match"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(b.images().await.unwrap(), vec![]);
+}
+
+/// Pull gets only what the fake registry has, reporting progress; a registry that is
+/// down, or one without the image, is `PullFailed`; create never pulls.
+#[tokio::test]
+async fn fake_pulls_only_from_its_registry_with_progress() {
+    let e = FakeEngine::new(0);
+    e.add_registry_image("nginx"); // = nginx:latest
+    let req = CreateRequest {
+        owner: Owner { node: "n".to_string(), service: "s".to_string(), task: 1 },
+        spec: ContainerSpec { image: "nginx".to_string(), ..Default::default() },
+    };
+    assert!(matches!(e.create(&req).await, Err(EngineError::ImageNotFound { .. })), "create does not pull");
+
+    e.set_registry_reachable(false);
+    match e.pull_image("nginx", |_| {}).await {
+        Err(EngineError::PullFailed { image, reason }) => assert!(image == "nginx" && reason.contains("cannot be reached"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    e.set_registry_reachable(true);
+    match e.pull_image("nginx:alpine", |_| {}).await {
+        Err(EngineError::PullFailed { reason, .. }) => assert!(reason.contains("does not have"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.images().await.unwrap(), vec![]);
+
+    let mut steps = Vec::new();
+    let id = e.pull_image("nginx", |p| steps.push(p)).await.unwrap();
+    assert_eq!(e.resolve_image("nginx:latest").await.unwrap(), Some(id.clone()));
+    assert_eq!(id, FakeEngine::new(0).add_image("nginx"), "the registry's image is the one add_image makes");
+    let statuses: Vec<&str> = steps.iter().map(|s| s.status.as_str()).collect();
+    assert_eq!(statuses[..4], ["Pulling fs layer", "Downloading", "Downloading", "Pull complete"]);
+    assert!(steps.iter().any(|s| s.current_bytes == Some(FAKE_IMAGE_BYTES_DEFAULT) && s.total_bytes == Some(FAKE_IMAGE_BYTES_DEFAULT)));
+    e.create(&req).await.expect("create once pulled");
 }
