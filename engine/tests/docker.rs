@@ -420,3 +420,32 @@ async fn a_node_back_from_a_partition_removes_its_stale_container() {
     .await
     .expect("test timed out");
 }
+
+/// Stops on one node run together on the real engine: 4 containers that ignore SIGTERM
+/// (a shell as PID 1 without a trap) and a 2 s stop grace are removed in about one grace
+/// (each is killed after it), not four: serially this is at least 8 s.
+#[tokio::test]
+async fn removals_on_one_node_run_concurrently_on_docker() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (_, tag, _guard) = setup("par").await;
+        let grace_s = 2;
+        let engine = DockerEngine::connect_local(DockerConfig { stop_grace_s: grace_s, request_timeout_s: 30 }).await.unwrap();
+        let node = format!("t{}-par-n1", std::process::id());
+        let mut r = Reconciler::new(node, ReconcilerConfig::default());
+        let stubborn = sh("sleep 100000; true");
+        let assigned: Vec<AssignedTask> = (1..=4).map(|i| task(i, &tag, stubborn.clone(), RestartPolicy::Always)).collect();
+        let mut reports = Vec::new();
+        drive_until(&engine, &mut r, &assigned, &mut reports, Duration::from_secs(30), "4 running", |c, _| running_tasks(c) == vec![1, 2, 3, 4]).await;
+
+        let t0 = Instant::now();
+        reconcile_once(&engine, &mut r, 60_000, &[]).await.unwrap();
+        let took = t0.elapsed();
+        assert!(engine.list(&LabelFilter::node(r.node())).await.unwrap().is_empty(), "all 4 removed");
+        let grace = Duration::from_secs(u64::from(grace_s));
+        eprintln!("4 removals with a {grace:?} grace, SIGTERM ignored: {took:?} (serial would be ≥ {:?})", grace * 4);
+        assert!(took >= grace, "the containers ignored SIGTERM, so each stop waited out the grace: {took:?}");
+        assert!(took < grace * 3, "4 stops took {took:?}: not concurrent (serial ≥ {:?})", grace * 4);
+    })
+    .await
+    .expect("test timed out");
+}

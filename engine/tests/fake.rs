@@ -264,3 +264,74 @@ async fn fake_pulls_only_from_its_registry_with_progress() {
     assert!(steps.iter().any(|s| s.current_bytes == Some(FAKE_IMAGE_BYTES_DEFAULT) && s.total_bytes == Some(FAKE_IMAGE_BYTES_DEFAULT)));
     e.create(&req).await.expect("create once pulled");
 }
+
+/// The fake engine whose stop+remove takes `stop`, on tokio's (paused) clock: to see how
+/// many removals run at once without depending on the wall clock.
+struct SlowStops {
+    inner: FakeEngine,
+    stop: std::time::Duration,
+}
+
+impl Engine for SlowStops {
+    async fn ping(&self) -> Result<(), EngineError> {
+        self.inner.ping().await
+    }
+    async fn list(&self, filter: &LabelFilter) -> Result<Vec<ContainerInfo>, EngineError> {
+        self.inner.list(filter).await
+    }
+    async fn create(&self, req: &CreateRequest) -> Result<ContainerId, EngineError> {
+        self.inner.create(req).await
+    }
+    async fn start(&self, id: &ContainerId) -> Result<(), EngineError> {
+        self.inner.start(id).await
+    }
+    async fn stop_and_remove(&self, id: &ContainerId) -> Result<(), EngineError> {
+        tokio::time::sleep(self.stop).await;
+        self.inner.stop_and_remove(id).await
+    }
+    async fn inspect(&self, id: &ContainerId) -> Result<ContainerState, EngineError> {
+        self.inner.inspect(id).await
+    }
+    async fn images(&self) -> Result<Vec<ImageInfo>, EngineError> {
+        self.inner.images().await
+    }
+    async fn resolve_image(&self, reference: &str) -> Result<Option<ImageId>, EngineError> {
+        self.inner.resolve_image(reference).await
+    }
+    async fn export_image(&self, id: &ImageId, tags: &[String]) -> Result<ImageExport, EngineError> {
+        self.inner.export_image(id, tags).await
+    }
+    async fn import_image(&self, id: &ImageId, tags: &[String], max_bytes: u64, chunks: ImageStream) -> Result<ImageInfo, EngineError> {
+        self.inner.import_image(id, tags, max_bytes, chunks).await
+    }
+    async fn pull_image<P: FnMut(PullProgress) + Send>(&self, reference: &str, progress: P) -> Result<ImageId, EngineError> {
+        self.inner.pull_image(reference, progress).await
+    }
+}
+
+/// Stops on one node run together: with each stop taking 10 s (paused tokio time, so
+/// exact), removing 5 containers takes 10 s, not 50; 20 take two rounds (at most
+/// `REMOVALS_IN_FLIGHT_MAX` = 16 at once), not one and not twenty. New containers are
+/// created after the removals.
+#[tokio::test(start_paused = true)]
+async fn removals_on_one_node_run_concurrently_and_bounded() {
+    let stop = std::time::Duration::from_secs(10);
+    for (n, rounds) in [(5u64, 1u32), (20, 2)] {
+        let e = SlowStops { inner: FakeEngine::new(0), stop };
+        e.inner.add_image("busybox:fake");
+        let mut r = Reconciler::new("n1", ReconcilerConfig::default());
+        let old: Vec<AssignedTask> = (1..=n).map(|i| web_task(i, vec!["sleep".to_string()], RestartPolicy::Always)).collect();
+        reconcile_once(&e, &mut r, 0, &old).await.unwrap();
+        assert_eq!(e.inner.container_count() as u64, n);
+
+        let new = [web_task(100, vec!["sleep".to_string()], RestartPolicy::Always)];
+        let t0 = tokio::time::Instant::now();
+        reconcile_once(&e, &mut r, 1_000, &new).await.unwrap();
+        let took = t0.elapsed();
+        assert_eq!(took, stop * rounds, "{n} removals took {took:?}");
+        let left: Vec<TaskId> = e.list(&LabelFilter::node("n1")).await.unwrap().iter().map(|c| c.owner.task).collect();
+        assert_eq!(left, vec![100], "all removed, the new task created");
+        eprintln!("{n} removals of {stop:?} each: {took:?} (serial: {:?})", stop * n as u32);
+    }
+    assert_eq!(REMOVALS_IN_FLIGHT_MAX, 16);
+}
