@@ -3,8 +3,11 @@
 //! (`tests/fake_conformance.rs`). Test support: failures panic with a message.
 
 use crate::engine::Engine;
+use crate::image::{ImageId, ImageStream, IMAGE_IMPORT_BYTES_MAX};
 use crate::types::{ContainerId, ContainerInfo, ContainerSpec, ContainerState, CreateRequest, LabelFilter, Owner};
 use crate::EngineError;
+use bytes::Bytes;
+use futures_util::StreamExt;
 use std::future::Future;
 
 /// What the suite needs from each implementation's test setup.
@@ -23,6 +26,15 @@ pub trait Harness: Sync {
     fn node(&self, name: &str) -> String;
     /// Lets a little time pass (the fake: advance its clock; Docker: sleep).
     fn pass_time(&self) -> impl Future<Output = ()> + Send;
+    /// Makes a new image, distinct from every other (its own id), tagged `R:latest`, and
+    /// returns `R`. `name` is unique within a run.
+    fn fresh_image(&self, name: &str) -> impl Future<Output = String> + Send;
+    /// Removes an image tag (the image goes with its last tag) or an image by id; a
+    /// missing one is fine.
+    fn remove_image(&self, reference: &str) -> impl Future<Output = ()> + Send;
+    /// A reference whose pull must fail at once without leaving this machine (Docker: a
+    /// registry on 127.0.0.1 at a port nothing listens on).
+    fn unpullable_reference(&self) -> String;
 }
 
 /// How many `pass_time` steps a state may take to appear.
@@ -110,7 +122,7 @@ pub async fn missing_image<H: Harness>(h: &H) {
     match e.create(&req).await {
         Err(err @ EngineError::ImageNotFound { .. }) => {
             let text = err.to_string();
-            assert!(text.contains(&req.spec.image) && text.contains("not found locally; shoal does not pull"), "{text}");
+            assert!(text.contains(&req.spec.image) && text.contains("is not on this node's engine"), "{text}");
         }
         other => panic!("create with a missing image: {other:?}"),
     }
@@ -166,6 +178,199 @@ pub async fn agents_isolated<H: Harness>(h: &H) {
     e.stop_and_remove(&id_b).await.expect("remove b");
 }
 
+/// Reads a whole export into memory (test images are small).
+async fn export_bytes<H: Harness>(h: &H, id: &ImageId, tags: &[String]) -> Vec<u8> {
+    let export = h.engine().export_image(id, tags).await.expect("export");
+    assert_eq!(&export.image.id, id);
+    let mut chunks = export.chunks;
+    let mut out = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        out.extend_from_slice(&chunk.expect("export chunk"));
+    }
+    if let Some(total) = export.total_bytes {
+        assert_eq!(total, out.len() as u64, "the announced archive length is the real one");
+    }
+    assert!(!out.is_empty());
+    out
+}
+
+/// `bytes` as a stream of chunks of `chunk` bytes.
+fn stream_of(bytes: &[u8], chunk: usize) -> ImageStream {
+    let chunks: Vec<Result<Bytes, std::io::Error>> = bytes.chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    Box::pin(futures_util::stream::iter(chunks))
+}
+
+/// Is image `id` on the engine (listed, under any tags)?
+async fn holds<H: Harness>(h: &H, id: &ImageId) -> bool {
+    h.engine().images().await.expect("images").iter().any(|i| i.id == *id)
+}
+
+/// Images are listed with id, tags and size, and references resolve: `name:tag`, `name`
+/// as `name:latest`, full id, id prefix; unknown → None; malformed → typed error.
+pub async fn images_listed_and_resolved<H: Harness>(h: &H) {
+    let e = h.engine();
+    let repo = h.fresh_image("ls").await;
+    let tag = format!("{repo}:latest");
+    let listed = e.images().await.expect("images");
+    let mine: Vec<_> = listed.iter().filter(|i| i.tags.contains(&tag)).collect();
+    assert_eq!(mine.len(), 1, "{listed:?}");
+    let id = mine[0].id.clone();
+    assert!(ImageId::parse(&id.0).is_some(), "ids are sha256:<64 hex>: {id:?}");
+    assert!(mine[0].size_bytes > 0);
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted, "images are sorted by id");
+    assert_eq!(e.resolve_image(&tag).await.expect("resolve tag"), Some(id.clone()));
+    assert_eq!(e.resolve_image(&repo).await.expect("resolve name"), Some(id.clone()), "name means name:latest");
+    assert_eq!(e.resolve_image(&id.0).await.expect("resolve id"), Some(id.clone()));
+    let prefix: String = id.0.trim_start_matches("sha256:").chars().take(16).collect();
+    assert_eq!(e.resolve_image(&prefix).await.expect("resolve prefix"), Some(id.clone()));
+    assert_eq!(e.resolve_image(&format!("{repo}:no-such-tag")).await.expect("resolve unknown"), None);
+    assert_eq!(e.resolve_image(&format!("{repo}-absent")).await.expect("resolve unknown"), None);
+    for bad in ["has space", "a?b=c", ""] {
+        match e.resolve_image(bad).await {
+            Err(EngineError::InvalidImageReference { .. }) => {}
+            other => panic!("resolve {bad:?}: {other:?}"),
+        }
+    }
+    h.remove_image(&tag).await;
+    assert_eq!(e.resolve_image(&tag).await.expect("resolve removed"), None);
+    assert!(!holds(h, &id).await);
+}
+
+/// Save, remove, load back: same id and tags; an archive made by id loads untagged.
+pub async fn images_export_import_round_trip<H: Harness>(h: &H) {
+    let e = h.engine();
+    let repo = h.fresh_image("rt").await;
+    let tag = format!("{repo}:latest");
+    let id = e.resolve_image(&tag).await.expect("resolve").expect("fresh image resolves");
+    let tagged = export_bytes(h, &id, std::slice::from_ref(&repo)).await; // `repo` = `repo:latest`
+    let untagged = export_bytes(h, &id, &[]).await;
+    match e.export_image(&id, &[format!("{repo}:not-its-tag")]).await {
+        Err(EngineError::ImageNotFound { .. }) => {}
+        other => panic!("export under a tag it does not have: {other:?}"),
+    }
+    h.remove_image(&tag).await;
+    assert!(!holds(h, &id).await, "removed");
+    match e.export_image(&id, &[]).await {
+        Err(EngineError::ImageNotFound { .. }) => {}
+        other => panic!("export of a missing image: {other:?}"),
+    }
+
+    let info = e.import_image(&id, &[], IMAGE_IMPORT_BYTES_MAX, stream_of(&untagged, 7_000)).await.expect("import untagged");
+    assert_eq!((&info.id, info.tags.is_empty()), (&id, true), "{info:?}");
+    assert_eq!(e.resolve_image(&tag).await.expect("resolve"), None, "an archive made by id carries no tag");
+    let info = e.import_image(&id, std::slice::from_ref(&tag), IMAGE_IMPORT_BYTES_MAX, stream_of(&tagged, 64 << 10)).await.expect("import tagged");
+    assert_eq!((&info.id, &info.tags), (&id, &vec![tag.clone()]));
+    assert_eq!(e.resolve_image(&tag).await.expect("resolve"), Some(id.clone()), "same id under the same tag");
+    // Loading what is already there changes nothing.
+    let again = e.import_image(&id, std::slice::from_ref(&tag), IMAGE_IMPORT_BYTES_MAX, stream_of(&tagged, 64 << 10)).await.expect("import again");
+    assert_eq!(again, info);
+    h.remove_image(&tag).await;
+    assert!(!holds(h, &id).await);
+}
+
+/// Garbage, a truncated archive, one past the bound, a transfer that breaks off, and an
+/// archive of another image or tag: each a typed error, and none leaves the image (or
+/// its tag) on the engine.
+pub async fn images_bad_imports_leave_nothing<H: Harness>(h: &H) {
+    let e = h.engine();
+    let repo = h.fresh_image("bad").await;
+    let tag = format!("{repo}:latest");
+    let tags = std::slice::from_ref(&tag);
+    let id = e.resolve_image(&tag).await.expect("resolve").expect("fresh image resolves");
+    let archive = export_bytes(h, &id, tags).await;
+    h.remove_image(&tag).await;
+    let nothing_left = || async {
+        assert!(!holds(h, &id).await, "the image was left on the engine");
+        assert_eq!(e.resolve_image(&tag).await.expect("resolve"), None, "its tag was left on the engine");
+    };
+
+    let garbage: Vec<u8> = b"this is not an image archive\n".iter().copied().cycle().take(archive.len()).collect();
+    match e.import_image(&id, tags, IMAGE_IMPORT_BYTES_MAX, stream_of(&garbage, 4096)).await {
+        Err(err @ EngineError::ImportFailed { .. }) => eprintln!("  garbage: {err}"),
+        other => panic!("import of garbage: {other:?}"),
+    }
+    nothing_left().await;
+
+    let half = &archive[..archive.len() / 2];
+    match e.import_image(&id, tags, IMAGE_IMPORT_BYTES_MAX, stream_of(half, 4096)).await {
+        Err(err @ EngineError::ImportFailed { .. }) => eprintln!("  truncated: {err}"),
+        other => panic!("import of a truncated archive: {other:?}"),
+    }
+    nothing_left().await;
+
+    let limit = archive.len() as u64 - 1;
+    match e.import_image(&id, tags, limit, stream_of(&archive, 4096)).await {
+        Err(err @ EngineError::ImportTooLarge { limit_bytes }) => {
+            assert_eq!(limit_bytes, limit);
+            eprintln!("  too large: {err}");
+        }
+        other => panic!("import past the bound: {other:?}"),
+    }
+    nothing_left().await;
+
+    let mut broken: Vec<Result<Bytes, std::io::Error>> = archive[..archive.len() / 2].chunks(4096).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    broken.push(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "peer went away")));
+    match e.import_image(&id, tags, IMAGE_IMPORT_BYTES_MAX, Box::pin(futures_util::stream::iter(broken))).await {
+        Err(err @ EngineError::TransferFailed(_)) => {
+            assert!(err.to_string().contains("peer went away"), "{err}");
+            eprintln!("  broken transfer: {err}");
+        }
+        other => panic!("import of a broken transfer: {other:?}"),
+    }
+    nothing_left().await;
+
+    let other_id = ImageId(format!("sha256:{}", "0".repeat(64)));
+    match e.import_image(&other_id, tags, IMAGE_IMPORT_BYTES_MAX, stream_of(&archive, 64 << 10)).await {
+        Err(err @ EngineError::ImportMismatch { .. }) => {
+            assert!(err.to_string().contains(&other_id.0), "{err}");
+            eprintln!("  other id: {err}");
+        }
+        other => panic!("import of another image than expected: {other:?}"),
+    }
+    nothing_left().await;
+    let other_tag = format!("{repo}:other");
+    match e.import_image(&id, std::slice::from_ref(&other_tag), IMAGE_IMPORT_BYTES_MAX, stream_of(&archive, 64 << 10)).await {
+        Err(err @ EngineError::ImportMismatch { .. }) => eprintln!("  other tags: {err}"),
+        other => panic!("import under other tags than expected: {other:?}"),
+    }
+    nothing_left().await;
+    assert_eq!(e.resolve_image(&other_tag).await.expect("resolve"), None);
+
+    // The same archive, as expected, loads.
+    e.import_image(&id, tags, archive.len() as u64, stream_of(&archive, 64 << 10)).await.expect("import at exactly the bound");
+    assert_eq!(e.resolve_image(&tag).await.expect("resolve"), Some(id.clone()));
+    h.remove_image(&tag).await;
+}
+
+/// A pull from a registry that cannot be reached fails at once with `PullFailed`, naming
+/// the image; nothing is pulled, and create still never pulls.
+pub async fn images_pull_failure_is_typed<H: Harness>(h: &H) {
+    let e = h.engine();
+    let reference = h.unpullable_reference();
+    let t0 = std::time::Instant::now();
+    let mut steps = Vec::new();
+    match e.pull_image(&reference, |p| steps.push(p)).await {
+        Err(err @ EngineError::PullFailed { .. }) => {
+            let text = err.to_string();
+            assert!(text.contains(&reference) && text.contains("could not pull"), "{text}");
+            eprintln!("  pull: {text} (after {:?}, {} progress steps)", t0.elapsed(), steps.len());
+        }
+        other => panic!("pull of {reference}: {other:?}"),
+    }
+    assert!(t0.elapsed() < std::time::Duration::from_secs(20), "the failed pull took {:?}", t0.elapsed());
+    assert_eq!(e.resolve_image(&reference).await.expect("resolve"), None);
+    match e.pull_image("not a reference", |_| {}).await {
+        Err(EngineError::InvalidImageReference { .. }) => {}
+        other => panic!("pull of a malformed reference: {other:?}"),
+    }
+    let mut req = request(h, "a", 21, h.run_forever());
+    req.spec.image = reference;
+    assert!(matches!(e.create(&req).await, Err(EngineError::ImageNotFound { .. })), "create never pulls");
+    assert!(e.list(&LabelFilter::node(&req.owner.node)).await.expect("list").is_empty());
+}
+
 /// Every behaviour, in order, each printed with its duration.
 pub async fn run_all<H: Harness>(h: &H) {
     macro_rules! step {
@@ -182,4 +387,8 @@ pub async fn run_all<H: Harness>(h: &H) {
     step!(start_failure);
     step!(one_container_per_task);
     step!(agents_isolated);
+    step!(images_listed_and_resolved);
+    step!(images_export_import_round_trip);
+    step!(images_bad_imports_leave_nothing);
+    step!(images_pull_failure_is_typed);
 }

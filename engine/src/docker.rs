@@ -1,9 +1,13 @@
-//! The real engine: the local Docker Engine through bollard. Nothing is ever pulled.
+//! The real engine: the local Docker Engine through bollard. Nothing is pulled unless the
+//! node asks (`pull_image`, in `docker/images.rs` with the other image operations).
 //!
 //! bollard 0.21 speaks API 1.53 by default; `connect_local` negotiates down to what the
 //! server speaks (e.g. 1.41 for Engine 20.10), otherwise every call would be refused.
 
+mod images;
+
 use crate::engine::Engine;
+use crate::image::{ImageExport, ImageId, ImageInfo, ImageStream, PullProgress};
 use crate::types::{ContainerId, ContainerInfo, ContainerState, CreateRequest, LabelFilter, Owner};
 use crate::EngineError;
 use bollard::errors::Error as BollardError;
@@ -265,5 +269,28 @@ impl Engine for DockerEngine {
 
     async fn inspect(&self, id: &ContainerId) -> Result<ContainerState, EngineError> {
         self.inspect_state(&id.0).await
+    }
+
+    async fn images(&self) -> Result<Vec<ImageInfo>, EngineError> {
+        self.list_images().await
+    }
+
+    async fn resolve_image(&self, reference: &str) -> Result<Option<ImageId>, EngineError> {
+        self.resolve(reference).await
+    }
+
+    async fn export_image(&self, id: &ImageId, tags: &[String]) -> Result<ImageExport, EngineError> {
+        self.export(id, tags).await
+    }
+
+    async fn import_image(&self, id: &ImageId, tags: &[String], max_bytes: u64, chunks: ImageStream) -> Result<ImageInfo, EngineError> {
+        self.import(id, tags, max_bytes, chunks).await
+    }
+
+    async fn pull_image<P>(&self, reference: &str, progress: P) -> Result<ImageId, EngineError>
+    where
+        P: FnMut(PullProgress) + Send,
+    {
+        self.pull(reference, progress).await
     }
 }

@@ -3,7 +3,8 @@
 //! and the node-side reconciler (pure) with the small driver that applies its actions.
 //!
 //! *Architecture invariant:* `reconcile` and `types` do no I/O and read no clock; only
-//! `docker` talks to the Docker Engine, and nothing here ever pulls an image.
+//! `docker` talks to the Docker Engine, and nothing pulls an image unless asked to
+//! (`Engine::pull_image`; creating a container never pulls).
 
 #![forbid(unsafe_code)]
 
@@ -13,14 +14,16 @@ pub mod driver;
 pub mod engine;
 pub mod error;
 pub mod fake;
+pub mod image;
 pub mod reconcile;
 pub mod testimage;
 pub mod types;
 
 pub use docker::{DockerConfig, DockerEngine};
-pub use driver::{apply, reconcile_once};
+pub use driver::{apply, reconcile_once, REMOVALS_IN_FLIGHT_MAX};
 pub use engine::Engine;
 pub use error::EngineError;
-pub use fake::{Behaviour, FakeEngine};
+pub use fake::{Behaviour, FakeEngine, FAKE_IMAGE_BYTES_DEFAULT};
+pub use image::{ImageExport, ImageId, ImageInfo, ImageStream, PullProgress, IMAGE_IMPORT_BYTES_MAX};
 pub use reconcile::{Action, AssignedTask, Desired, Reconciler, ReconcilerConfig, RemoveReason, RestartPolicy, TaskReport, TaskState};
 pub use types::{ContainerId, ContainerInfo, ContainerSpec, ContainerState, CreateRequest, LabelFilter, Owner, PortMapping, Protocol, TaskId};

@@ -683,7 +683,7 @@ mod tests {
             let actions = r.reconcile(0, &t, &[]);
             let report = r.action_failed(0, &t[0], &actions[0], &err).unwrap();
             assert_eq!(report.state, TaskState::Failed { reason: err.to_string() });
-            assert!(err.to_string().contains("shoal does not pull"));
+            assert!(err.to_string().contains("is not on this node's engine"));
             assert!(r.reconcile(100, &t, &[]).is_empty(), "same failure not reported twice, no create before backoff");
             let later = r.reconcile(500, &t, &[]);
             assert_eq!(later.iter().any(|a| matches!(a, Action::Create { .. })), retries, "{policy:?}: {later:?}");

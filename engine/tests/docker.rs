@@ -10,7 +10,7 @@
 
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use shoal_engine::conformance::{self, Harness};
-use shoal_engine::testimage::{busybox_context, BUSYBOX_PATH};
+use shoal_engine::testimage::{busybox_context, labelled_context, BUSYBOX_PATH, TEST_IMAGE_LABEL};
 use shoal_engine::*;
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,8 +23,8 @@ fn cfg() -> DockerConfig {
     DockerConfig { stop_grace_s: 5, request_timeout_s: 30 }
 }
 
-/// Removes, on drop, every container whose `shoal.node` label starts with `prefix`, and
-/// the image `tag`.
+/// Removes, on drop, every container whose `shoal.node` label starts with `prefix`, every
+/// image labelled `shoal.test.image=<prefix>…` (tagged or not), and the image `tag`.
 struct Cleanup {
     prefix: String,
     tag: String,
@@ -51,8 +51,19 @@ impl Drop for Cleanup {
                         }
                     }
                 }
+                let filters: HashMap<&str, Vec<String>> = HashMap::from([("label", vec![TEST_IMAGE_LABEL.to_string()])]);
+                let options = bollard::query_parameters::ListImagesOptionsBuilder::default().filters(&filters).build();
+                let mut images = 0;
+                if let Ok(list) = engine.client().list_images(Some(options)).await {
+                    for i in list {
+                        if i.labels.get(TEST_IMAGE_LABEL).is_some_and(|v| v.starts_with(&prefix)) {
+                            let _ = engine.remove_image(&i.id).await;
+                            images += 1;
+                        }
+                    }
+                }
                 let _ = engine.remove_image(&tag).await;
-                eprintln!("cleanup: removed {removed} containers of {prefix}* and image {tag}");
+                eprintln!("cleanup: removed {removed} containers of {prefix}*, {images} derived images and image {tag}");
             });
         });
         let _ = done.join();
@@ -109,6 +120,22 @@ impl Harness for DockerHarness {
     }
     async fn pass_time(&self) {
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    async fn fresh_image(&self, name: &str) -> String {
+        let label = format!("{}-{name}", self.prefix);
+        let repo = format!("shoal-test-img-{label}");
+        let context = labelled_context(&self.tag, &label).expect("build context");
+        self.engine.build_image(&format!("{repo}:latest"), context).await.expect("build a labelled test image");
+        repo
+    }
+    async fn remove_image(&self, reference: &str) {
+        self.engine.remove_image(reference).await.expect("remove image");
+    }
+    fn unpullable_reference(&self) -> String {
+        // A registry on loopback where nothing listens (port 9, discard): Docker treats
+        // 127.0.0.0/8 as an insecure registry, gets "connection refused" at once, and no
+        // name is looked up, so nothing leaves this machine.
+        "127.0.0.1:9/shoal-none:1".to_string()
     }
 }
 
@@ -292,7 +319,7 @@ async fn reconciler_reports_a_missing_image_clearly() {
         assert_eq!(reports.len(), 1, "{reports:?}");
         match &reports[0].state {
             TaskState::Failed { reason } => {
-                assert!(reason.contains(&image) && reason.contains("shoal does not pull"), "{reason}")
+                assert!(reason.contains(&image) && reason.contains("is not on this node's engine"), "{reason}")
             }
             other => panic!("{other:?}"),
         }
@@ -389,6 +416,35 @@ async fn a_node_back_from_a_partition_removes_its_stale_container() {
         drive_until(&engine, &mut n1, &[], &mut reports, Duration::from_secs(30), "n1 removed its stale copy", |c, _| c.is_empty()).await;
         let n2_list = engine.list(&LabelFilter::node(&n2_id)).await.unwrap();
         assert_eq!(running_tasks(&n2_list), vec![1], "task 1 still runs once, on n2");
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Stops on one node run together on the real engine: 4 containers that ignore SIGTERM
+/// (a shell as PID 1 without a trap) and a 2 s stop grace are removed in about one grace
+/// (each is killed after it), not four: serially this is at least 8 s.
+#[tokio::test]
+async fn removals_on_one_node_run_concurrently_on_docker() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (_, tag, _guard) = setup("par").await;
+        let grace_s = 2;
+        let engine = DockerEngine::connect_local(DockerConfig { stop_grace_s: grace_s, request_timeout_s: 30 }).await.unwrap();
+        let node = format!("t{}-par-n1", std::process::id());
+        let mut r = Reconciler::new(node, ReconcilerConfig::default());
+        let stubborn = sh("sleep 100000; true");
+        let assigned: Vec<AssignedTask> = (1..=4).map(|i| task(i, &tag, stubborn.clone(), RestartPolicy::Always)).collect();
+        let mut reports = Vec::new();
+        drive_until(&engine, &mut r, &assigned, &mut reports, Duration::from_secs(30), "4 running", |c, _| running_tasks(c) == vec![1, 2, 3, 4]).await;
+
+        let t0 = Instant::now();
+        reconcile_once(&engine, &mut r, 60_000, &[]).await.unwrap();
+        let took = t0.elapsed();
+        assert!(engine.list(&LabelFilter::node(r.node())).await.unwrap().is_empty(), "all 4 removed");
+        let grace = Duration::from_secs(u64::from(grace_s));
+        eprintln!("4 removals with a {grace:?} grace, SIGTERM ignored: {took:?} (serial would be ≥ {:?})", grace * 4);
+        assert!(took >= grace, "the containers ignored SIGTERM, so each stop waited out the grace: {took:?}");
+        assert!(took < grace * 3, "4 stops took {took:?}: not concurrent (serial ≥ {:?})", grace * 4);
     })
     .await
     .expect("test timed out");

@@ -45,6 +45,17 @@ impl Harness for FakeHarness {
     async fn pass_time(&self) {
         self.engine.set_now_ms(self.engine.now_ms() + 100);
     }
+    async fn fresh_image(&self, name: &str) -> String {
+        let repo = format!("fake-{name}");
+        self.engine.add_image_sized(repo.clone(), 10_000);
+        repo
+    }
+    async fn remove_image(&self, reference: &str) {
+        self.engine.remove_image(reference);
+    }
+    fn unpullable_reference(&self) -> String {
+        "127.0.0.1:9/shoal-none:1".to_string()
+    }
 }
 
 #[tokio::test]
@@ -173,4 +184,154 @@ async fn an_engine_outage_is_survived() {
         reports.extend(reconcile_once(&e, &mut r, step * 200, &tasks).await.unwrap());
     }
     assert_eq!(reports.last().map(|r| (r.state.clone(), r.restarts)), Some((TaskState::Running, 0)), "{reports:?}");
+}
+
+fn collect(mut chunks: ImageStream) -> Vec<u8> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    while let Some(c) = futures_util::FutureExt::now_or_never(chunks.next()).expect("fake chunks are ready at once") {
+        out.extend_from_slice(&c.unwrap());
+    }
+    out
+}
+
+/// The fake as the simulator will use it for image sharing: the same name is the same
+/// image (id) on every engine, an export is the same bytes every time, and one engine's
+/// export loads into another.
+#[tokio::test]
+async fn fake_images_move_between_engines_deterministically() {
+    let (a, b) = (FakeEngine::new(0), FakeEngine::new(0));
+    let id = a.add_image_sized("web:1", 100_000);
+    assert_eq!(b.add_image_sized("web:1", 100_000), id, "same name, same image, same id");
+    assert!(b.remove_image("web:1"));
+    assert_eq!(b.images().await.unwrap(), vec![]);
+
+    let tags = ["web:1".to_string()];
+    let first = a.export_image(&id, &tags).await.unwrap();
+    assert_eq!(first.image, ImageInfo { id: id.clone(), tags: tags.to_vec(), size_bytes: 100_000 });
+    let total = first.total_bytes.unwrap();
+    let bytes = collect(first.chunks);
+    assert_eq!(bytes.len() as u64, total);
+    assert_eq!(collect(a.export_image(&id, &tags).await.unwrap().chunks), bytes, "exports are byte for byte the same");
+
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = bytes.chunks(1000).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+    let info = b.import_image(&id, &tags, total, Box::pin(futures_util::stream::iter(chunks))).await.unwrap();
+    assert_eq!(info, ImageInfo { id: id.clone(), tags: tags.to_vec(), size_bytes: 100_000 });
+    assert_eq!(b.images().await.unwrap(), a.images().await.unwrap());
+
+    // A flipped byte in the layer no longer matches the id the archive claims.
+    let mut corrupt = bytes.clone();
+    corrupt[600] ^= 1;
+    assert!(b.remove_image("web:1"));
+    let one: Vec<Result<bytes::Bytes, std::io::Error>> = vec![Ok(bytes::Bytes::from(corrupt))];
+    match b.import_image(&id, &tags, total, Box::pin(futures_util::stream::iter(one))).await {
+        Err(EngineError::ImportFailed { reason }) => assert!(reason.contains("does not match"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(b.images().await.unwrap(), vec![]);
+}
+
+/// Pull gets only what the fake registry has, reporting progress; a registry that is
+/// down, or one without the image, is `PullFailed`; create never pulls.
+#[tokio::test]
+async fn fake_pulls_only_from_its_registry_with_progress() {
+    let e = FakeEngine::new(0);
+    e.add_registry_image("nginx"); // = nginx:latest
+    let req = CreateRequest {
+        owner: Owner { node: "n".to_string(), service: "s".to_string(), task: 1 },
+        spec: ContainerSpec { image: "nginx".to_string(), ..Default::default() },
+    };
+    assert!(matches!(e.create(&req).await, Err(EngineError::ImageNotFound { .. })), "create does not pull");
+
+    e.set_registry_reachable(false);
+    match e.pull_image("nginx", |_| {}).await {
+        Err(EngineError::PullFailed { image, reason }) => assert!(image == "nginx" && reason.contains("cannot be reached"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    e.set_registry_reachable(true);
+    match e.pull_image("nginx:alpine", |_| {}).await {
+        Err(EngineError::PullFailed { reason, .. }) => assert!(reason.contains("does not have"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.images().await.unwrap(), vec![]);
+
+    let mut steps = Vec::new();
+    let id = e.pull_image("nginx", |p| steps.push(p)).await.unwrap();
+    assert_eq!(e.resolve_image("nginx:latest").await.unwrap(), Some(id.clone()));
+    assert_eq!(id, FakeEngine::new(0).add_image("nginx"), "the registry's image is the one add_image makes");
+    let statuses: Vec<&str> = steps.iter().map(|s| s.status.as_str()).collect();
+    assert_eq!(statuses[..4], ["Pulling fs layer", "Downloading", "Downloading", "Pull complete"]);
+    assert!(steps.iter().any(|s| s.current_bytes == Some(FAKE_IMAGE_BYTES_DEFAULT) && s.total_bytes == Some(FAKE_IMAGE_BYTES_DEFAULT)));
+    e.create(&req).await.expect("create once pulled");
+}
+
+/// The fake engine whose stop+remove takes `stop`, on tokio's (paused) clock: to see how
+/// many removals run at once without depending on the wall clock.
+struct SlowStops {
+    inner: FakeEngine,
+    stop: std::time::Duration,
+}
+
+impl Engine for SlowStops {
+    async fn ping(&self) -> Result<(), EngineError> {
+        self.inner.ping().await
+    }
+    async fn list(&self, filter: &LabelFilter) -> Result<Vec<ContainerInfo>, EngineError> {
+        self.inner.list(filter).await
+    }
+    async fn create(&self, req: &CreateRequest) -> Result<ContainerId, EngineError> {
+        self.inner.create(req).await
+    }
+    async fn start(&self, id: &ContainerId) -> Result<(), EngineError> {
+        self.inner.start(id).await
+    }
+    async fn stop_and_remove(&self, id: &ContainerId) -> Result<(), EngineError> {
+        tokio::time::sleep(self.stop).await;
+        self.inner.stop_and_remove(id).await
+    }
+    async fn inspect(&self, id: &ContainerId) -> Result<ContainerState, EngineError> {
+        self.inner.inspect(id).await
+    }
+    async fn images(&self) -> Result<Vec<ImageInfo>, EngineError> {
+        self.inner.images().await
+    }
+    async fn resolve_image(&self, reference: &str) -> Result<Option<ImageId>, EngineError> {
+        self.inner.resolve_image(reference).await
+    }
+    async fn export_image(&self, id: &ImageId, tags: &[String]) -> Result<ImageExport, EngineError> {
+        self.inner.export_image(id, tags).await
+    }
+    async fn import_image(&self, id: &ImageId, tags: &[String], max_bytes: u64, chunks: ImageStream) -> Result<ImageInfo, EngineError> {
+        self.inner.import_image(id, tags, max_bytes, chunks).await
+    }
+    async fn pull_image<P: FnMut(PullProgress) + Send>(&self, reference: &str, progress: P) -> Result<ImageId, EngineError> {
+        self.inner.pull_image(reference, progress).await
+    }
+}
+
+/// Stops on one node run together: with each stop taking 10 s (paused tokio time, so
+/// exact), removing 5 containers takes 10 s, not 50; 20 take two rounds (at most
+/// `REMOVALS_IN_FLIGHT_MAX` = 16 at once), not one and not twenty. New containers are
+/// created after the removals.
+#[tokio::test(start_paused = true)]
+async fn removals_on_one_node_run_concurrently_and_bounded() {
+    let stop = std::time::Duration::from_secs(10);
+    for (n, rounds) in [(5u64, 1u32), (20, 2)] {
+        let e = SlowStops { inner: FakeEngine::new(0), stop };
+        e.inner.add_image("busybox:fake");
+        let mut r = Reconciler::new("n1", ReconcilerConfig::default());
+        let old: Vec<AssignedTask> = (1..=n).map(|i| web_task(i, vec!["sleep".to_string()], RestartPolicy::Always)).collect();
+        reconcile_once(&e, &mut r, 0, &old).await.unwrap();
+        assert_eq!(e.inner.container_count() as u64, n);
+
+        let new = [web_task(100, vec!["sleep".to_string()], RestartPolicy::Always)];
+        let t0 = tokio::time::Instant::now();
+        reconcile_once(&e, &mut r, 1_000, &new).await.unwrap();
+        let took = t0.elapsed();
+        assert_eq!(took, stop * rounds, "{n} removals took {took:?}");
+        let left: Vec<TaskId> = e.list(&LabelFilter::node("n1")).await.unwrap().iter().map(|c| c.owner.task).collect();
+        assert_eq!(left, vec![100], "all removed, the new task created");
+        eprintln!("{n} removals of {stop:?} each: {took:?} (serial: {:?})", stop * n as u32);
+    }
+    assert_eq!(REMOVALS_IN_FLIGHT_MAX, 16);
 }
