@@ -27,6 +27,10 @@ const MAX_CONNECTIONS: usize = 32;
 /// (`control::WRITE_TIMEOUT` plus one forward), so a write that finds no leader answers with
 /// that reason instead of a closed connection.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Bound on `image push` (streams whole images to every node).
+const PUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long a client may take to send its request line.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest response line a client accepts (a members list of thousands of nodes fits).
 const MAX_RESPONSE_LEN: u64 = 64 * 1024 * 1024;
 
@@ -53,6 +57,14 @@ pub enum Request {
     ServiceScale { name: String, replicas: u32 },
     ServiceRm { name: String },
     ServiceInspect { name: String },
+    /// Every image of every node, with the nodes holding it.
+    ImageLs,
+    /// Send an image from this node's engine to the other nodes (matching `constraints`).
+    ImagePush {
+        image: String,
+        #[serde(default)]
+        constraints: Vec<String>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -66,6 +78,8 @@ pub enum Response {
     Services { services: Vec<ServiceRow> },
     Tasks { tasks: Vec<TaskRow> },
     Service { service: serde_json::Value },
+    Images { listing: crate::images::ops::ImageListing },
+    Pushed { image: String, nodes: Vec<crate::images::ops::PushRow> },
     Error { message: String },
 }
 
@@ -112,10 +126,8 @@ pub async fn serve(listener: UnixListener, ctl: Control) {
         };
         let ctl = ctl.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, ctl)).await {
-                Ok(Err(e)) => tracing::debug!(error = %e, "api connection ended with an error"),
-                Err(_) => tracing::debug!("api request timed out"),
-                Ok(Ok(())) => {}
+            if let Err(e) = handle(stream, ctl).await {
+                tracing::debug!(error = %e, "api connection ended with an error");
             }
             drop(permit);
         });
@@ -123,12 +135,27 @@ pub async fn serve(listener: UnixListener, ctl: Control) {
 }
 
 async fn handle(stream: UnixStream, ctl: Control) -> Result<()> {
-    let membership = ctl.membership().clone();
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(MAX_REQUEST_LEN));
     let mut line = String::new();
-    lines.read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(&line) {
+    tokio::time::timeout(READ_TIMEOUT, lines.read_line(&mut line)).await.map_err(|_| anyhow!("no request within {READ_TIMEOUT:?}"))??;
+    let request = serde_json::from_str::<Request>(&line);
+    let limit = if matches!(request, Ok(Request::ImagePush { .. })) { PUSH_TIMEOUT } else { REQUEST_TIMEOUT };
+    let response = match tokio::time::timeout(limit, respond(request, &ctl)).await {
+        Ok(response) => response,
+        Err(_) => Response::Error { message: format!("the request did not finish within {limit:?}") },
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await?;
+    Ok(())
+}
+
+async fn respond(request: serde_json::Result<Request>, ctl: &Control) -> Response {
+    let ctl = ctl.clone();
+    let membership = ctl.membership().clone();
+    match request {
         Err(e) => Response::Error { message: format!("bad request: {e}") },
         Ok(Request::Members) => match membership.members().await {
             Ok(members) => Response::Members { members },
@@ -185,12 +212,11 @@ async fn handle(stream: UnixStream, ctl: Control) -> Result<()> {
                 }),
             })
         })),
-    };
-    let mut out = serde_json::to_vec(&response)?;
-    out.push(b'\n');
-    write.write_all(&out).await?;
-    write.shutdown().await?;
-    Ok(())
+        Ok(Request::ImageLs) => into_response(crate::images::ops::list(&ctl).await.map(|listing| Response::Images { listing })),
+        Ok(Request::ImagePush { image, constraints }) => into_response(
+            crate::images::ops::push(&ctl, &image, &constraints).await.map(|nodes| Response::Pushed { image, nodes }),
+        ),
+    }
 }
 
 fn into_response(result: Result<Response>) -> Response {

@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod control;
 pub mod identity;
+pub mod images;
 pub mod joinnet;
 pub mod netutil;
 pub mod output;

@@ -51,8 +51,32 @@ enum Command {
         #[command(subcommand)]
         command: servicecmd::ServiceCommand,
     },
+    /// Images across the cluster: which nodes hold which, and sending one to the others.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Run the deterministic simulator: many nodes, injected faults, invariant checks.
     Sim(simcmd::SimArgs),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// List the images of every node with the nodes that hold each. A task whose image its
+    /// node lacks gets it from a node that has it (else its engine pulls it).
+    Ls(ClientArgs),
+    /// Send an image from this node's Docker Engine to the other nodes (an image you built
+    /// here, without a registry).
+    Push {
+        /// Image reference (name:tag) or id.
+        image: String,
+        /// Only to nodes matching this placement constraint (repeatable), e.g.
+        /// node.labels.zone==attic, node.arch==aarch64.
+        #[arg(long = "constraint", value_name = "EXPR")]
+        constraints: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -262,6 +286,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Node { command } => node_command(command),
+        Command::Image { command } => image_command(command),
         Command::Service { command } => servicecmd::run(command),
         Command::Stats(args) => {
             let data_dir = args.data_dir.unwrap_or_else(identity::default_data_dir);
@@ -299,6 +324,32 @@ fn node_command(command: NodeCommand) -> Result<()> {
                 shoal_node::outln!("{}", serde_json::json!({ "message": message }));
             } else {
                 shoal_node::outln!("{message}");
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn image_command(command: ImageCommand) -> Result<()> {
+    let (client, request) = match command {
+        ImageCommand::Ls(client) => (client, api::Request::ImageLs),
+        ImageCommand::Push { image, constraints, client } => {
+            for c in &constraints {
+                shoal_cluster::constraint::Constraint::parse(c)?;
+            }
+            (client, api::Request::ImagePush { image, constraints })
+        }
+    };
+    let data_dir = client.data_dir.unwrap_or_else(identity::default_data_dir);
+    let json = matches!(client.format, Format::Json);
+    match runtime()?.block_on(api::call(&data_dir, &request))? {
+        api::Response::Images { listing } => output::print_images(&listing, json),
+        api::Response::Pushed { image, nodes } => {
+            output::print_pushed(&image, &nodes, json)?;
+            let failed = nodes.iter().filter(|n| n.result.starts_with("failed")).count();
+            if failed > 0 {
+                anyhow::bail!("{image} did not reach {failed} of {} node(s)", nodes.len());
             }
             Ok(())
         }

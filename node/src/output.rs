@@ -221,3 +221,36 @@ mod tests {
         assert_eq!(t, "A      BB\nlong   x\ns      yy\n");
     }
 }
+
+/// `shoal image ls`.
+pub fn print_images(listing: &crate::images::ops::ImageListing, json: bool) -> Result<()> {
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(listing)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = listing
+        .images
+        .iter()
+        .map(|i| {
+            let id = i.id.strip_prefix("sha256:").unwrap_or(&i.id).chars().take(12).collect();
+            let tags = if i.tags.is_empty() { "<none>".to_string() } else { i.tags.join(",") };
+            vec![tags, id, format!("{:.1}MB", i.size_bytes as f64 / 1e6), i.nodes.join(",")]
+        })
+        .collect();
+    crate::out!("{}", table(&["IMAGE", "ID", "SIZE", "NODES"], &rows));
+    for u in &listing.unreachable {
+        eprintln!("not asked: {u}");
+    }
+    Ok(())
+}
+
+/// `shoal image push`.
+pub fn print_pushed(image: &str, nodes: &[crate::images::ops::PushRow], json: bool) -> Result<()> {
+    if json {
+        crate::outln!("{}", serde_json::json!({ "image": image, "nodes": nodes }));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = nodes.iter().map(|n| vec![n.node.clone(), n.result.clone()]).collect();
+    crate::out!("{}", table(&["NODE", "RESULT"], &rows));
+    Ok(())
+}

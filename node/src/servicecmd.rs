@@ -16,7 +16,8 @@ pub enum ServiceCommand {
     Create {
         /// Service name: a-z, 0-9, '_', '.', '-'.
         name: String,
-        /// Image, already present in each node's Docker Engine (shoal never pulls).
+        /// Image. A node that lacks it fetches it from a node that has it, else its engine pulls
+        /// it; `shoal image push` sends one you built to every node.
         image: String,
         /// Command and arguments (after `--` if they start with a dash).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

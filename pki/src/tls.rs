@@ -349,6 +349,7 @@ pub fn peer_node_id(conn: &CommonState) -> Result<NodeId, TlsError> {
 #[derive(Clone)]
 pub struct MutualTls {
     server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
     acceptor: TlsAcceptor,
     connector: TlsConnector,
     handshake_timeout: Duration,
@@ -369,12 +370,31 @@ impl MutualTls {
         revoked: Revocations,
     ) -> Result<Self, TlsError> {
         let server = server_config(ca, credentials.clone(), revoked.clone())?;
+        let client = client_config(ca, credentials, revoked)?;
         Ok(Self {
             acceptor: TlsAcceptor::from(server.clone()),
             server,
-            connector: TlsConnector::from(client_config(ca, credentials, revoked)?),
+            connector: TlsConnector::from(client.clone()),
+            client,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         })
+    }
+
+    /// The same endpoint (certificates, checks, revoked set) for another protocol on the
+    /// node's port: both sides offer only `alpn` (the port routes by it).
+    pub fn with_alpn(&self, alpn: &[u8]) -> Self {
+        let mut server = (*self.server).clone();
+        server.alpn_protocols = vec![alpn.to_vec()];
+        let mut client = (*self.client).clone();
+        client.alpn_protocols = vec![alpn.to_vec()];
+        let (server, client) = (Arc::new(server), Arc::new(client));
+        Self {
+            acceptor: TlsAcceptor::from(server.clone()),
+            connector: TlsConnector::from(client.clone()),
+            server,
+            client,
+            handshake_timeout: self.handshake_timeout,
+        }
     }
 
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {

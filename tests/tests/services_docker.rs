@@ -322,7 +322,7 @@ fn services_run_spread_scale_restart_fail_over_drain_and_go_on_docker() {
     let (why, _) = poll(&w.c, CONVERGE_TIMEOUT, "the ghost task fails with a reason naming the image", || {
         let live = w.live(1, "ghost")?;
         live.iter()
-            .find(|r| r.state == "failed" && r.error.as_deref().is_some_and(|e| e.contains(&ghost_image) && e.contains("is not on this node's engine")))
+            .find(|r| r.state == "failed" && r.error.as_deref().is_some_and(|e| e.contains(&ghost_image) && e.contains("is not on this node") && e.contains("pulling it failed")))
             .and_then(|r| r.error.clone())
             .ok_or_else(|| format!("{:?}", live.iter().map(TaskRow::short).collect::<Vec<_>>()))
     });

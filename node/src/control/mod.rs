@@ -135,11 +135,15 @@ struct Inner {
     /// The node's one TCP port; Raft and joins are routed on it once this node holds a
     /// certificate. Taken (and so closed) at shutdown.
     port: Mutex<Option<Arc<PortServer>>>,
+    /// This node's engine as an image store (the image service, the runner, the API).
+    images: Arc<crate::images::docker_store::LocalDocker>,
 }
 
 /// The running half: Raft, its network and servers, the credentials.
 pub struct Running {
     pub raft: Raft,
+    /// Mutual TLS with the other nodes for the image protocol (`crate::images`).
+    pub image_tls: MutualTls,
     pub network: RaftNetwork,
     pub creds: Arc<NodeCredentials>,
     pub revoked: Revocations,
@@ -177,6 +181,7 @@ impl Control {
     ) -> Result<Self> {
         let key = Arc::new(rcgen::KeyPair::from_pem(key_pem).context("cannot load the node key")?);
         let files = TrustFiles::new(&cfg.data_dir);
+        let cfg_socket = cfg.docker_socket.clone();
         let store = RedbStore::open(&files.raft_dir()).context("cannot open the Raft store")?;
         let inner = Arc::new(Inner {
             cfg,
@@ -187,6 +192,7 @@ impl Control {
             store,
             phase: Mutex::new(Phase::Bootstrapping("starting".into())),
             port: Mutex::new(Some(port)),
+            images: crate::images::docker_store::LocalDocker::new(cfg_socket),
         });
         let ctl = Control { inner };
         match ctl.inner.files.load_cert()? {
@@ -246,6 +252,11 @@ impl Control {
         &self.inner.cfg
     }
 
+    /// This node's engine as an image store.
+    pub fn images(&self) -> Arc<crate::images::docker_store::LocalDocker> {
+        self.inner.images.clone()
+    }
+
     /// Commits `cmd` through the leader.
     pub async fn write(&self, cmd: Command) -> Result<Applied, WriteError> {
         let running = self.running().ok_or(WriteError::NotInCluster)?;
@@ -258,6 +269,7 @@ impl Control {
             if let Some(port) = self.inner.port.lock().unwrap_or_else(PoisonError::into_inner).take() {
                 port.unroute(RAFT_ALPN);
                 port.unroute(JOIN_ALPN);
+                port.unroute(crate::images::IMAGE_ALPN);
             }
             let _ = running.raft.shutdown().await;
         }
@@ -388,9 +400,12 @@ impl Control {
             .await
             .context("cannot start Raft")?;
         let port = self.inner.port.lock().unwrap_or_else(PoisonError::into_inner).clone().ok_or_else(|| anyhow!("shutting down"))?;
+        let image_tls = tls.with_alpn(crate::images::IMAGE_ALPN);
+        port.route(crate::images::IMAGE_ALPN, crate::images::service::ImageService::new(image_tls.clone(), self.inner.images.clone()));
         port.route(RAFT_ALPN, RaftService::new(tls, Arc::new(raft.clone()), ServerConfig { revoked: Some(revoked.clone()), ..ServerConfig::default() }));
         let running = Arc::new(Running {
             raft: raft.clone(),
+            image_tls,
             network,
             creds: creds.clone(),
             revoked,

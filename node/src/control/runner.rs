@@ -10,11 +10,19 @@
 //! - reports are compared with what the state already records, so a lost write is simply
 //!   sent again on the next pass and nothing is sent when nothing changed;
 //! - Docker not reachable: the node says so in its gossiped facts (`engine_ok`), so the
-//!   scheduler gives it no tasks, and it reconnects on later passes.
+//!   scheduler gives it no tasks, and it reconnects on later passes;
+//! - a task whose image the engine lacks is held back from the reconciler while the image
+//!   is fetched from a node that has it or pulled (`crate::images::acquire`); if neither
+//!   works the task is reported failed with the reason, and the image is tried again later.
 
 use super::{now_ms, Control};
+use crate::images::acquire::{self, Acquisitions, Holder};
+use crate::images::proto::Peer;
+use crate::images::ImageStore;
 use shoal_consensus::duties;
-use shoal_engine::{DockerConfig, DockerEngine, Reconciler, ReconcilerConfig};
+use shoal_discovery::MemberState;
+use shoal_engine::{Desired, DockerConfig, DockerEngine, Reconciler, ReconcilerConfig, TaskReport, TaskState};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// How often the node reconciles its tasks.
@@ -27,6 +35,8 @@ pub async fn run_tasks(ctl: Control) {
     let mut reconciler = Reconciler::new(me.to_string(), ReconcilerConfig::default());
     let mut engine: Option<DockerEngine> = None;
     let mut engine_warned = false;
+    let mut images = Acquisitions::new();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<(String, Result<String, String>)>(16);
     loop {
         tokio::time::sleep(RUN_TICK).await;
         if engine.is_none() {
@@ -61,8 +71,39 @@ pub async fn run_tasks(ctl: Control) {
         if state.ca.is_none() || !state.nodes.contains_key(&me) {
             continue;
         }
-        let assigned = state.tasks_for_node(&me);
+        let mut assigned = state.tasks_for_node(&me);
         let now = now_ms();
+        while let Ok((image, result)) = done_rx.try_recv() {
+            match &result {
+                Ok(how) => tracing::info!(%image, "image is here: {how}"),
+                Err(why) => tracing::warn!(%image, "{why}"),
+            }
+            images.finished(&image, now, result.map(drop));
+        }
+        let store = ctl.images();
+        let needs: Vec<(u64, String)> =
+            assigned.iter().filter(|t| t.desired == Desired::Running).map(|t| (t.id, t.spec.image.clone())).collect();
+        let mut present = BTreeSet::new();
+        for image in needs.iter().map(|(_, i)| i).collect::<BTreeSet<_>>() {
+            // An engine error here shows again in the reconcile below; count it as present so
+            // the reconciler, not a transfer, reports it.
+            if !matches!(store.resolve(image).await, Ok(None)) {
+                present.insert(image.clone());
+            }
+        }
+        let plan = images.plan(now, &needs, &present);
+        if !plan.start.is_empty() {
+            let holders = holders(&ctl).await;
+            for image in plan.start {
+                tracing::info!(%image, "image not on this node: fetching it from a node that has it, else pulling it");
+                let (store, tls, holders, done) = (store.clone(), running.image_tls.clone(), holders.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let result = acquire::acquire(&image, store.as_ref(), &tls, &holders).await;
+                    let _ = done.send((image, result)).await;
+                });
+            }
+        }
+        assigned.retain(|t| !plan.waiting.contains(&t.id));
         match shoal_engine::reconcile_once(docker, &mut reconciler, now, &assigned).await {
             Ok(_) => {}
             Err(e) => {
@@ -72,10 +113,28 @@ pub async fn run_tasks(ctl: Control) {
                 continue;
             }
         }
-        for cmd in duties::unrecorded_reports(&state, me, reconciler.last_reports(), now) {
+        let mut reports = reconciler.last_reports();
+        reports.extend(plan.failed.into_iter().map(|(task, reason)| TaskReport {
+            task,
+            state: TaskState::Failed { reason },
+            restarts: 0,
+            last_exit_code: None,
+            container: None,
+        }));
+        for cmd in duties::unrecorded_reports(&state, me, reports, now) {
             if let Err(e) = running.write(cmd).await {
                 tracing::debug!(error = %e, "could not report task states yet; will resend");
             }
         }
     }
+}
+
+/// The other members that may hold images: alive and in the cluster.
+async fn holders(ctl: &Control) -> Vec<Holder> {
+    let members = ctl.membership().members().await.unwrap_or_default();
+    members
+        .into_iter()
+        .filter(|m| !m.is_self && m.state == MemberState::Alive && m.in_cluster)
+        .map(|m| Holder { peer: Peer { id: m.id, addr: m.addr }, name: m.name.unwrap_or_else(|| m.id.short()) })
+        .collect()
 }
