@@ -211,17 +211,6 @@ pub fn print_tasks(tasks: &[TaskRow], json: bool) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::table;
-
-    #[test]
-    fn columns_align() {
-        let t = table(&["A", "BB"], &[vec!["long".into(), "x".into()], vec!["s".into(), "yy".into()]]);
-        assert_eq!(t, "A      BB\nlong   x\ns      yy\n");
-    }
-}
-
 /// `shoal image ls`.
 pub fn print_images(listing: &crate::images::ops::ImageListing, json: bool) -> Result<()> {
     if json {
@@ -254,3 +243,15 @@ pub fn print_pushed(image: &str, nodes: &[crate::images::ops::PushRow], json: bo
     crate::out!("{}", table(&["NODE", "RESULT"], &rows));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+
+    #[test]
+    fn columns_align() {
+        let t = table(&["A", "BB"], &[vec!["long".into(), "x".into()], vec!["s".into(), "yy".into()]]);
+        assert_eq!(t, "A      BB\nlong   x\ns      yy\n");
+    }
+}
+

@@ -4,6 +4,7 @@
 //!   `docker save` streamed into `docker load` and verified by image id);
 //! - by hand, the same as a user would without shoal: `docker save IMAGE | docker -H
 //!   n2 load` and the same for n3, both at once.
+//!
 //! Between rounds the image is removed from n2 and n3. The image is a busybox `FROM scratch`
 //! plus 50 MB of random bytes, built on the host's engine and removed at the end.
 //! Run: `cargo bench -p shoal-tests --bench images`.

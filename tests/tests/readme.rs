@@ -33,7 +33,7 @@ fn blocks(text: &str, heading: &str) -> Vec<String> {
     let mut current: Option<String> = None;
     for line in section.lines() {
         match (&mut current, line.trim_start()) {
-            (None, l) if l == "```sh" => current = Some(String::new()),
+            (None, "```sh") => current = Some(String::new()),
             (Some(_), "```") => out.extend(current.take()),
             (Some(block), _) => {
                 block.push_str(line);

@@ -91,7 +91,7 @@ pub async fn list(ctl: &Control) -> Result<ImageListing> {
     let tls = &running.image_tls;
     let asked = futures_util::future::join_all(members.iter().map(|m| async move {
         if m.state != MemberState::Alive {
-            return (m, Err(format!("{}", m.state.as_str())));
+            return (m, Err(m.state.as_str().to_string()));
         }
         let peer = Peer { id: m.id, addr: m.addr };
         match tokio::time::timeout(LIST_TIMEOUT, proto::list(tls, peer)).await {

@@ -199,7 +199,7 @@ async fn acquire_fetches_from_a_holder_then_pulls_then_names_who_was_asked() {
     bounded(async {
         let ca = Ca::live(44);
         let web = info(1, "web:1", 2000);
-        let holder = node(&ca, Some(MemStore::with(&[web.clone()]))).await;
+        let holder = node(&ca, Some(MemStore::with(std::slice::from_ref(&web)))).await;
         let empty = node(&ca, Some(MemStore::with(&[]))).await;
         let me_store = MemStore::with(&[]);
         let me = node(&ca, None).await;
