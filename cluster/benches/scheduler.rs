@@ -31,6 +31,8 @@ fn main() {
             constraints: if s % 2 == 0 { vec![shoal_cluster::constraint::Constraint::parse("node.labels.zone!=z0").expect("valid")] } else { vec![] },
             reserve_cpu_millis: 100,
             reserve_memory_bytes: 64 << 20,
+            // A tenth of the services publish a host port: at most one such task per node.
+            host_ports: if s % 10 == 0 { vec![HostPort::tcp(8000 + s as u16)] } else { vec![] },
         })
         .collect();
     let cfg = SchedulerConfig::default();

@@ -6,16 +6,23 @@
 //!   the fewest tasks overall, then the lowest node id (deterministic);
 //! - eligible = alive (not suspect, down or left), availability active, engine healthy,
 //!   every constraint satisfied, enough unreserved CPU and memory;
+//! - host ports are a resource: a node never gets two live tasks publishing the same host
+//!   port and protocol (whatever their services); a slot that finds its ports taken on
+//!   every eligible node is `Pending` with a reason naming the port;
 //! - a slot that cannot be placed is reported `Pending` with the reason, per node class;
 //! - tasks on a node that has been down (or left) longer than `down_grace_ms`, or that is
 //!   drained, or gone, are shut down and their slot placed anew; a slot is never given a
 //!   second live task while its first is live (the old one is shut down in the same batch);
-//! - scale-down removes the highest slots; removing a service shuts all its tasks down.
+//! - scale-down removes the highest slots; removing a service shuts all its tasks down;
+//! - two kept tasks on one node that publish the same host port (a state written before
+//!   ports were scheduled) are reduced to one: the later is shut down (`PortConflict`)
+//!   and its slot placed anew.
 
 use crate::constraint::{Constraint, NodeFields};
 use serde::{Deserialize, Serialize};
 use shoal_wire::NodeId;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 pub type TaskId = u64;
 
@@ -68,6 +75,45 @@ pub enum Mode {
     Global,
 }
 
+/// The transport protocol of a published host port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PortProtocol {
+    Tcp,
+    Udp,
+}
+
+impl PortProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
+        }
+    }
+}
+
+/// A host port a service's tasks publish on their node: at most one live task per node may
+/// hold each (port, protocol). TCP and UDP of the same number are different resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HostPort {
+    pub port: u16,
+    pub protocol: PortProtocol,
+}
+
+impl HostPort {
+    pub fn tcp(port: u16) -> Self {
+        Self { port, protocol: PortProtocol::Tcp }
+    }
+    pub fn udp(port: u16) -> Self {
+        Self { port, protocol: PortProtocol::Udp }
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.port, self.protocol.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceView {
     pub name: String,
@@ -75,6 +121,8 @@ pub struct ServiceView {
     pub constraints: Vec<Constraint>,
     pub reserve_cpu_millis: u64,
     pub reserve_memory_bytes: u64,
+    /// The host ports every task of the service publishes (each at most once).
+    pub host_ports: Vec<HostPort>,
 }
 
 /// Which replica a task is: an index for replicated services, the node for global ones.
@@ -103,6 +151,8 @@ pub enum ShutdownReason {
     NodeGone,
     NotEligible,
     Duplicate,
+    /// Another kept task on the same node publishes one of its host ports.
+    PortConflict,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,11 +178,24 @@ impl Default for SchedulerConfig {
 }
 
 /// Per-node bookkeeping during one scheduling pass.
+#[derive(Default)]
 struct Load {
     tasks: u64,
     per_service: BTreeMap<String, u64>,
     cpu_millis: u64,
     memory_bytes: u64,
+    /// Host ports held by the tasks kept or placed on the node so far in this pass.
+    ports: BTreeSet<HostPort>,
+}
+
+impl Load {
+    /// The first of `svc`'s host ports that a task on this node already holds.
+    fn port_taken(&self, svc: &ServiceView) -> Option<HostPort> {
+        if self.ports.is_empty() {
+            return None;
+        }
+        svc.host_ports.iter().copied().find(|p| self.ports.contains(p))
+    }
 }
 
 /// Why a node cannot take a task; counted per class for the pending reason.
@@ -142,6 +205,7 @@ enum Reject {
     Drained,
     NoEngine,
     Constraint(String),
+    Port(HostPort),
     Cpu,
     Memory,
 }
@@ -153,6 +217,7 @@ impl Reject {
             Reject::Drained => "drained".into(),
             Reject::NoEngine => "container engine unavailable".into(),
             Reject::Constraint(c) => format!("constraint {c} not met"),
+            Reject::Port(p) => format!("host port {p} taken"),
             Reject::Cpu => "insufficient CPU".into(),
             Reject::Memory => "insufficient memory".into(),
         }
@@ -203,19 +268,19 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
         }
     }
 
-    // Current load of every node from the tasks that stay.
-    let mut load: BTreeMap<NodeId, Load> = nodes
-        .iter()
-        .map(|n| (n.id, Load { tasks: 0, per_service: BTreeMap::new(), cpu_millis: 0, memory_bytes: 0 }))
-        .collect();
+    // Current load of every node from the tasks that stay (and, per node, the host ports
+    // they hold: built once per pass, so a candidate check is a few set lookups).
+    let mut load: BTreeMap<NodeId, Load> = nodes.iter().map(|n| (n.id, Load::default())).collect();
     let add_load = |load: &mut BTreeMap<NodeId, Load>, node: NodeId, svc: &ServiceView| {
         if let Some(l) = load.get_mut(&node) {
             l.tasks += 1;
             *l.per_service.entry(svc.name.clone()).or_insert(0) += 1;
             l.cpu_millis += svc.reserve_cpu_millis;
             l.memory_bytes += svc.reserve_memory_bytes;
+            l.ports.extend(svc.host_ports.iter().copied());
         }
     };
+    let port_taken = |load: &BTreeMap<NodeId, Load>, node: NodeId, svc: &ServiceView| load.get(&node).and_then(|l| l.port_taken(svc));
 
     // First pass: decide which existing tasks stay, so the load is known before placing.
     let mut missing: Vec<(&ServiceView, Slot)> = Vec::new();
@@ -261,6 +326,8 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
                     out.push(Decision::Shutdown { task: t.id, reason });
                 } else if kept {
                     out.push(Decision::Shutdown { task: t.id, reason: ShutdownReason::Duplicate });
+                } else if port_taken(&load, t.node, svc).is_some() {
+                    out.push(Decision::Shutdown { task: t.id, reason: ShutdownReason::PortConflict });
                 } else {
                     kept = true;
                     add_load(&mut load, t.node, svc);
@@ -293,6 +360,10 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
                 continue;
             }
             let (Some(l), Some(n)) = (load.get(id), node_by_id.get(id)) else { continue };
+            if let Some(p) = l.port_taken(svc) {
+                *rejects.entry(Reject::Port(p)).or_insert(0) += 1;
+                continue;
+            }
             if l.cpu_millis + svc.reserve_cpu_millis > n.cpu_millis && svc.reserve_cpu_millis > 0 {
                 *rejects.entry(Reject::Cpu).or_insert(0) += 1;
                 continue;
@@ -317,8 +388,22 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
                     Slot::Index(_) => nodes.len(),
                 };
                 let detail: Vec<String> = rejects.iter().map(|(r, n)| format!("{n} {}", r.describe())).collect();
+                let ports: BTreeSet<HostPort> = rejects.keys().filter_map(|r| if let Reject::Port(p) = r { Some(*p) } else { None }).collect();
+                // The ports are the blocker if every node that passes the static checks
+                // (health, drain, engine, constraints) has one of them taken.
+                let port_bound = !ports.is_empty() && !rejects.keys().any(|r| matches!(r, Reject::Cpu | Reject::Memory));
                 let reason = if considered == 0 {
                     "no nodes in the cluster".to_string()
+                } else if port_bound {
+                    let list: Vec<String> = ports.iter().map(HostPort::to_string).collect();
+                    let (what, verb) = if list.len() == 1 { ("host port", "is") } else { ("host ports", "are") };
+                    let taken: u64 = rejects.iter().filter(|(r, _)| matches!(r, Reject::Port(_))).map(|(_, n)| n).sum();
+                    let others: Vec<&String> = rejects.keys().zip(&detail).filter(|(r, _)| !matches!(r, Reject::Port(_))).map(|(_, d)| d).collect();
+                    let rest = others.iter().map(|d| format!("; {d}")).collect::<String>();
+                    match slot {
+                        Slot::Node(_) => format!("{what} {} {verb} taken on its node", list.join(", ")),
+                        Slot::Index(_) => format!("{what} {} {verb} taken on every eligible node ({taken}/{considered}{rest})", list.join(", ")),
+                    }
                 } else {
                     format!("no suitable node (0/{considered}): {}", detail.join(", "))
                 };

@@ -1,6 +1,7 @@
 //! Scheduler rules as stories: apply each pass's decisions to a small in-memory state and
 //! check what users are promised (spread, constraints, reservations, drain, pending reasons,
-//! rescheduling after the grace period, never one slot twice), up to 1,000 nodes × 10,000 tasks.
+//! rescheduling after the grace period, never one slot twice, host ports held once per node),
+//! up to 1,000 nodes × 10,000 tasks.
 
 use shoal_cluster::constraint::Constraint;
 use shoal_cluster::scheduler::*;
@@ -30,7 +31,11 @@ fn node(i: usize) -> NodeView {
 }
 
 fn service(name: &str, replicas: u32) -> ServiceView {
-    ServiceView { name: name.into(), mode: Mode::Replicated(replicas), constraints: vec![], reserve_cpu_millis: 0, reserve_memory_bytes: 0 }
+    ServiceView { name: name.into(), mode: Mode::Replicated(replicas), constraints: vec![], reserve_cpu_millis: 0, reserve_memory_bytes: 0, host_ports: vec![] }
+}
+
+fn publishing(name: &str, replicas: u32, ports: &[HostPort]) -> ServiceView {
+    ServiceView { host_ports: ports.to_vec(), ..service(name, replicas) }
 }
 
 /// The cluster state the leader would hold, and a way to apply decisions to it.
@@ -77,6 +82,7 @@ impl World {
                 let again = self.pass();
                 assert!(again.iter().all(|d| matches!(d, Decision::Pending { .. })), "not idempotent: {again:?}");
                 self.assert_no_slot_twice();
+                self.assert_no_port_twice();
                 return;
             }
         }
@@ -89,6 +95,21 @@ impl World {
             *m.entry(t.node).or_insert(0) += 1;
         }
         m
+    }
+
+    /// Every node holds each (host port, protocol) at most once, across all services.
+    fn assert_no_port_twice(&self) {
+        let mut held = BTreeSet::new();
+        for t in self.tasks.values() {
+            let svc = self.services.iter().find(|s| s.name == t.service).expect("service of a live task");
+            for p in &svc.host_ports {
+                assert!(held.insert((t.node, *p)), "host port {p} held twice on {}", t.node);
+            }
+        }
+    }
+
+    fn pending_of(&self, svc: &str) -> Vec<&str> {
+        self.pending.iter().filter(|p| p.0 == svc).map(|p| p.2.as_str()).collect()
     }
 
     fn assert_no_slot_twice(&self) {
@@ -267,4 +288,154 @@ fn thousand_nodes_ten_thousand_tasks_spread_evenly_and_reschedule_without_double
     w.converge();
     assert_eq!(w.tasks.len(), 10_000);
     assert!(w.tasks.values().all(|t| w.nodes.iter().position(|n| n.id == t.node).is_some_and(|i| i >= 10)));
+}
+
+#[test]
+fn six_replicas_on_one_host_port_take_one_node_each_and_the_rest_pend_naming_the_port() {
+    let mut w = World::with_nodes(3);
+    w.services.push(publishing("web", 6, &[HostPort::tcp(8080)]));
+    w.converge();
+    // One per node, the other three wait.
+    assert_eq!(w.per_node("web").values().copied().collect::<Vec<_>>(), vec![1, 1, 1]);
+    let pending = w.pending_of("web");
+    assert_eq!(pending.len(), 3, "{:?}", w.pending);
+    for reason in &pending {
+        assert_eq!(*reason, "host port 8080/tcp is taken on every eligible node (3/3)");
+    }
+    // The lowest slots run, the highest wait.
+    let running: BTreeSet<Slot> = w.tasks.values().map(|t| t.slot).collect();
+    assert_eq!(running, BTreeSet::from([Slot::Index(1), Slot::Index(2), Slot::Index(3)]));
+
+    // Scale to 3: converged, nothing pending, nothing moved.
+    let before: BTreeSet<TaskId> = w.tasks.keys().copied().collect();
+    w.services[0].mode = Mode::Replicated(3);
+    w.converge();
+    assert!(w.pending.is_empty(), "{:?}", w.pending);
+    assert_eq!(w.tasks.keys().copied().collect::<BTreeSet<_>>(), before);
+}
+
+#[test]
+fn two_services_on_one_host_port_share_the_nodes_between_them() {
+    let mut w = World::with_nodes(3);
+    w.services.push(publishing("api", 2, &[HostPort::tcp(8080)]));
+    w.services.push(publishing("web", 2, &[HostPort::tcp(8080), HostPort::tcp(8443)]));
+    w.converge();
+    assert_eq!(w.per_node("api").len(), 2);
+    // web gets the one node api left free; its second slot pends naming the port that is
+    // taken (8080), not the one that is free (8443).
+    assert_eq!(w.per_node("web").len(), 1);
+    let api_nodes: BTreeSet<NodeId> = w.per_node("api").keys().copied().collect();
+    assert!(!api_nodes.contains(w.per_node("web").keys().next().expect("web placed")));
+    assert_eq!(w.pending_of("web"), vec!["host port 8080/tcp is taken on every eligible node (3/3)"]);
+    assert!(w.pending_of("api").is_empty());
+    // A drained node and an unhealthy one are named as what they are.
+    w.nodes.push(node(3));
+    w.nodes[3].availability = Availability::Drain;
+    w.nodes.push(node(4));
+    w.nodes[4].health = Health::Suspect;
+    w.converge();
+    assert_eq!(w.pending_of("web"), vec!["host port 8080/tcp is taken on every eligible node (3/5; 1 not alive; 1 drained)"]);
+}
+
+#[test]
+fn tcp_and_udp_of_the_same_number_do_not_conflict() {
+    let mut w = World::with_nodes(1);
+    w.services.push(publishing("dns-tcp", 1, &[HostPort::tcp(53)]));
+    w.services.push(publishing("dns-udp", 1, &[HostPort::udp(53)]));
+    w.converge();
+    assert!(w.pending.is_empty(), "{:?}", w.pending);
+    assert_eq!(w.tasks.len(), 2);
+    // A third service on 53/udp has nowhere to go.
+    w.services.push(publishing("other-dns", 1, &[HostPort::udp(53)]));
+    w.converge();
+    assert_eq!(w.pending_of("other-dns"), vec!["host port 53/udp is taken on every eligible node (1/1)"]);
+}
+
+#[test]
+fn a_global_service_with_a_port_skips_the_nodes_where_it_is_taken() {
+    let mut w = World::with_nodes(3);
+    w.services.push(publishing("web", 1, &[HostPort::tcp(80)]));
+    w.converge();
+    let web_node = *w.per_node("web").keys().next().expect("web placed");
+    let mut g = publishing("proxy", 0, &[HostPort::tcp(80)]);
+    g.mode = Mode::Global;
+    w.services.push(g);
+    w.converge();
+    // Two nodes run the global task; the third (web's) has its slot pending.
+    let proxy_nodes: BTreeSet<NodeId> = w.per_node("proxy").keys().copied().collect();
+    assert_eq!(proxy_nodes.len(), 2);
+    assert!(!proxy_nodes.contains(&web_node));
+    assert_eq!(w.pending, vec![("proxy".to_string(), Slot::Node(web_node), "host port 80/tcp is taken on its node".to_string())]);
+    // web goes away: the global task takes its node in the same pass that shuts web down.
+    w.services.retain(|s| s.name != "web");
+    let d = w.pass();
+    assert!(d.contains(&Decision::Place { service: "proxy".into(), slot: Slot::Node(web_node), node: web_node }), "{d:?}");
+    w.converge();
+    assert_eq!(w.per_node("proxy").len(), 3);
+    assert!(w.pending.is_empty());
+}
+
+#[test]
+fn a_task_shut_down_frees_its_port_for_the_re_placement() {
+    let mut w = World::with_nodes(2);
+    w.services.push(publishing("web", 1, &[HostPort::tcp(8080)]));
+    w.services.push(publishing("api", 2, &[HostPort::tcp(8080)]));
+    w.converge();
+    let web_node = *w.per_node("web").keys().next().expect("web placed");
+    assert_eq!(w.pending_of("api").len(), 1);
+    // Scaling web to 0 shuts its task down, and the same pass places api's waiting slot on
+    // the node web held.
+    w.services[0].mode = Mode::Replicated(0);
+    let d = w.pass();
+    assert!(d.iter().any(|d| matches!(d, Decision::Shutdown { reason: ShutdownReason::ScaledDown, .. })), "{d:?}");
+    assert!(d.iter().any(|d| matches!(d, Decision::Place { service, node, .. } if service == "api" && *node == web_node)), "{d:?}");
+    w.converge();
+    assert_eq!(w.per_node("api").len(), 2);
+    assert!(w.pending.is_empty());
+    // A node down past the grace period: its task is shut down and the slot placed anew,
+    // here on a third node, since the survivor holds the port.
+    w.nodes.push(node(2));
+    w.now_ms = 100_000;
+    let down = w.tasks.values().find(|t| t.service == "api").expect("api task").node;
+    let i = w.nodes.iter().position(|n| n.id == down).expect("node");
+    w.nodes[i].health = Health::Down { since_ms: 0 };
+    w.converge();
+    assert_eq!(w.per_node("api").keys().copied().collect::<BTreeSet<_>>().len(), 2);
+    assert!(!w.per_node("api").contains_key(&down));
+}
+
+#[test]
+fn two_kept_tasks_holding_one_port_on_a_node_are_reduced_to_one() {
+    // A state written before host ports were scheduled: two tasks of web on one node.
+    let mut w = World::with_nodes(2);
+    w.services.push(publishing("web", 2, &[HostPort::tcp(8080)]));
+    w.tasks.insert(1, TaskView { id: 1, service: "web".into(), slot: Slot::Index(1), node: nid(0) });
+    w.tasks.insert(2, TaskView { id: 2, service: "web".into(), slot: Slot::Index(2), node: nid(0) });
+    w.next_id = 2;
+    let d = w.pass();
+    assert!(d.contains(&Decision::Shutdown { task: 2, reason: ShutdownReason::PortConflict }), "{d:?}");
+    assert!(d.contains(&Decision::Place { service: "web".into(), slot: Slot::Index(2), node: nid(1) }), "{d:?}");
+    w.converge();
+    assert_eq!(w.per_node("web").values().copied().collect::<Vec<_>>(), vec![1, 1]);
+}
+
+#[test]
+fn thousand_nodes_with_ports_place_one_port_holder_per_node_per_port() {
+    // 1,000 nodes; 10 services on 5 ports, two services per port. At 150 replicas each (300
+    // per port) everything fits; at 600 each, 1,000 of the 1,200 tasks per port run.
+    let mut w = World::with_nodes(1000);
+    for s in 0..10u16 {
+        w.services.push(publishing(&format!("svc{s}"), 150, &[HostPort::tcp(9000 + s / 2)]));
+    }
+    w.converge();
+    assert_eq!(w.tasks.len(), 1500, "300 per port pair fit, none twice");
+    assert_eq!(w.pending.len(), 0);
+    for s in 0..10u16 {
+        w.services[usize::from(s)].mode = Mode::Replicated(600);
+    }
+    w.converge();
+    // Each port: 1,000 holders (one per node), 200 slots pending.
+    assert_eq!(w.tasks.len(), 5000);
+    assert_eq!(w.pending.len(), 1000);
+    assert!(w.pending.iter().all(|p| p.2.contains("is taken on every eligible node (1000/1000)")), "{:?}", w.pending.first());
 }

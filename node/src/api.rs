@@ -195,14 +195,19 @@ async fn respond(request: serde_json::Result<Request>, ctl: &Control) -> Respons
                 .await
                 .map(|_| Response::Done { message: format!("service {name} removed; its containers are being stopped") }),
         ),
-        Ok(Request::ServiceLs) => into_response(cluster_state(&ctl).await.map(|st| Response::Services { services: services::service_rows(&st) })),
-        Ok(Request::ServicePs { name }) => into_response(
-            cluster_state(&ctl).await.and_then(|st| services::task_rows(&st, &name)).map(|tasks| Response::Tasks { tasks }),
+        Ok(Request::ServiceLs) => into_response(
+            with_health(&ctl).await.map(|(st, down)| Response::Services { services: services::service_rows(&st, &down) }),
         ),
-        Ok(Request::ServiceInspect { name }) => into_response(cluster_state(&ctl).await.and_then(|st| {
+        Ok(Request::ServicePs { name }) => into_response(
+            with_health(&ctl).await.and_then(|(st, down)| services::task_rows(&st, &name, &down)).map(|tasks| Response::Tasks { tasks }),
+        ),
+        Ok(Request::ServiceInspect { name }) => into_response(with_health(&ctl).await.and_then(|(st, down)| {
             let svc = st.services.get(&name).ok_or_else(|| anyhow!("no service named {name}; list the services to see their names"))?;
-            let pending: Vec<serde_json::Value> =
-                services::task_rows(&st, &name)?.into_iter().filter(|r| r.task.is_none()).map(|r| serde_json::json!({"slot": r.slot, "reason": r.error})).collect();
+            let pending: Vec<serde_json::Value> = services::task_rows(&st, &name, &down)?
+                .into_iter()
+                .filter(|r| r.task.is_none())
+                .map(|r| serde_json::json!({"slot": r.slot, "reason": r.error}))
+                .collect();
             Ok(Response::Service {
                 service: serde_json::json!({
                     "definition": svc.def,
@@ -231,6 +236,15 @@ async fn commit(ctl: &Control, cmd: Command) -> Result<shoal_consensus::Applied>
 async fn cluster_state(ctl: &Control) -> Result<shoal_consensus::ClusterState> {
     let running = ctl.running().ok_or_else(|| anyhow!("this node is not part of the cluster yet; see `shoal status`"))?;
     running.state().await
+}
+
+/// The replicated state, and the registered nodes gossip sees down here (whose tasks
+/// cannot report, so rows show them unknown).
+async fn with_health(ctl: &Control) -> Result<(shoal_consensus::ClusterState, std::collections::BTreeSet<NodeId>)> {
+    let state = cluster_state(ctl).await?;
+    let members = ctl.membership().members().await.map_err(|e| anyhow!("cannot read this node's gossip view: {e}"))?;
+    let down = services::down_nodes(&state, ctl.id(), &members, now_ms());
+    Ok((state, down))
 }
 
 /// Finds the one node whose id starts with `prefix` (at least 4 hex characters), among the

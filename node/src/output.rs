@@ -178,7 +178,14 @@ pub fn print_services(services: &[ServiceRow], json: bool) -> Result<()> {
     let rows: Vec<Vec<String>> = services
         .iter()
         .map(|s| {
-            let pending = if s.pending > 0 { format!(" ({} pending)", s.pending) } else { String::new() };
+            let mut notes = Vec::new();
+            if s.pending > 0 {
+                notes.push(format!("{} pending", s.pending));
+            }
+            if s.unknown > 0 {
+                notes.push(format!("{} unknown: node down", s.unknown));
+            }
+            let pending = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) };
             vec![s.name.clone(), s.mode.clone(), format!("{}/{}{pending}", s.running, s.desired), s.image.clone()]
         })
         .collect();
@@ -199,7 +206,7 @@ pub fn print_tasks(tasks: &[TaskRow], json: bool) -> Result<()> {
                 opt(t.task),
                 t.slot.clone(),
                 node,
-                t.desired.clone(),
+                t.desired.as_str().to_string(),
                 t.state.clone(),
                 opt(t.exit_code),
                 t.restarts.to_string(),

@@ -25,7 +25,9 @@ pub use shoal_cluster::constraint::Constraint;
 pub use shoal_cluster::constraint::MAX_CONSTRAINT_LEN;
 pub use shoal_cluster::scheduler::Availability;
 pub use shoal_cluster::scheduler::Decision;
+pub use shoal_cluster::scheduler::HostPort;
 pub use shoal_cluster::scheduler::Mode;
+pub use shoal_cluster::scheduler::PortProtocol;
 pub use shoal_cluster::scheduler::ServiceView;
 pub use shoal_cluster::scheduler::ShutdownReason;
 pub use shoal_cluster::scheduler::Slot;
@@ -446,6 +448,23 @@ impl Command {
     }
 }
 
+/// The host ports a spec publishes, as the scheduler counts them (one entry per
+/// (port, protocol); validation already refuses duplicates).
+pub fn host_ports(spec: &ContainerSpec) -> Vec<HostPort> {
+    let set: BTreeSet<HostPort> = spec
+        .ports
+        .iter()
+        .map(|p| HostPort {
+            port: p.host_port,
+            protocol: match p.protocol {
+                Protocol::Tcp => PortProtocol::Tcp,
+                Protocol::Udp => PortProtocol::Udp,
+            },
+        })
+        .collect();
+    set.into_iter().collect()
+}
+
 impl ClusterState {
     pub(super) fn create_service(&mut self, def: ServiceDef, now_ms: u64) -> Response {
         validate_def(&def)?;
@@ -800,6 +819,7 @@ impl ClusterState {
                 constraints: s.def.constraints.clone(),
                 reserve_cpu_millis: s.def.reserve_cpu_millis,
                 reserve_memory_bytes: s.def.reserve_memory_bytes,
+                host_ports: host_ports(&s.def.spec),
             })
             .collect();
         let tasks = self

@@ -1319,6 +1319,7 @@ fn views_for_the_scheduler_and_the_agents() {
             constraints: d.constraints.clone(),
             reserve_cpu_millis: d.reserve_cpu_millis,
             reserve_memory_bytes: d.reserve_memory_bytes,
+            host_ports: vec![HostPort::tcp(8080)],
         }]
     );
     assert_eq!(
@@ -1362,10 +1363,12 @@ fn the_scheduler_converges_on_the_replicated_state() {
     let mut s = with_nodes(3);
     let mut web = def("web", 4);
     web.constraints.clear();
+    web.spec.ports.clear();
     create(&mut s, web);
     let mut agent = def("agent", 0);
     agent.mode = Mode::Global;
     agent.constraints = vec![Constraint::parse("node.hostname!=pi-3").expect("constraint")];
+    agent.spec.ports[0].host_port = 9100;
     create(&mut s, agent);
     let views = |s: &ClusterState| -> Vec<NodeView> {
         s.nodes
@@ -1792,4 +1795,47 @@ fn command_display_names_the_change() {
     for (cmd, text) in shown {
         assert_eq!(cmd.to_string(), text);
     }
+}
+
+/// Host ports reach the scheduler from the spec, and a slot that finds its port taken on
+/// every node is recorded pending with the port in its reason.
+#[test]
+fn a_slot_whose_host_port_is_taken_everywhere_pends_naming_the_port() {
+    let mut spec = def("x", 1).spec;
+    spec.ports = vec![
+        PortMapping { host_port: 8080, container_port: 80, protocol: Protocol::Tcp },
+        PortMapping { host_port: 53, container_port: 53, protocol: Protocol::Udp },
+    ];
+    assert_eq!(host_ports(&spec), vec![HostPort::udp(53), HostPort::tcp(8080)]);
+
+    let mut s = with_nodes(2);
+    let mut web = def("web", 3);
+    web.constraints.clear();
+    create(&mut s, web);
+    let views: Vec<NodeView> = s
+        .nodes
+        .iter()
+        .map(|(id, n)| NodeView {
+            id: *id,
+            hostname: n.name.clone(),
+            arch: "aarch64".into(),
+            labels: n.labels.clone(),
+            health: Health::Alive,
+            availability: Availability::Active,
+            engine_ok: true,
+            cpu_millis: 4000,
+            memory_bytes: 1 << 32,
+        })
+        .collect();
+    let (services, tasks) = s.scheduler_inputs();
+    assert_eq!(services[0].host_ports, vec![HostPort::tcp(8080)]);
+    let decisions = schedule(&SchedulerConfig::default(), T0, &views, &services, &tasks);
+    let applied = s.apply(Command::apply_decisions(decisions, T0)).expect("pass");
+    assert_eq!(created(Ok(applied)).len(), 2, "one per node");
+    let pending = &s.services["web"].pending;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        pending[&Slot::Index(3)].reason,
+        "host port 8080/tcp is taken on every eligible node (2/2)"
+    );
 }
