@@ -32,6 +32,8 @@ pub trait Harness: Sync {
     /// Removes an image tag (the image goes with its last tag) or an image by id; a
     /// missing one is fine.
     fn remove_image(&self, reference: &str) -> impl Future<Output = ()> + Send;
+    /// Tags the image `reference` names as `tag` too (the tag moves off any other image).
+    fn add_tag(&self, reference: &str, tag: &str) -> impl Future<Output = ()> + Send;
     /// A reference whose pull must fail at once without leaving this machine (Docker: a
     /// registry on 127.0.0.1 at a port nothing listens on).
     fn unpullable_reference(&self) -> String;
@@ -344,6 +346,32 @@ pub async fn images_bad_imports_leave_nothing<H: Harness>(h: &H) {
     h.remove_image(&tag).await;
 }
 
+/// An archive of another image, carrying a tag this engine has on an image of its own:
+/// the load moves the tag, the check fails, and the tag is put back where it was; the
+/// image the archive brought, already here under another tag, stays.
+pub async fn images_rejected_load_puts_tags_back<H: Harness>(h: &H) {
+    let e = h.engine();
+    let (ra, rb) = (h.fresh_image("mva").await, h.fresh_image("mvb").await);
+    let a = e.resolve_image(&ra).await.expect("resolve").expect("a");
+    let b = e.resolve_image(&rb).await.expect("resolve").expect("b");
+    assert_ne!(a, b);
+    let shared = format!("{ra}-shared:1");
+    h.add_tag(&ra, &shared).await;
+    let archive = export_bytes(h, &a, std::slice::from_ref(&shared)).await; // a, tagged `shared`
+    h.add_tag(&rb, &shared).await; // here, `shared` is b's
+    assert_eq!(e.resolve_image(&shared).await.expect("resolve"), Some(b.clone()));
+    match e.import_image(&b, std::slice::from_ref(&shared), IMAGE_IMPORT_BYTES_MAX, stream_of(&archive, 64 << 10)).await {
+        Err(err @ EngineError::ImportMismatch { .. }) => eprintln!("  moved tag: {err}"),
+        other => panic!("import of a's archive expecting b: {other:?}"),
+    }
+    assert_eq!(e.resolve_image(&shared).await.expect("resolve"), Some(b.clone()), "the tag is b's again");
+    assert_eq!(e.resolve_image(&ra).await.expect("resolve"), Some(a.clone()), "a, here before, stays");
+    for tag in [shared, format!("{ra}:latest"), format!("{rb}:latest")] {
+        h.remove_image(&tag).await;
+    }
+    assert!(!holds(h, &a).await && !holds(h, &b).await);
+}
+
 /// A pull from a registry that cannot be reached fails at once with `PullFailed`, naming
 /// the image; nothing is pulled, and create still never pulls.
 pub async fn images_pull_failure_is_typed<H: Harness>(h: &H) {
@@ -390,5 +418,6 @@ pub async fn run_all<H: Harness>(h: &H) {
     step!(images_listed_and_resolved);
     step!(images_export_import_round_trip);
     step!(images_bad_imports_leave_nothing);
+    step!(images_rejected_load_puts_tags_back);
     step!(images_pull_failure_is_typed);
 }

@@ -9,7 +9,7 @@
 //! byte; `pull_image` succeeds only for what was put in the fake's registry.
 
 use crate::engine::Engine;
-use crate::image::{check_tags, import_limit, validate_reference, with_default_tag, ImageExport, ImageId, ImageInfo, ImageStream, PullProgress};
+use crate::image::{check_tags, import_limit, short_reason, validate_reference, with_default_tag, ImageExport, ImageId, ImageInfo, ImageStream, PullProgress};
 use crate::types::{ContainerId, ContainerInfo, ContainerState, CreateRequest, LabelFilter, Owner};
 use crate::EngineError;
 use bytes::Bytes;
@@ -96,7 +96,7 @@ struct Manifest {
 /// Reads a fake archive completely; any defect (not a tar, truncated, a missing part,
 /// content not matching the id it claims) is an `ImportFailed`.
 fn read_archive(bytes: &[u8]) -> Result<(Manifest, Vec<u8>), EngineError> {
-    let failed = |reason: String| EngineError::ImportFailed { reason };
+    let failed = |reason: String| EngineError::ImportFailed { reason: short_reason(&reason) };
     let mut layer = None;
     let mut manifest = None;
     let mut archive = tar::Archive::new(bytes);
@@ -279,6 +279,16 @@ impl FakeEngine {
             return true;
         }
         inner.images.remove(&ImageId(reference.to_string())).is_some()
+    }
+
+    /// Tags the local image `reference` names as `tag` too (`docker tag`; the tag moves
+    /// off any other image). False if `reference` names no image here.
+    pub fn tag_image(&self, reference: &str, tag: &str) -> bool {
+        let mut inner = self.lock();
+        let Some(id) = inner.resolve(reference) else { return false };
+        let Some(img) = inner.images.get(&id).cloned() else { return false };
+        inner.register(id, img.seed, img.size_bytes, BTreeSet::from([with_default_tag(tag)]));
+        true
     }
 
     /// Puts image `name` in this engine's registry, so `pull_image(name)` gets it (the

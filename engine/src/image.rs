@@ -132,6 +132,16 @@ pub fn check_tags(tags: &[String]) -> Result<(), EngineError> {
     tags.iter().try_for_each(|t| validate_reference(t))
 }
 
+/// An engine's or archive's error text made fit for a message: one line, printable, at
+/// most 300 characters (a parser's error may quote the hostile bytes it choked on).
+pub fn short_reason(reason: &str) -> String {
+    let mut out: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).take(300).collect();
+    if reason.chars().count() > 300 {
+        out.push('…');
+    }
+    out
+}
+
 /// The bound actually applied to an import asked to stop at `max_bytes`.
 pub fn import_limit(max_bytes: u64) -> u64 {
     max_bytes.min(IMAGE_IMPORT_BYTES_MAX)
@@ -161,6 +171,14 @@ mod tests {
         assert_eq!(split_tag("127.0.0.1:5000/web:2"), Some(("127.0.0.1:5000/web", "2")));
         assert_eq!(split_tag("127.0.0.1:5000/web"), None);
         assert_eq!(split_tag("web:latest"), Some(("web", "latest")));
+    }
+
+    #[test]
+    fn reasons_are_one_short_printable_line() {
+        assert_eq!(short_reason("bad\nheader\0x"), "bad header x");
+        let long = short_reason(&"x".repeat(1000));
+        assert_eq!(long.chars().count(), 301);
+        assert!(long.ends_with('…'));
     }
 
     #[test]

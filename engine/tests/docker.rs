@@ -131,6 +131,11 @@ impl Harness for DockerHarness {
     async fn remove_image(&self, reference: &str) {
         self.engine.remove_image(reference).await.expect("remove image");
     }
+    async fn add_tag(&self, reference: &str, tag: &str) {
+        let (repo, t) = tag.rsplit_once(':').expect("repo:tag");
+        let options = bollard::query_parameters::TagImageOptionsBuilder::default().repo(repo).tag(t).build();
+        self.engine.client().tag_image(reference, Some(options)).await.expect("tag image");
+    }
     fn unpullable_reference(&self) -> String {
         // A registry on loopback where nothing listens (port 9, discard): Docker treats
         // 127.0.0.0/8 as an insecure registry, gets "connection refused" at once, and no
@@ -445,6 +450,64 @@ async fn removals_on_one_node_run_concurrently_on_docker() {
         eprintln!("4 removals with a {grace:?} grace, SIGTERM ignored: {took:?} (serial would be ≥ {:?})", grace * 4);
         assert!(took >= grace, "the containers ignored SIGTERM, so each stop waited out the grace: {took:?}");
         assert!(took < grace * 3, "4 stops took {took:?}: not concurrent (serial ≥ {:?})", grace * 4);
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A registry that answers but does not have the image: a minimal registry API on
+/// 127.0.0.1 (this test's own listener) that knows no manifest. The pull fails at once
+/// with `PullFailed` saying so, and nothing is pulled. Nothing leaves this machine.
+#[tokio::test]
+async fn pulling_an_image_the_registry_does_not_have_is_pull_failed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let engine = DockerEngine::connect_local(cfg()).await.expect("connect");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = requests.clone();
+        let registry = tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else { return };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let Ok(n) = conn.read(&mut buf).await else { return };
+                    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    // Docker tries TLS first: a ClientHello is no HTTP; close, it falls back.
+                    let Some(line) = head.lines().next().filter(|l| l.starts_with("GET ") || l.starts_with("HEAD ")) else { return };
+                    seen.lock().unwrap().push(line.to_string());
+                    let path = line.split(' ').nth(1).unwrap_or("");
+                    let (status, body) = if path == "/v2/" {
+                        ("200 OK", "{}".to_string())
+                    } else {
+                        ("404 Not Found", r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#.to_string())
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nDocker-Distribution-API-Version: registry/2.0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        let reference = format!("127.0.0.1:{port}/shoal-absent-t{}:1", std::process::id());
+        let t0 = Instant::now();
+        match engine.pull_image(&reference, |p| eprintln!("  progress: {p:?}")).await {
+            Err(err @ EngineError::PullFailed { .. }) => {
+                let text = err.to_string();
+                eprintln!("pull of an image the registry lacks, after {:?}: {text}", t0.elapsed());
+                assert!(text.contains(&reference) && text.contains("manifest unknown"), "{text}");
+            }
+            other => panic!("pull of {reference}: {other:?}"),
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        let requests = requests.lock().unwrap().clone();
+        eprintln!("the registry saw: {requests:?}");
+        assert!(requests.iter().any(|r| r.contains("/manifests/1")), "Docker asked our registry for the manifest: {requests:?}");
+        assert_eq!(engine.resolve_image(&reference).await.unwrap(), None);
+        registry.abort();
     })
     .await
     .expect("test timed out");

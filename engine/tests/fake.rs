@@ -53,6 +53,9 @@ impl Harness for FakeHarness {
     async fn remove_image(&self, reference: &str) {
         self.engine.remove_image(reference);
     }
+    async fn add_tag(&self, reference: &str, tag: &str) {
+        assert!(self.engine.tag_image(reference, tag), "tag {reference} as {tag}");
+    }
     fn unpullable_reference(&self) -> String {
         "127.0.0.1:9/shoal-none:1".to_string()
     }

@@ -8,7 +8,7 @@
 //! unpacked, so transfers use a client whose request timeout is [`TRANSFER_TIMEOUT`].
 
 use super::{map_err, status_of, DockerEngine};
-use crate::image::{check_tags, import_limit, split_tag, validate_reference, with_default_tag, ImageExport, ImageId, ImageInfo, ImageStream, PullProgress};
+use crate::image::{check_tags, import_limit, short_reason, split_tag, validate_reference, with_default_tag, ImageExport, ImageId, ImageInfo, ImageStream, PullProgress};
 use crate::EngineError;
 use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{CreateImageOptionsBuilder, ImportImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder};
@@ -122,8 +122,8 @@ impl DockerEngine {
         }
         if let Some(e) = failure {
             return Err(match e {
-                BollardError::DockerStreamError { error } => EngineError::ImportFailed { reason: error },
-                BollardError::DockerResponseServerError { message, .. } => EngineError::ImportFailed { reason: message },
+                BollardError::DockerStreamError { error } => EngineError::ImportFailed { reason: short_reason(&error) },
+                BollardError::DockerResponseServerError { message, .. } => EngineError::ImportFailed { reason: short_reason(&message) },
                 // The engine may close the upload as soon as it sees the bytes are no
                 // archive: if it still answers, that is what happened.
                 other => match self.docker.ping().await {
@@ -203,8 +203,8 @@ impl DockerEngine {
                         total_bytes: detail.total.and_then(|t| u64::try_from(t).ok()),
                     });
                 }
-                Err(BollardError::DockerStreamError { error }) => return Err(failed(error)),
-                Err(BollardError::DockerResponseServerError { message, .. }) => return Err(failed(message)),
+                Err(BollardError::DockerStreamError { error }) => return Err(failed(short_reason(&error))),
+                Err(BollardError::DockerResponseServerError { message, .. }) => return Err(failed(short_reason(&message))),
                 Err(e) => return Err(map_err(e)),
             }
         }
