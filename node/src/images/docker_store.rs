@@ -14,6 +14,10 @@ const EXPORT_CHUNKS: usize = 8;
 /// An image store backed by an engine.
 pub struct EngineStore<E>(pub Arc<E>);
 
+/// Loads into this process's engine run one at a time: the engine port undoes a rejected
+/// load by reading what `docker load` reported, which two loads at once could confuse.
+static IMPORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 impl<E: Engine + Send + Sync + 'static> ImageStore for EngineStore<E> {
     fn list(&self) -> BoxFuture<'_, Result<Vec<ImageInfo>, String>> {
         Box::pin(async move { self.0.images().await.map_err(|e| e.to_string()) })
@@ -49,6 +53,7 @@ impl<E: Engine + Send + Sync + 'static> ImageStore for EngineStore<E> {
 
     fn import<'a>(&'a self, expected: &'a ImageInfo, chunks: ChunkReceiver) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
+            let _one_at_a_time = IMPORTS.lock().await;
             let stream = futures_util::stream::unfold(chunks, |mut rx| async move {
                 let item = rx.recv().await?;
                 let item = item.map(bytes::Bytes::from).map_err(std::io::Error::other);

@@ -1,0 +1,95 @@
+//! Host ports are a resource: `service create --replicas 6 -p 8080:80` on 3 lab machines,
+//! each with its own Docker Engine ([`Lab::with_engines`]), runs one task per node (each
+//! answering HTTP on its own machine's address, port 8080) and leaves 3 slots pending with a
+//! reason naming port 8080; `scale web=3` then converges with nothing pending.
+
+use shoal_tests::cluster::{in_cluster, leader_of, statuses};
+use shoal_tests::engines::engines_unavailable;
+use shoal_tests::services::{cli_ok, docker_unavailable, image_tag, is_running, of_service, service_ps, Docker, DockerCleanup, EngineSet, SERVICE_CLI_TIMEOUT};
+use shoal_tests::{every, require_netns, run, token_new, Cluster, Lab};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// An HTTP server on port 80 whose page is the container's hostname.
+const HTTPD: [&str; 3] = ["/bin/sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"];
+
+fn wait_for<T>(c: &Cluster, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let began = Instant::now();
+    let mut last = String::new();
+    while began.elapsed() < CONVERGE {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("timed out waiting for {what}: {last}\n{}", c.report());
+}
+
+#[test]
+fn replicas_publishing_one_host_port_get_one_node_each_and_the_rest_pend_naming_the_port() {
+    if !require_netns("ports_lab") {
+        return;
+    }
+    if let Some(why) = docker_unavailable().or_else(engines_unavailable) {
+        println!("skipped: ports_lab: {why}");
+        return;
+    }
+    let host = Docker::connect().unwrap_or_else(|e| panic!("{e}"));
+    let image = image_tag("ports");
+    let _cleanup = DockerCleanup::new(&image);
+    host.build_busybox(&image).unwrap_or_else(|e| panic!("{e}"));
+    let lab = Lab::with_engines(3).unwrap_or_else(|e| panic!("cannot build the lab with engines: {e}"));
+    lab.load_images(&[&image]).unwrap_or_else(|e| panic!("{e}"));
+    let mut engines = EngineSet::of_lab(&lab).unwrap_or_else(|e| panic!("{e}"));
+    let addrs: Vec<(String, String)> = lab.hosts.iter().map(|h| (h.ns.clone(), h.ip.to_string())).collect();
+    let token = token_new();
+    let specs: Vec<_> = (0..3).map(|i| lab.agent_spec(i, &token, &["--bootstrap-expect", "3"])).collect();
+    let mut c = Cluster::in_lab("ports", lab);
+    for s in specs {
+        c.add(s);
+    }
+    let all = [0, 1, 2];
+    for i in all {
+        c.node_mut(i).start();
+    }
+    c.wait_until(Duration::from_secs(60), "3 nodes form one cluster", || {
+        statuses(&c, &all).is_some_and(|s| every(&s, |s| in_cluster(s) && s.voters.len() == 3) && leader_of(&s).is_some())
+    });
+    let ids: Vec<String> = statuses(&c, &all).unwrap_or_default().into_iter().map(|s| s.node).collect();
+    engines.assign(&ids);
+
+    cli_ok(&c, 0, &["service", "create", "--replicas", "6", "-p", "8080:80", "--detach", "web", &image], &HTTPD, SERVICE_CLI_TIMEOUT);
+    wait_for(&c, "one running web container on each machine's engine", || {
+        let per = engines.by_engine(&ids)?;
+        let running: Vec<usize> = per.iter().map(|l| of_service(l, "web").into_iter().filter(|c| is_running(c)).count()).collect();
+        if running == [1, 1, 1] { Ok(()) } else { Err(format!("running per engine: {running:?}")) }
+    });
+    let pending = wait_for(&c, "3 slots pending with a reason naming port 8080", || {
+        let rows = service_ps(&c, 1, "web")?;
+        let pending: Vec<String> = rows.iter().filter(|r| r.task.is_none()).filter_map(|r| r.error.clone()).collect();
+        if pending.len() == 3 && pending.iter().all(|e| e.contains("8080")) { Ok(pending) } else { Err(format!("{rows:?}")) }
+    });
+    println!("pending: {}", pending[0]);
+    // Every node answers on its own address, port 8080, from its own container.
+    let mut pages = Vec::new();
+    for (ns, ip) in &addrs {
+        let page = wait_for(&c, &format!("http://{ip}:8080/ to answer"), || {
+            let out = run(Command::new("ip").args(["netns", "exec", ns, "curl", "-s", "-m", "3", &format!("http://{ip}:8080/")]), Duration::from_secs(10))?;
+            if out.status.success() && !out.stdout.trim().is_empty() { Ok(out.stdout.trim().to_string()) } else { Err(out.stderr) }
+        });
+        pages.push(page);
+    }
+    pages.sort();
+    pages.dedup();
+    assert_eq!(pages.len(), 3, "three different containers answered on the three machines' port 8080: {pages:?}");
+
+    let t = Instant::now();
+    cli_ok(&c, 2, &["service", "scale", "web=3"], &[], Duration::from_secs(60));
+    let rows = service_ps(&c, 0, "web").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rows.iter().filter(|r| r.task.is_none()).count(), 0, "nothing pending after scale web=3: {rows:?}");
+    println!("scale web=3 converged in {:.1?}", t.elapsed());
+    cli_ok(&c, 0, &["service", "rm", "web"], &[], SERVICE_CLI_TIMEOUT);
+}
