@@ -192,6 +192,10 @@ pub fn run(command: ServiceCommand) -> Result<()> {
     }
 }
 
+/// How long "every placeable task runs, the rest pend with a reason" must hold before the
+/// wait stops waiting for the pending ones (several scheduler passes).
+const PENDING_SETTLE: Duration = Duration::from_secs(3);
+
 /// Polls `service ps` until every slot runs, printing each slot when its state changes.
 /// Tasks on a node that is down cannot report: the wait ends as soon as every other task
 /// has converged, and says how many are on down nodes ([`services::convergence`]).
@@ -204,6 +208,8 @@ fn wait_converged(client: &ClientArgs, name: &str, wait: &WaitArgs) -> Result<()
     let started = Instant::now();
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
     let quiet = matches!(client.format, Format::Json);
+    // Since when every task that could be placed runs and the others pend with a reason.
+    let mut stuck_since: Option<Instant> = None;
     loop {
         let rows: Vec<TaskRow> = match rt.block_on(api::call(dir, &Request::ServicePs { name: name.to_string() }))? {
             Response::Tasks { tasks } => tasks,
@@ -254,6 +260,18 @@ fn wait_converged(client: &ClientArgs, name: &str, wait: &WaitArgs) -> Result<()
                 return Ok(());
             }
             Convergence::Waiting(p) => {
+                let only_pending_left = p.pending > 0 && p.stopping == 0 && p.running + p.unknown + p.pending == p.desired;
+                stuck_since = if only_pending_left { stuck_since.or(Some(Instant::now())) } else { None };
+                if stuck_since.is_some_and(|t| t.elapsed() >= PENDING_SETTLE) {
+                    let why = rows.iter().find(|r| r.status == TaskStatus::Pending).and_then(|r| r.error.clone()).unwrap_or_default();
+                    bail!(
+                        "{name}: {}/{} running; {} slot(s) cannot be placed now: {why}. The service stays as created and its \
+                         pending slots are placed when a node can take them (see `shoal service ps {name}`)",
+                        p.running,
+                        p.desired,
+                        p.pending
+                    );
+                }
                 if started.elapsed() >= wait.timeout {
                     let mut detail = format!("{}/{} running", p.running, p.desired);
                     if p.pending > 0 {

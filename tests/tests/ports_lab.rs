@@ -1,7 +1,8 @@
 //! Host ports are a resource: `service create --replicas 6 -p 8080:80` on 3 lab machines,
 //! each with its own Docker Engine ([`Lab::with_engines`]), runs one task per node (each
 //! answering HTTP on its own machine's address, port 8080) and leaves 3 slots pending with a
-//! reason naming port 8080; `scale web=3` then converges with nothing pending.
+//! reason naming port 8080 (the create's wait ends once the 3 run, saying so, instead of
+//! waiting out its timeout); `scale web=3` then converges with nothing pending.
 
 use shoal_tests::cluster::{in_cluster, leader_of, statuses};
 use shoal_tests::engines::engines_unavailable;
@@ -61,7 +62,13 @@ fn replicas_publishing_one_host_port_get_one_node_each_and_the_rest_pend_naming_
     let ids: Vec<String> = statuses(&c, &all).unwrap_or_default().into_iter().map(|s| s.node).collect();
     engines.assign(&ids);
 
-    cli_ok(&c, 0, &["service", "create", "--replicas", "6", "-p", "8080:80", "--detach", "web", &image], &HTTPD, SERVICE_CLI_TIMEOUT);
+    // The create waits for what can run, then says what cannot be placed instead of waiting
+    // out its timeout.
+    let t = Instant::now();
+    let out = shoal_tests::services::cli(&c, 0, &["service", "create", "--replicas", "6", "-p", "8080:80", "web", &image], &HTTPD, Duration::from_secs(60));
+    assert!(!out.status.success(), "create of 6 replicas on one host port over 3 nodes reports the unplaceable slots: {}", out.stderr);
+    assert!(out.stderr.contains("3 slot(s) cannot be placed now") && out.stderr.contains("8080"), "{}", out.stderr);
+    println!("create returned in {:.1?}: {}", t.elapsed(), out.stderr.lines().last().unwrap_or(""));
     wait_for(&c, "one running web container on each machine's engine", || {
         let per = engines.by_engine(&ids)?;
         let running: Vec<usize> = per.iter().map(|l| of_service(l, "web").into_iter().filter(|c| is_running(c)).count()).collect();
