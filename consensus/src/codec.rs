@@ -33,7 +33,9 @@ pub const MAX_RPC_BYTES: usize = MAX_STORED_SNAPSHOT_BYTES + MAX_META_BYTES;
 /// - 1: nodes, CA, issued certificates, revoked ids, last applied, membership.
 /// - 2: adds services, tasks, the next task id and node availability (format 1 decodes
 ///   with none of them).
-pub const SNAPSHOT_FORMAT: u32 = 2;
+/// - 3: a service's container spec has a stop grace period (format 2 decodes with none:
+///   the engine's default).
+pub const SNAPSHOT_FORMAT: u32 = 3;
 
 /// Why consensus data could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +107,42 @@ impl From<StateV1> for ClusterState {
     }
 }
 
+/// The state as snapshot format 2 laid it out (services without a stop grace period).
+#[derive(Serialize, Deserialize)]
+struct StateV2 {
+    nodes: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::NodeRecord>,
+    ca: Option<crate::state::CaRecord>,
+    issued: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::IssuedCert>,
+    revoked: std::collections::BTreeSet<shoal_wire::NodeId>,
+    last_applied: Option<crate::types::LogId>,
+    membership: crate::types::StoredMembership,
+    services: std::collections::BTreeMap<String, crate::state::legacy::ServiceRecordV1>,
+    tasks: std::collections::BTreeMap<crate::state::TaskId, crate::state::TaskRecord>,
+    next_task_id: u64,
+    availability: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::Availability>,
+}
+
+impl From<StateV2> for ClusterState {
+    fn from(v2: StateV2) -> Self {
+        ClusterState {
+            nodes: v2.nodes,
+            ca: v2.ca,
+            issued: v2.issued,
+            revoked: v2.revoked,
+            last_applied: v2.last_applied,
+            membership: v2.membership,
+            services: v2
+                .services
+                .into_iter()
+                .map(|(name, s)| (name, s.into()))
+                .collect(),
+            tasks: v2.tasks,
+            next_task_id: v2.next_task_id,
+            availability: v2.availability,
+        }
+    }
+}
+
 /// Encodes the state as snapshot data.
 pub fn encode_snapshot(state: &ClusterState) -> Result<Vec<u8>, CodecError> {
     // Same encoding as `SnapshotEnvelope`, without cloning the state.
@@ -132,6 +170,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<ClusterState, CodecError> {
     let state = bytes.get(used..).unwrap_or_default();
     match format {
         SNAPSHOT_FORMAT => decode::<ClusterState, MAX_SNAPSHOT_BYTES>(state),
+        2 => decode::<StateV2, MAX_SNAPSHOT_BYTES>(state).map(ClusterState::from),
         1 => decode::<StateV1, MAX_SNAPSHOT_BYTES>(state).map(ClusterState::from),
         other => Err(CodecError::SnapshotFormat(other)),
     }
@@ -218,10 +257,87 @@ mod tests {
         assert_eq!(state.revoked, v1.revoked);
         assert!(state.services.is_empty() && state.tasks.is_empty());
         assert_eq!(state.next_task_id, 0);
-        // Format 2 bytes are refused as format 1 and the other way round.
+        // Format 1 bytes are refused as a later format.
         assert!(decode::<StateV1, MAX_SNAPSHOT_BYTES>(&bytes[1..]).is_ok());
-        let mut wrong = bytes.clone();
-        wrong[0] = 2;
-        assert!(decode_snapshot(&wrong).is_err());
+        for later in [2, 3] {
+            let mut wrong = bytes.clone();
+            wrong[0] = later;
+            assert!(decode_snapshot(&wrong).is_err());
+        }
+    }
+
+    /// Bytes written by the build before the stop grace period (commit 7be794c): a
+    /// `CreateService` command (variant 4) and a format-2 snapshot holding that service, one
+    /// node and one task. They must decode, forever.
+    const CREATE_SERVICE_V1_HEX: &str = "04037765620a6e67696e783a312e323701056e67696e7801044d4f44450470726f6401fb901f5000fbf401fc0000100000020100047a6f6e650105617474696364fc000000040103fd0068e5cf8b010000";
+    const SNAPSHOT_V2_HEX: &str = "0201010101010101010101010101010101010470692d31000a000001fb391d00000000000000000103776562037765620a6e67696e783a312e323701056e67696e7801044d4f44450470726f6401fb901f5000fbf401fc0000100000020100047a6f6e650105617474696364fc00000004010301fd0068e5cf8b010000fd0068e5cf8b01000000010101037765620100010101010101010101010101010101010100000000000000fd0168e5cf8b010000fd0168e5cf8b0100000200";
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// What the fixtures hold, in today's types.
+    fn fixture_def() -> crate::state::ServiceDef {
+        use crate::state::*;
+        ServiceDef {
+            name: "web".into(),
+            spec: ContainerSpec {
+                image: "nginx:1.27".into(),
+                command: vec!["nginx".into()],
+                env: BTreeMap::from([("MODE".into(), "prod".into())]),
+                ports: vec![PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: Protocol::Tcp,
+                }],
+                cpu_millis: 500,
+                memory_bytes: 1 << 20,
+                stop_grace_ms: None,
+            },
+            mode: Mode::Replicated(2),
+            constraints: vec![Constraint::parse("node.labels.zone!=attic").expect("constraint")],
+            reserve_cpu_millis: 100,
+            reserve_memory_bytes: 64 << 20,
+            restart: RestartPolicy::OnFailure { max_attempts: 3 },
+        }
+    }
+
+    #[test]
+    fn create_service_entries_of_earlier_logs_still_decode_and_apply() {
+        let cmd = decode_command(&unhex(CREATE_SERVICE_V1_HEX)).expect("an old entry decodes");
+        let Command::CreateServiceV1 { service, now_ms } = &cmd else {
+            panic!("decoded as {cmd:?}");
+        };
+        assert_eq!(*now_ms, 1_700_000_000_000);
+        assert_eq!(crate::state::ServiceDef::from(service.clone()), fixture_def());
+        let mut state = ClusterState::default();
+        state.apply(cmd).expect("applies");
+        assert_eq!(state.services["web"].def, fixture_def());
+        // Today's CreateService is another variant, with the grace period.
+        let mut def = fixture_def();
+        def.spec.stop_grace_ms = Some(1500);
+        let new = Command::CreateService { service: def, now_ms: 1 };
+        let bytes = encode_command(&new).expect("encode");
+        assert_ne!(bytes[0], 4);
+        assert_eq!(decode_command(&bytes).expect("decode"), new);
+    }
+
+    #[test]
+    fn format_2_snapshots_still_decode() {
+        let state = decode_snapshot(&unhex(SNAPSHOT_V2_HEX)).expect("format 2 decodes");
+        assert_eq!(state.services.len(), 1);
+        assert_eq!(state.services["web"].def, fixture_def());
+        assert_eq!(state.services["web"].version, 1);
+        assert_eq!(state.tasks.len(), 1);
+        assert_eq!(state.tasks[&1].node, NodeId([1; 16]));
+        assert_eq!(state.next_task_id, 2);
+        assert_eq!(state.nodes[&NodeId([1; 16])].name, "pi-1");
+        // Re-encoded, it is format 3 and decodes to the same state.
+        let again = encode_snapshot(&state).expect("encode");
+        assert_eq!(again[0], 3);
+        assert_eq!(decode_snapshot(&again).expect("decode"), state);
     }
 }

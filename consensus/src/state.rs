@@ -28,6 +28,7 @@ use crate::types::Entry;
 use crate::types::LogId;
 use crate::types::StoredMembership;
 
+pub mod legacy;
 pub mod services;
 #[cfg(test)]
 mod services_tests;
@@ -109,10 +110,13 @@ pub enum Command {
     /// is left as it was, the command carries no time), and its id is refused from then on.
     /// Revoking a revoked id again is a no-op.
     Revoke { node: NodeId },
-    /// Creates a service (version 1, created and updated at `now_ms`, no tasks yet: the
-    /// scheduler places them). Rejected for an invalid definition, a name in use, or past
-    /// [`MAX_SERVICES`].
-    CreateService { service: ServiceDef, now_ms: u64 },
+    /// `CreateService` as logs written before the stop grace period hold it (a service
+    /// definition without `stop_grace_ms`); applied as `CreateService` with none. Kept at
+    /// this index so those entries still decode; new writes use `CreateService`.
+    CreateServiceV1 {
+        service: legacy::ServiceDefV1,
+        now_ms: u64,
+    },
     /// Changes a service (for now its replica count). Scaling down shuts the tasks of the
     /// removed slots down at once. An update that changes nothing does not bump the version.
     /// Rejected for an unknown service, scaling a global one, or replicas out of range.
@@ -157,6 +161,10 @@ pub enum Command {
         node: NodeId,
         availability: Availability,
     },
+    /// Creates a service (version 1, created and updated at `now_ms`, no tasks yet: the
+    /// scheduler places them). Rejected for an invalid definition, a name in use, or past
+    /// [`MAX_SERVICES`].
+    CreateService { service: ServiceDef, now_ms: u64 },
 }
 
 impl fmt::Display for Command {
@@ -184,6 +192,13 @@ impl fmt::Display for Command {
             Command::CreateService { service, .. } => write!(
                 f,
                 "create service {} ({}, image {})",
+                service.name,
+                fmt_mode(&service.mode),
+                service.spec.image
+            ),
+            Command::CreateServiceV1 { service, .. } => write!(
+                f,
+                "create service {} ({}, image {}; earlier layout)",
                 service.name,
                 fmt_mode(&service.mode),
                 service.spec.image
@@ -318,6 +333,8 @@ pub enum Rejected {
     BadReport { task: TaskId, why: String },
     #[error("at most {MAX_FORGET} task ids per command, not {0}; split the list")]
     TooManyTaskIds(usize),
+    #[error("the stop grace period must be at most {} s, not {} ms", shoal_engine::types::STOP_GRACE_MS_MAX / 1000, .0)]
+    BadStopGrace(u64),
 }
 
 /// The response to every applied entry.
@@ -447,6 +464,9 @@ impl ClusterState {
                 Ok(Applied::Revoked { already: false })
             }
             Command::CreateService { service, now_ms } => self.create_service(service, now_ms),
+            Command::CreateServiceV1 { service, now_ms } => {
+                self.create_service(service.into(), now_ms)
+            }
             Command::UpdateService {
                 name,
                 replicas,

@@ -8,7 +8,7 @@ mod images;
 
 use crate::engine::Engine;
 use crate::image::{ImageExport, ImageId, ImageInfo, ImageStream, PullProgress};
-use crate::types::{ContainerId, ContainerInfo, ContainerState, CreateRequest, LabelFilter, Owner};
+use crate::types::{ContainerId, ContainerInfo, ContainerState, CreateRequest, LabelFilter, Owner, STOP_GRACE_MS_MAX};
 use crate::EngineError;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, HostConfig, PortBinding};
@@ -23,7 +23,9 @@ use std::collections::HashMap;
 /// How the real engine behaves.
 #[derive(Debug, Clone, Copy)]
 pub struct DockerConfig {
-    /// Seconds a container gets after SIGTERM before it is killed on stop.
+    /// Seconds a container gets after SIGTERM before it is killed on stop, unless it was
+    /// created with a stop grace period of its own (`ContainerSpec::stop_grace_ms`, kept by
+    /// Docker as the container's `StopTimeout`): then that one counts.
     pub stop_grace_s: u32,
     /// Seconds before any single request to the engine is abandoned.
     pub request_timeout_s: u64,
@@ -215,6 +217,7 @@ impl Engine for DockerEngine {
             env: (!env.is_empty()).then_some(env),
             labels: Some(labels),
             exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            stop_timeout: spec.stop_grace_secs().map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
             host_config: Some(host),
             ..Default::default()
         };
@@ -248,9 +251,17 @@ impl Engine for DockerEngine {
     }
 
     async fn stop_and_remove(&self, id: &ContainerId) -> Result<(), EngineError> {
-        let grace = i32::try_from(self.cfg.stop_grace_s).unwrap_or(i32::MAX);
-        let stop = StopContainerOptionsBuilder::default().t(grace).build();
-        match self.docker.stop_container(&id.0, Some(stop)).await {
+        // The container's own grace period (its StopTimeout) if it has one, bounded.
+        let own = match self.docker.inspect_container(&id.0, None::<InspectContainerOptions>).await {
+            Ok(resp) => resp.config.and_then(|c| c.stop_timeout),
+            Err(e) if status_of(&e) == Some(404) => return Ok(()),
+            Err(e) => return Err(map_err(e)),
+        };
+        let grace_s = own.map_or(u64::from(self.cfg.stop_grace_s), |s| u64::try_from(s).unwrap_or(0).min(STOP_GRACE_MS_MAX / 1000));
+        let stop = StopContainerOptionsBuilder::default().t(i32::try_from(grace_s).unwrap_or(i32::MAX)).build();
+        // The stop answers once the container is down: give the request the grace on top.
+        let docker = self.docker.clone().with_timeout(std::time::Duration::from_secs(grace_s.saturating_add(self.cfg.request_timeout_s)));
+        match docker.stop_container(&id.0, Some(stop)).await {
             Ok(()) => {}
             Err(e) => match status_of(&e) {
                 Some(304) => {}             // not running

@@ -21,6 +21,11 @@ pub const LABEL_NODE: &str = "shoal.node";
 pub const IMAGE_LEN_MAX: usize = 512;
 /// Most command words, environment entries and published ports in one spec.
 pub const SPEC_ITEMS_MAX: usize = 256;
+/// Longest stop grace period (10 minutes): what a service may ask for between SIGTERM and
+/// SIGKILL. Bounds how long one stop can hold its node's agent.
+pub const STOP_GRACE_MS_MAX: u64 = 10 * 60 * 1000;
+/// The stop grace period of a spec that does not set one (Docker's own default).
+pub const STOP_GRACE_MS_DEFAULT: u64 = 10_000;
 
 /// The engine's id of a container (Docker's 64-hex id, or `fake-N`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -70,6 +75,18 @@ pub struct ContainerSpec {
     pub cpu_millis: u64,
     /// Memory limit in bytes; 0 = no limit.
     pub memory_bytes: u64,
+    /// How long a stop waits after SIGTERM before SIGKILL, in ms (at most
+    /// [`STOP_GRACE_MS_MAX`]); `None` = the engine's default. Docker counts whole seconds,
+    /// so it is rounded up there (`StopTimeout`, set at create).
+    #[serde(default)]
+    pub stop_grace_ms: Option<u64>,
+}
+
+impl ContainerSpec {
+    /// The stop grace period in whole seconds, rounded up, as Docker's `StopTimeout` takes it.
+    pub fn stop_grace_secs(&self) -> Option<u64> {
+        self.stop_grace_ms.map(|ms| ms.min(STOP_GRACE_MS_MAX).div_ceil(1000))
+    }
 }
 
 /// Who a container belongs to; written as the `shoal.*` labels at creation.
@@ -128,6 +145,9 @@ impl CreateRequest {
         }
         if let Some(p) = self.spec.ports.iter().find(|p| p.host_port == 0 || p.container_port == 0) {
             return bad(format!("port 0 in {}:{}", p.host_port, p.container_port));
+        }
+        if self.spec.stop_grace_ms.is_some_and(|ms| ms > STOP_GRACE_MS_MAX) {
+            return bad(format!("the stop grace period must be at most {} s", STOP_GRACE_MS_MAX / 1000));
         }
         Ok(())
     }

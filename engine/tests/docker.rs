@@ -354,6 +354,7 @@ async fn spec_env_ports_and_limits_are_applied() {
             ports: vec![PortMapping { host_port, container_port: 8080, protocol: Protocol::Tcp }],
             cpu_millis: 250,
             memory_bytes: 64 << 20,
+            stop_grace_ms: None,
         };
         let web = CreateRequest { owner: Owner { node: node.clone(), service: "web".to_string(), task: 1 }, spec };
         let id = engine.run(&web).await.expect("run web");
@@ -395,6 +396,59 @@ async fn spec_env_ports_and_limits_are_applied() {
         eprintln!("published port {host_port} answered in {:?}: {:?}", t0.elapsed(), body.lines().next());
         engine.stop_and_remove(&id).await.unwrap();
         engine.stop_and_remove(&quiet_id).await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A container's own stop grace period governs its stop: created with 1 s (Docker keeps it
+/// as the container's `StopTimeout`) and with PID 1 ignoring SIGTERM, it is killed after
+/// about that second, although this engine's default grace is 30 s; sub-second values are
+/// rounded up to whole seconds.
+#[tokio::test]
+async fn a_container_that_ignores_sigterm_is_killed_after_its_own_grace_period() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (_, tag, _guard) = setup("grace").await;
+        let engine = DockerEngine::connect_local(DockerConfig { stop_grace_s: 30, request_timeout_s: 30 }).await.expect("engine");
+        let node = format!("t{}-grace-n1", std::process::id());
+        let stubborn = sh("trap '' TERM; while true; do sleep 1; done");
+        let req = |task: u64, stop_grace_ms: Option<u64>| CreateRequest {
+            owner: Owner { node: node.clone(), service: "stubborn".to_string(), task },
+            spec: ContainerSpec { image: tag.clone(), command: stubborn.clone(), stop_grace_ms, ..Default::default() },
+        };
+        let inspect = |id: ContainerId| {
+            let client = engine.client().clone();
+            async move { client.inspect_container(&id.0, None::<bollard::query_parameters::InspectContainerOptions>).await.unwrap() }
+        };
+
+        let id = engine.run(&req(1, Some(1000))).await.expect("run");
+        assert_eq!(inspect(id.clone()).await.config.and_then(|c| c.stop_timeout), Some(1), "the container's StopTimeout");
+        let t0 = Instant::now();
+        while engine.inspect(&id).await.unwrap() != ContainerState::Running {
+            assert!(t0.elapsed() < Duration::from_secs(20), "never running");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Its shell ignores SIGTERM: only the kill after the grace period ends it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t0 = Instant::now();
+        engine.stop_and_remove(&id).await.expect("stop and remove");
+        let took = t0.elapsed();
+        eprintln!("a 1 s grace period, SIGTERM ignored: stopped and removed in {took:?} (engine default 30 s)");
+        assert!(took < Duration::from_secs(8), "took {took:?}: the container's 1 s grace was not used");
+        assert!(took >= Duration::from_millis(800), "took {took:?}: killed before its grace period");
+        assert_eq!(engine.inspect(&id).await.unwrap(), ContainerState::Missing, "removed");
+
+        // 1.5 s is asked of Docker as 2 s; no grace period leaves no StopTimeout (the
+        // engine's default applies).
+        let rounded = engine.create(&req(2, Some(1500))).await.expect("create");
+        assert_eq!(inspect(rounded.clone()).await.config.and_then(|c| c.stop_timeout), Some(2));
+        let default = engine.create(&req(3, None)).await.expect("create");
+        assert_eq!(inspect(default.clone()).await.config.and_then(|c| c.stop_timeout), None);
+        let too_long = engine.create(&req(4, Some(types::STOP_GRACE_MS_MAX + 1))).await;
+        assert!(matches!(too_long, Err(EngineError::InvalidSpec(_))), "{too_long:?}");
+        for id in [rounded, default] {
+            engine.stop_and_remove(&id).await.unwrap();
+        }
     })
     .await
     .expect("test timed out");

@@ -211,6 +211,9 @@ async fn respond(request: serde_json::Result<Request>, ctl: &Control) -> Respons
             Ok(Response::Service {
                 service: serde_json::json!({
                     "definition": svc.def,
+                    "stop_grace_period": shoal_sim::format_duration(
+                        svc.def.spec.stop_grace_ms.unwrap_or(shoal_engine::types::STOP_GRACE_MS_DEFAULT)
+                    ),
                     "version": svc.version,
                     "created_ms": svc.created_ms,
                     "updated_ms": svc.updated_ms,

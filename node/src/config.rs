@@ -300,20 +300,34 @@ mod tests {
     }
 }
 
-/// Parses a duration like `90s`, `30m`, `12h`, `7d` (a bare number is seconds).
+/// Parses a duration: a bare number of seconds (`90`), or numbers each followed by a unit
+/// (`ms`, `s`, `m`, `h`, `d`), summed: `500ms`, `90s`, `1m30s`, `30m`, `12h`, `7d`.
 pub fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
-    let text = text.trim();
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a duration; use e.g. 90s, 30m, 12h or 7d"))?;
-    let secs = match unit {
-        "" | "s" => Some(n),
-        "m" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        "d" => n.checked_mul(86_400),
-        _ => None,
+    let bad = || format!("`{text}` is not a duration; use e.g. 500ms, 90s, 1m30s, 30m, 12h or 7d");
+    let mut rest = text.trim();
+    if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
+        return rest.parse().map(std::time::Duration::from_secs).map_err(|_| bad());
     }
-    .ok_or_else(|| format!("`{text}` is not a duration; use e.g. 90s, 30m, 12h or 7d"))?;
-    Ok(std::time::Duration::from_secs(secs))
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total_ms: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let units = rest[digits..].bytes().take_while(u8::is_ascii_alphabetic).count();
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let unit_ms: u64 = match &rest[digits..digits + units] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        total_ms = number.checked_mul(unit_ms).and_then(|ms| total_ms.checked_add(ms)).ok_or_else(bad)?;
+        rest = &rest[digits + units..];
+    }
+    Ok(std::time::Duration::from_millis(total_ms))
 }
 
 #[cfg(test)]
@@ -328,8 +342,13 @@ mod duration_tests {
         assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
         assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
-        for bad in ["", "d", "7w", "-1s", "1.5h", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h1ms"), Ok(Duration::from_millis(3_600_001)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "d", "7w", "-1s", "1.5h", "99999999999999999999d", "1m 30s", "s30", "30sm", "1m30"] {
+            let e = parse_duration(bad).expect_err(bad);
+            assert!(e.contains("1m30s"), "{bad:?}: {e}");
         }
     }
 }

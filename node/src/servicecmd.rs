@@ -53,6 +53,10 @@ pub enum ServiceCommand {
         /// When a container ends: always, on-failure[:N], never.
         #[arg(long, default_value = "always")]
         restart: String,
+        /// How long a stopping task gets after SIGTERM before it is killed, e.g. 30s, 1m30s,
+        /// 500ms (at most 10m; Docker rounds up to whole seconds) [default: 10s].
+        #[arg(long, value_name = "DURATION")]
+        stop_grace_period: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
         #[command(flatten)]
@@ -131,6 +135,7 @@ pub fn run(command: ServiceCommand) -> Result<()> {
             limit_cpu,
             limit_memory,
             restart,
+            stop_grace_period,
             wait,
             client,
         } => {
@@ -148,6 +153,7 @@ pub fn run(command: ServiceCommand) -> Result<()> {
                 limit_cpu,
                 limit_memory,
                 restart,
+                stop_grace_period,
             };
             let service = services::service_def(&flags)?;
             if let Response::Done { message } = call(&client, &Request::ServiceCreate { service })? {

@@ -83,6 +83,18 @@ pub fn parse_restart(text: &str) -> Result<RestartPolicy> {
     }
 }
 
+/// `--stop-grace-period`: a duration such as `10s`, `1m30s` or `500ms`, at most 10 minutes,
+/// in ms. (Docker counts whole seconds: it waits the value rounded up.)
+pub fn parse_stop_grace(text: &str) -> Result<u64> {
+    let d = crate::config::parse_duration(text).map_err(|e| anyhow!("bad --stop-grace-period: {e}"))?;
+    let max = shoal_engine::types::STOP_GRACE_MS_MAX;
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if ms > max {
+        bail!("bad --stop-grace-period `{text}`: at most {}", shoal_sim::format_duration(max));
+    }
+    Ok(ms)
+}
+
 /// `K=V` environment entries.
 pub fn parse_env(entries: &[String]) -> Result<BTreeMap<String, String>> {
     let mut env = BTreeMap::new();
@@ -112,6 +124,8 @@ pub struct CreateFlags {
     pub limit_cpu: Option<String>,
     pub limit_memory: Option<String>,
     pub restart: String,
+    /// `None`: the default, 10 s.
+    pub stop_grace_period: Option<String>,
 }
 
 /// Builds the service definition from the flags, or says which flag is wrong.
@@ -155,6 +169,7 @@ pub fn service_def(f: &CreateFlags) -> Result<ServiceDef> {
             ports,
             cpu_millis: opt(&f.limit_cpu, parse_cpu)?,
             memory_bytes: opt(&f.limit_memory, parse_memory)?,
+            stop_grace_ms: Some(f.stop_grace_period.as_deref().map_or(Ok(shoal_engine::types::STOP_GRACE_MS_DEFAULT), parse_stop_grace)?),
         },
         mode,
         constraints,
@@ -461,6 +476,11 @@ mod tests {
         assert_eq!(def.mode, Mode::Replicated(6));
         assert_eq!(def.spec.env.get("A").map(String::as_str), Some("1"));
         assert_eq!(def.constraints.len(), 1);
+        assert_eq!(def.spec.stop_grace_ms, Some(10_000), "the default stop grace period");
+        for (text, ms) in [("1s", 1000), ("1m30s", 90_000), ("500ms", 500), ("0s", 0), ("10m", 600_000)] {
+            let def = service_def(&CreateFlags { stop_grace_period: Some(text.into()), ..flags() }).expect(text);
+            assert_eq!(def.spec.stop_grace_ms, Some(ms), "{text}");
+        }
 
         let cases: Vec<(CreateFlags, &str)> = vec![
             (CreateFlags { name: "Web!".into(), ..flags() }, "bad service name"),
@@ -470,6 +490,9 @@ mod tests {
             (CreateFlags { publish: vec!["80:80".into(), "80:81".into()], ..flags() }, "published twice"),
             (CreateFlags { env: vec!["NOEQUALS".into()], ..flags() }, "KEY=VALUE"),
             (CreateFlags { image: " ".into(), ..flags() }, "image"),
+            (CreateFlags { stop_grace_period: Some("11m".into()), ..flags() }, "at most 10m"),
+            (CreateFlags { stop_grace_period: Some("soon".into()), ..flags() }, "bad --stop-grace-period"),
+            (CreateFlags { stop_grace_period: Some("-1s".into()), ..flags() }, "1m30s"),
         ];
         for (f, expect) in cases {
             let e = service_def(&f).expect_err(expect).to_string();

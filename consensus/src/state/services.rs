@@ -308,6 +308,11 @@ fn validate_def(def: &ServiceDef) -> Result<(), Rejected> {
             });
         }
     }
+    if let Some(ms) = spec.stop_grace_ms {
+        if ms > shoal_engine::types::STOP_GRACE_MS_MAX {
+            return Err(Rejected::BadStopGrace(ms));
+        }
+    }
     if spec.cpu_millis > MAX_CPU_MILLIS
         || spec.memory_bytes > MAX_MEMORY_BYTES
         || def.reserve_cpu_millis > MAX_CPU_MILLIS

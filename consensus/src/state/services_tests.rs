@@ -56,6 +56,7 @@ fn def(name: &str, replicas: u32) -> ServiceDef {
             }],
             cpu_millis: 0,
             memory_bytes: 0,
+            stop_grace_ms: Some(10_000),
         },
         mode: Mode::Replicated(replicas),
         constraints: vec![Constraint::parse("node.labels.zone!=attic").expect("constraint")],
@@ -314,6 +315,11 @@ fn create_service_rejections_change_nothing() {
     ] {
         assert_eq!(reject(&mut s, d), Rejected::BadResources);
     }
+    let max = shoal_engine::types::STOP_GRACE_MS_MAX;
+    assert_eq!(
+        reject(&mut s, with(&|d| d.spec.stop_grace_ms = Some(max + 1))),
+        Rejected::BadStopGrace(max + 1)
+    );
     let c = Constraint::parse("node.arch==aarch64").expect("constraint");
     assert_eq!(
         reject(
@@ -1528,6 +1534,7 @@ fn maximal_def() -> ServiceDef {
                 .collect(),
             cpu_millis: MAX_CPU_MILLIS,
             memory_bytes: MAX_MEMORY_BYTES,
+            stop_grace_ms: Some(shoal_engine::types::STOP_GRACE_MS_MAX),
         },
         mode: Mode::Replicated(MAX_REPLICAS),
         constraints,
