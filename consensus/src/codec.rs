@@ -33,7 +33,8 @@ pub const MAX_RPC_BYTES: usize = MAX_STORED_SNAPSHOT_BYTES + MAX_META_BYTES;
 /// - 1: nodes, CA, issued certificates, revoked ids, last applied, membership.
 /// - 2: adds services, tasks, the next task id and node availability (format 1 decodes
 ///   with none of them).
-pub const SNAPSHOT_FORMAT: u32 = 2;
+/// - 3: adds the containers of the Docker API (formats 1 and 2 decode with none).
+pub const SNAPSHOT_FORMAT: u32 = 3;
 
 /// Why consensus data could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +106,39 @@ impl From<StateV1> for ClusterState {
     }
 }
 
+/// The state as snapshot format 2 laid it out (before containers).
+#[derive(Serialize, Deserialize)]
+struct StateV2 {
+    nodes: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::NodeRecord>,
+    ca: Option<crate::state::CaRecord>,
+    issued: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::IssuedCert>,
+    revoked: std::collections::BTreeSet<shoal_wire::NodeId>,
+    last_applied: Option<crate::types::LogId>,
+    membership: crate::types::StoredMembership,
+    services: std::collections::BTreeMap<String, crate::state::ServiceRecord>,
+    tasks: std::collections::BTreeMap<crate::state::TaskId, crate::state::TaskRecord>,
+    next_task_id: u64,
+    availability: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::Availability>,
+}
+
+impl From<StateV2> for ClusterState {
+    fn from(v2: StateV2) -> Self {
+        ClusterState {
+            nodes: v2.nodes,
+            ca: v2.ca,
+            issued: v2.issued,
+            revoked: v2.revoked,
+            last_applied: v2.last_applied,
+            membership: v2.membership,
+            services: v2.services,
+            tasks: v2.tasks,
+            next_task_id: v2.next_task_id,
+            availability: v2.availability,
+            ..ClusterState::default()
+        }
+    }
+}
+
 /// Encodes the state as snapshot data.
 pub fn encode_snapshot(state: &ClusterState) -> Result<Vec<u8>, CodecError> {
     // Same encoding as `SnapshotEnvelope`, without cloning the state.
@@ -132,6 +166,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<ClusterState, CodecError> {
     let state = bytes.get(used..).unwrap_or_default();
     match format {
         SNAPSHOT_FORMAT => decode::<ClusterState, MAX_SNAPSHOT_BYTES>(state),
+        2 => decode::<StateV2, MAX_SNAPSHOT_BYTES>(state).map(ClusterState::from),
         1 => decode::<StateV1, MAX_SNAPSHOT_BYTES>(state).map(ClusterState::from),
         other => Err(CodecError::SnapshotFormat(other)),
     }
@@ -222,6 +257,70 @@ mod tests {
         assert!(decode::<StateV1, MAX_SNAPSHOT_BYTES>(&bytes[1..]).is_ok());
         let mut wrong = bytes.clone();
         wrong[0] = 2;
+        assert!(decode_snapshot(&wrong).is_err());
+    }
+
+    #[test]
+    fn format_2_snapshots_still_decode() {
+        // A format-2 state with a service and a task, made by applying commands to a
+        // current state (which has no containers) and laid out as format 2 did.
+        let mut state = ClusterState::default();
+        let node = NodeId([3; 16]);
+        state
+            .apply(Command::RegisterNode {
+                id: node,
+                record: NodeRecord {
+                    name: "pi-1".into(),
+                    addr: "10.0.0.1:7481".parse().expect("addr"),
+                    labels: BTreeMap::new(),
+                },
+            })
+            .expect("register");
+        let def = crate::state::ServiceDef {
+            name: "web".into(),
+            spec: crate::state::ContainerSpec {
+                image: "nginx:1".into(),
+                ..Default::default()
+            },
+            mode: crate::state::Mode::Replicated(1),
+            constraints: vec![],
+            reserve_cpu_millis: 0,
+            reserve_memory_bytes: 0,
+            restart: crate::state::RestartPolicy::Always,
+        };
+        state
+            .apply(Command::CreateService {
+                service: def,
+                now_ms: 5,
+            })
+            .expect("service");
+        let place = crate::state::Decision::Place {
+            service: "web".into(),
+            slot: crate::state::Slot::Index(1),
+            node,
+        };
+        state
+            .apply(Command::apply_decisions(vec![place], 6))
+            .expect("place");
+        let v2 = StateV2 {
+            nodes: state.nodes.clone(),
+            ca: None,
+            issued: BTreeMap::new(),
+            revoked: Default::default(),
+            last_applied: None,
+            membership: Default::default(),
+            services: state.services.clone(),
+            tasks: state.tasks.clone(),
+            next_task_id: state.next_task_id,
+            availability: BTreeMap::new(),
+        };
+        let bytes = encode::<_, MAX_SNAPSHOT_BYTES>(&(2u32, &v2)).expect("encode");
+        let decoded = decode_snapshot(&bytes).expect("format 2 decodes");
+        assert_eq!(decoded, state);
+        assert!(decoded.containers.is_empty());
+        // Format 2 bytes are refused as format 3.
+        let mut wrong = bytes.clone();
+        wrong[0] = 3;
         assert!(decode_snapshot(&wrong).is_err());
     }
 }
