@@ -179,7 +179,11 @@ pub fn print_services(services: &[ServiceRow], json: bool) -> Result<()> {
         .iter()
         .map(|s| {
             let pending = if s.pending > 0 { format!(" ({} pending)", s.pending) } else { String::new() };
-            vec![s.name.clone(), s.mode.clone(), format!("{}/{}{pending}", s.running, s.desired), s.image.clone()]
+            let mode = match &s.container {
+                Some(c) => format!("docker container {c}"),
+                None => s.mode.clone(),
+            };
+            vec![s.name.clone(), mode, format!("{}/{}{pending}", s.running, s.desired), s.image.clone()]
         })
         .collect();
     crate::out!("{}", table(&["NAME", "MODE", "REPLICAS", "IMAGE"], &rows));

@@ -171,6 +171,12 @@ pub struct ServiceRow {
     pub desired: u32,
     pub running: u32,
     pub pending: u32,
+    /// `docker` for the service that runs a container of the Docker API (named in
+    /// `container`), `shoal` for a service created with `shoal service create`.
+    #[serde(default)]
+    pub origin: String,
+    #[serde(default)]
+    pub container: Option<String>,
 }
 
 /// A row of `shoal service ps`: a task, or a slot that could not be placed.
@@ -222,6 +228,7 @@ pub fn service_rows(state: &ClusterState) -> Vec<ServiceRow> {
                 Mode::Replicated(n) => ("replicated", n),
                 Mode::Global => ("global", live.len() as u32),
             };
+            let container = state.container_of_service(&svc.def.name).map(|c| c.name.clone());
             ServiceRow {
                 name: svc.def.name.clone(),
                 image: svc.def.spec.image.clone(),
@@ -229,6 +236,8 @@ pub fn service_rows(state: &ClusterState) -> Vec<ServiceRow> {
                 desired,
                 running,
                 pending: svc.pending.len() as u32,
+                origin: if container.is_some() { "docker" } else { "shoal" }.into(),
+                container,
             }
         })
         .collect()
