@@ -204,7 +204,8 @@ pub fn parse_hint(expr: &str, state: &ClusterState) -> Result<Constraint, ApiErr
             return Ok(Constraint { field: Field::Id, op, value: lower });
         }
         if op == Op::Eq {
-            let names: Vec<&str> = state.nodes.values().map(|n| n.name.as_str()).collect();
+            let mut names: Vec<&str> = state.nodes.values().map(|n| n.name.as_str()).collect();
+            names.sort_unstable();
             return Err(bad(format!("no node of the cluster is named {value} (nodes: {})", names.join(", "))));
         }
         return Ok(Constraint { field: Field::Hostname, op, value: value.to_string() });
