@@ -3,6 +3,9 @@
 //! bollard 0.21 speaks API 1.53 by default; `connect_local` negotiates down to what the
 //! server speaks (e.g. 1.41 for Engine 20.10), otherwise every call would be refused.
 
+mod logs;
+pub use logs::{LogChunk, LogStream, LogsRequest};
+
 use crate::engine::Engine;
 use crate::types::{ContainerId, ContainerInfo, ContainerState, CreateRequest, LabelFilter, Owner};
 use crate::EngineError;

@@ -17,6 +17,9 @@
 //!    running); `docker rm -f hello` → gone everywhere;
 //! 4. `docker wait` on a container that exits 3 prints 3; `docker kill`; `docker ps
 //!    --filter` by label, name and status; a `shoal service` task listed as `NODE/web.1`;
+//!    `docker logs` (stdout and stderr apart, `--tail`, `-f` until the container ends) of
+//!    a container on the node that serves the request, and a clear refusal through another
+//!    node;
 //! 5. bad input, each refused with a clear message and the container list unchanged:
 //!    a duplicate name, an unknown container, malformed JSON (curl), an unsupported
 //!    endpoint (curl and `docker network ls`: 501 naming it), an API version above 1.41,
@@ -300,6 +303,20 @@ fn the_docker_cli_drives_the_cluster_as_one_host() {
     });
     println!("service tasks in docker ps: {web:?}");
     w.docker_refused(0, "stop of a service task", &["stop", "web.1"], "is a task of the shoal service web");
+    w.docker_ok(0, &["run", "-d", "--name", "talker", "-e", "constraint:node==n1", img, "/bin/sh", "-c", "echo one; echo two >&2; echo three"]);
+    assert_eq!(w.docker_ok(0, &["wait", "talker"]).trim(), "0");
+    let logs = w.docker(0, &["logs", "talker"]);
+    assert!(logs.status.success(), "docker logs talker: {}", logs.stderr);
+    assert_eq!((logs.stdout.as_str(), logs.stderr.as_str()), ("one\nthree\n", "two\n"), "docker logs keeps stdout and stderr apart");
+    println!("$ docker logs talker   # via n1\n{}(stderr) {}", logs.stdout, logs.stderr);
+    assert_eq!(w.docker_ok(0, &["logs", "--tail", "1", "talker"]), "three\n");
+    w.docker_ok(0, &["run", "-d", "--name", "ticker", "-e", "constraint:node==n1", img, "/bin/sh", "-c", "for i in 1 2 3 4; do echo tick $i; /bin/sleep 1; done"]);
+    let t = Instant::now();
+    assert_eq!(w.docker_ok(0, &["logs", "-f", "ticker"]), "tick 1\ntick 2\ntick 3\ntick 4\n", "docker logs -f prints the lines in order");
+    assert!(t.elapsed() >= Duration::from_secs(1), "docker logs -f returned before the container ended");
+    let out = w.docker(1, &["logs", "talker"]);
+    assert!(!out.status.success() && out.stderr.contains("talker runs on n1"), "docker logs through n2: {out:?}");
+    println!("$ docker logs talker   # via n2, refused\n{}", out.stderr.trim());
 
     // ------------------------------------------------------------------ 5. bad input
     w.docker_ok(0, &["create", "--name", "dup", img, "/bin/sh", "-c", LONG_RUNNING]);

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde::Serialize;
+use shoal_wire::NodeId;
 
 use super::Applied;
 use super::ClusterState;
@@ -58,6 +59,9 @@ pub struct ContainerRecord {
     pub started_ms: Option<u64>,
     /// Leader time of the last stop.
     pub stopped_ms: Option<u64>,
+    /// The node of the last run that was stopped or restarted (its task may be forgotten
+    /// since): where `docker ps -a` shows a stopped container.
+    pub last_node: Option<NodeId>,
 }
 
 /// What `CreateContainer` carries: the record's given parts and the service that runs it
@@ -192,6 +196,7 @@ impl ClusterState {
                 created_ms: now_ms,
                 started_ms: None,
                 stopped_ms: None,
+                last_node: None,
             },
         );
         Ok(Applied::ContainerCreated)
@@ -220,11 +225,19 @@ impl ClusterState {
         }
         // Validated: from here on nothing is refused (the service exists, 0 and 1 replicas
         // are in range, and it is replicated).
+        let ran_on = self
+            .tasks
+            .values()
+            .find(|t| t.service == c.service && t.is_live())
+            .map(|t| t.node);
         if cycle {
             self.update_service(c.service.clone(), Some(0), now_ms)?;
         }
         self.update_service(c.service.clone(), Some(u32::from(run)), now_ms)?;
         if let Some(record) = self.containers.get_mut(&id) {
+            if ran_on.is_some() {
+                record.last_node = ran_on;
+            }
             if run {
                 record.started_ms = Some(now_ms);
             } else {

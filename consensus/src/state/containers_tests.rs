@@ -118,7 +118,7 @@ fn a_container_is_created_stopped_with_its_service() {
     let c = s.containers.get(&id).expect("record");
     assert_eq!((c.name.as_str(), c.service.as_str()), ("hello", "hello"));
     assert_eq!(c.created_ms, T0);
-    assert_eq!((c.started_ms, c.stopped_ms), (None, None));
+    assert_eq!((c.started_ms, c.stopped_ms, c.last_node), (None, None, None));
     assert_eq!(s.services["hello"].def.mode, Mode::Replicated(0));
     assert!(!s.container_wants_to_run(c) && !s.container_is_running(c));
     assert_eq!(s.container_by_name("hello").map(|c| &c.id), Some(&id));
@@ -164,6 +164,7 @@ fn start_stop_restart_drive_the_one_replica() {
     assert_eq!(s.services["hello"].def.mode, Mode::Replicated(0));
     assert_eq!(s.tasks[&third].desired, Desired::Shutdown);
     assert_eq!(s.containers[&id].stopped_ms, Some(T0 + 10));
+    assert_eq!(s.containers[&id].last_node, Some(node()), "the node it ran on is kept");
     let before = s.clone();
     assert_eq!(s.apply(run(&id, false, false)), Ok(Applied::ContainerRun { changed: false }));
     assert_eq!(s, before);

@@ -398,5 +398,10 @@ mod tests {
         assert_eq!(e.status.state, State::Exited);
         assert!(e.status.text.starts_with("Exited (0) "), "{}", e.status.text);
         assert_eq!(e.list_name(), "/n2/hello", "a stopped container keeps its node while its task is known");
+        let forget = st.forgettable_tasks();
+        assert_eq!(forget, [t]);
+        st.apply(Command::ForgetTasks { ids: forget }).expect("forget");
+        let e = view(&st);
+        assert_eq!((e.status.state, e.list_name()), (State::Exited, "/n2/hello".to_string()), "and after its task is forgotten");
     }
 }

@@ -8,19 +8,21 @@
 //! - [`create`]: a container config and its scheduling hints → the replicated
 //!   `ContainerDef`, pure;
 //! - `containers`: the endpoints that change containers, one replicated command each
-//!   (through `Control::write`) and a bounded wait until the chosen node has done it.
+//!   (through `Control::write`) and a bounded wait until the chosen node has done it;
+//! - [`logs`]: `docker logs [-f]` of a container on this node, from its engine.
 //!
 //! HTTP/1.1 is served by hyper 1 over any `AsyncRead + AsyncWrite` stream
 //! ([`serve_connection`]); today only the unix socket `DATA_DIR/docker.sock` (mode 0600)
 //! is served ([`serve_unix`]), later the node's TCP port under ALPN `http/1.1`.
 //! Limits: [`MAX_CONNECTIONS`] at once, request headers within [`HEADER_TIMEOUT`] and
 //! [`MAX_HEADER_BYTES`], bodies within [`http::MAX_BODY_BYTES`], and every request answered
-//! within [`REQUEST_TIMEOUT`] except long streams (`wait`), which end with the container
-//! or when the client goes away.
+//! within [`REQUEST_TIMEOUT`] except long streams (`wait`, `logs`), which end with the
+//! container or when the client goes away.
 
 mod containers;
 pub mod create;
 pub mod http;
+pub mod logs;
 pub mod query;
 pub mod route;
 pub mod view;
@@ -205,6 +207,7 @@ impl DockerApi {
             Endpoint::ContainerKill(key) => self.kill(&key, &query).await,
             Endpoint::ContainerDelete(key) => self.remove(&key, &query).await,
             Endpoint::ContainerWait(key) => self.clone().wait(&key, &query).await,
+            Endpoint::ContainerLogs(key) => self.clone().logs(&key, &query).await,
         }
     }
 

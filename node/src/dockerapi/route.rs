@@ -53,6 +53,7 @@ pub enum Endpoint {
     ContainerRestart(String),
     ContainerKill(String),
     ContainerWait(String),
+    ContainerLogs(String),
     ContainerDelete(String),
 }
 
@@ -60,7 +61,7 @@ impl Endpoint {
     /// Long streams are not bound by the request timeout (they end when the container
     /// does, or when the client goes).
     pub fn is_stream(&self) -> bool {
-        matches!(self, Endpoint::ContainerWait(_))
+        matches!(self, Endpoint::ContainerWait(_) | Endpoint::ContainerLogs(_))
     }
 }
 
@@ -105,6 +106,7 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
         (Method::POST, ["containers", c, "restart"]) => Some(Endpoint::ContainerRestart(id(c))),
         (Method::POST, ["containers", c, "kill"]) => Some(Endpoint::ContainerKill(id(c))),
         (Method::POST, ["containers", c, "wait"]) => Some(Endpoint::ContainerWait(id(c))),
+        (Method::GET, ["containers", c, "logs"]) => Some(Endpoint::ContainerLogs(id(c))),
         (Method::DELETE, ["containers", c]) => Some(Endpoint::ContainerDelete(id(c))),
         _ => None,
     };

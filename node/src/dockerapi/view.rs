@@ -152,7 +152,7 @@ impl ClusterView<'_> {
     fn container_entry(&self, c: &ContainerRecord) -> Option<Entry> {
         let svc = self.state.services.get(&c.service)?;
         let task = self.state.container_task(c);
-        let node = task.and_then(|t| self.node_ref(&t.node));
+        let node = task.map(|t| t.node).or(c.last_node).and_then(|n| self.node_ref(&n));
         let mut status = container_status(self.state, c, svc, task, self.now_ms);
         if let Some(n) = &node {
             note_node_health(&mut status, n);
