@@ -35,6 +35,7 @@ pub const MAX_RPC_BYTES: usize = MAX_STORED_SNAPSHOT_BYTES + MAX_META_BYTES;
 ///   with none of them).
 /// - 3: a service's container spec has a stop grace period (format 2 decodes with none:
 ///   the engine's default).
+///   It also adds the containers of the Docker API (formats 1 and 2 decode with none).
 pub const SNAPSHOT_FORMAT: u32 = 3;
 
 /// Why consensus data could not be encoded or decoded.
@@ -107,7 +108,8 @@ impl From<StateV1> for ClusterState {
     }
 }
 
-/// The state as snapshot format 2 laid it out (services without a stop grace period).
+/// The state as snapshot format 2 laid it out (services without a stop grace period,
+/// no containers).
 #[derive(Serialize, Deserialize)]
 struct StateV2 {
     nodes: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::NodeRecord>,
@@ -139,6 +141,7 @@ impl From<StateV2> for ClusterState {
             tasks: v2.tasks,
             next_task_id: v2.next_task_id,
             availability: v2.availability,
+            ..ClusterState::default()
         }
     }
 }
@@ -335,6 +338,7 @@ mod tests {
         assert_eq!(state.tasks[&1].node, NodeId([1; 16]));
         assert_eq!(state.next_task_id, 2);
         assert_eq!(state.nodes[&NodeId([1; 16])].name, "pi-1");
+        assert!(state.containers.is_empty(), "format 2 had no containers of the Docker API");
         // Re-encoded, it is format 3 and decodes to the same state.
         let again = encode_snapshot(&state).expect("encode");
         assert_eq!(again[0], 3);

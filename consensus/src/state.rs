@@ -29,10 +29,14 @@ use crate::types::LogId;
 use crate::types::StoredMembership;
 
 pub mod legacy;
+pub mod containers;
+#[cfg(test)]
+mod containers_tests;
 pub mod services;
 #[cfg(test)]
 mod services_tests;
 
+pub use containers::*;
 pub use services::*;
 
 /// Longest node name, in bytes (same rule as membership's node facts).
@@ -165,6 +169,31 @@ pub enum Command {
     /// scheduler places them). Rejected for an invalid definition, a name in use, or past
     /// [`MAX_SERVICES`].
     CreateService { service: ServiceDef, now_ms: u64 },
+    /// Creates a container of the Docker API (see [`containers`]): its record and its
+    /// backing service, with 0 replicas. Rejected for an invalid or used id, an invalid
+    /// name or one in use by a container or a service, invalid labels, a service that is
+    /// not the container's (name, 0 replicas) or invalid, or past [`MAX_CONTAINERS`].
+    CreateContainer {
+        container: ContainerDef,
+        now_ms: u64,
+    },
+    /// Starts (`run`: its service to 1 replica), restarts (`run` and `restart`: the live
+    /// task is shut down and a new one placed) or stops (0 replicas) a container. A start
+    /// of a container whose run has ended is a restart. Changes nothing if it is already
+    /// so. Rejected for an unknown container.
+    SetContainerRun {
+        id: String,
+        run: bool,
+        restart: bool,
+        now_ms: u64,
+    },
+    /// Removes a container and its service (its tasks are told to shut down). Rejected for
+    /// an unknown container, or a running one without `force`.
+    RemoveContainer {
+        id: String,
+        force: bool,
+        now_ms: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -233,6 +262,29 @@ impl fmt::Display for Command {
                 };
                 write!(f, "set {} availability {a}", node.short())
             }
+            Command::CreateContainer { container, .. } => write!(
+                f,
+                "create container {} ({}, image {})",
+                container.name,
+                &container.id.get(..12).unwrap_or(&container.id),
+                container.service.spec.image
+            ),
+            Command::SetContainerRun {
+                id, run, restart, ..
+            } => {
+                let what = match (run, restart) {
+                    (false, _) => "stop",
+                    (true, false) => "start",
+                    (true, true) => "restart",
+                };
+                write!(f, "{what} container {}", id.get(..12).unwrap_or(id))
+            }
+            Command::RemoveContainer { id, force, .. } => write!(
+                f,
+                "remove container {}{}",
+                id.get(..12).unwrap_or(id),
+                if *force { " (force)" } else { "" }
+            ),
         }
     }
 }
@@ -269,6 +321,12 @@ pub enum Applied {
     TasksForgotten { removed: u32, kept: u32 },
     /// The availability was set (`changed`: it differed).
     AvailabilitySet { changed: bool },
+    /// The container was created.
+    ContainerCreated,
+    /// The container was started, restarted or stopped (`changed`: it was not already so).
+    ContainerRun { changed: bool },
+    /// The container was removed; `shut_down` of its tasks were told to shut down.
+    ContainerRemoved { shut_down: u32 },
 }
 
 /// Why a command was rejected. A rejected command changed nothing.
@@ -335,6 +393,28 @@ pub enum Rejected {
     TooManyTaskIds(usize),
     #[error("the stop grace period must be at most {} s, not {} ms", shoal_engine::types::STOP_GRACE_MS_MAX / 1000, .0)]
     BadStopGrace(u64),
+    #[error("a container id is {CONTAINER_ID_LEN} lowercase hex digits")]
+    BadContainerId,
+    #[error("the container id is already in use")]
+    ContainerIdInUse,
+    #[error("invalid container name {0:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, 2 to {MAX_CONTAINER_NAME_LEN} characters")]
+    BadContainerName(String),
+    #[error("the container name \"/{0}\" is already in use by another container; remove it or choose another name")]
+    ContainerNameInUse(String),
+    #[error("the name {0} is already in use by the shoal service {0}; choose another name")]
+    NameInUseByService(String),
+    #[error("at most {MAX_CONTAINER_LABELS} labels with keys of 1 to {MAX_CONTAINER_LABEL_KEY_LEN} bytes without '=' or control characters, {MAX_CONTAINER_LABEL_BYTES} bytes in all")]
+    BadContainerLabels,
+    #[error("invalid container: {0}")]
+    BadContainerService(String),
+    #[error("the cluster already has {MAX_CONTAINERS} containers, its limit; remove some first")]
+    TooManyContainers,
+    #[error("No such container: {0}")]
+    UnknownContainer(String),
+    #[error("You cannot remove a running container {0}. Stop the container before attempting removal or force remove")]
+    ContainerRunning(String),
+    #[error("service {service} runs the container {container} of the Docker API; change it with docker (stop, start, rm)")]
+    ServiceOfContainer { service: String, container: String },
 }
 
 /// The response to every applied entry.
@@ -363,6 +443,8 @@ pub struct ClusterState {
     pub next_task_id: u64,
     /// Registered nodes that are not active (only `Drain` is stored; absent means active).
     pub availability: BTreeMap<NodeId, Availability>,
+    /// Containers of the Docker API, by id.
+    pub containers: BTreeMap<String, ContainerRecord>,
 }
 
 fn name_char(c: char) -> bool {
@@ -471,8 +553,14 @@ impl ClusterState {
                 name,
                 replicas,
                 now_ms,
-            } => self.update_service(name, replicas, now_ms),
-            Command::RemoveService { name, now_ms } => self.remove_service(name, now_ms),
+            } => {
+                self.refuse_container_service(&name)?;
+                self.update_service(name, replicas, now_ms)
+            }
+            Command::RemoveService { name, now_ms } => {
+                self.refuse_container_service(&name)?;
+                self.remove_service(name, now_ms)
+            }
             Command::ApplyDecisions { decisions, now_ms } => {
                 self.apply_decisions_cmd(decisions, now_ms)
             }
@@ -485,6 +573,29 @@ impl ClusterState {
             Command::SetAvailability { node, availability } => {
                 self.set_availability(node, availability)
             }
+            Command::CreateContainer { container, now_ms } => {
+                self.create_container(container, now_ms)
+            }
+            Command::SetContainerRun {
+                id,
+                run,
+                restart,
+                now_ms,
+            } => self.set_container_run(id, run, restart, now_ms),
+            Command::RemoveContainer { id, force, now_ms } => {
+                self.remove_container(id, force, now_ms)
+            }
+        }
+    }
+
+    /// The service of a container is changed through the container commands only.
+    fn refuse_container_service(&self, service: &str) -> Result<(), Rejected> {
+        match self.container_of_service(service) {
+            Some(c) => Err(Rejected::ServiceOfContainer {
+                service: service.to_string(),
+                container: c.name.clone(),
+            }),
+            None => Ok(()),
         }
     }
 

@@ -5,6 +5,8 @@
 //! server speaks (e.g. 1.41 for Engine 20.10), otherwise every call would be refused.
 
 mod images;
+mod logs;
+pub use logs::{LogChunk, LogStream, LogsRequest};
 
 use crate::engine::Engine;
 use crate::image::{ImageExport, ImageId, ImageInfo, ImageStream, PullProgress};

@@ -1,7 +1,7 @@
 //! `shoal agent`: wires identity, discovery, membership and the local API together, and
 //! leaves the cluster gracefully on SIGTERM/SIGINT.
 
-use crate::{api, identity::NodeIdentity};
+use crate::{api, dockerapi, identity::NodeIdentity};
 use anyhow::{Context, Result};
 use rand::SeedableRng;
 use shoal_discovery::mdns::{MdnsConfig, MdnsDiscovery};
@@ -147,6 +147,7 @@ async fn warn_about_other_clusters(handle: shoal_discovery::MembershipHandle, da
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let identity = NodeIdentity::load_or_create(&cfg.data_dir)?;
     let listener = api::bind(&cfg.data_dir).await?;
+    let docker_listener = dockerapi::bind(&cfg.data_dir).await?;
     let socket = tokio::net::UdpSocket::bind(cfg.bind)
         .await
         .with_context(|| format!("cannot bind the gossip port {}; is another agent using it? pick another with --bind", cfg.bind))?;
@@ -235,6 +236,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     )
     .await?;
     let api_task = tokio::spawn(api::serve(listener, ctl.clone()));
+    let docker_task = tokio::spawn(dockerapi::serve_unix(docker_listener, dockerapi::DockerApi::new(ctl.clone())));
     let founded_here = cfg.token_origin != crate::config::TokenOrigin::Given;
     if cfg.token_origin == crate::config::TokenOrigin::Created {
         announce_founding(&cfg);
@@ -261,6 +263,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         m.stop();
     }
     api_task.abort();
+    docker_task.abort();
     peers_task.abort();
     if let Some(t) = foreign_task {
         t.abort();
@@ -270,5 +273,6 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         save_peers(&cfg.data_dir.join(PEERS_FILE), &peers);
     }
     let _ = std::fs::remove_file(api::socket_path(&cfg.data_dir));
+    let _ = std::fs::remove_file(dockerapi::socket_path(&cfg.data_dir));
     outcome
 }

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod control;
+pub mod dockerapi;
 pub mod identity;
 pub mod images;
 pub mod joinnet;

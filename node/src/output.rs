@@ -186,7 +186,11 @@ pub fn print_services(services: &[ServiceRow], json: bool) -> Result<()> {
                 notes.push(format!("{} unknown: node down", s.unknown));
             }
             let pending = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) };
-            vec![s.name.clone(), s.mode.clone(), format!("{}/{}{pending}", s.running, s.desired), s.image.clone()]
+            let mode = match &s.container {
+                Some(c) => format!("docker container {c}"),
+                None => s.mode.clone(),
+            };
+            vec![s.name.clone(), mode, format!("{}/{}{pending}", s.running, s.desired), s.image.clone()]
         })
         .collect();
     crate::out!("{}", table(&["NAME", "MODE", "REPLICAS", "IMAGE"], &rows));

@@ -194,6 +194,12 @@ pub struct ServiceRow {
     /// Live tasks on a node gossip sees down or left: their state is unknown.
     #[serde(default)]
     pub unknown: u32,
+    /// `docker` for the service that runs a container of the Docker API (named in
+    /// `container`), `shoal` for a service created with `shoal service create`.
+    #[serde(default)]
+    pub origin: String,
+    #[serde(default)]
+    pub container: Option<String>,
 }
 
 /// What the cluster wants of a task, as rows show it (`running` or `shutdown` in JSON).
@@ -314,6 +320,7 @@ pub fn service_rows(state: &ClusterState, down: &BTreeSet<NodeId>) -> Vec<Servic
                 Mode::Replicated(n) => ("replicated", n),
                 Mode::Global => ("global", live.len() as u32),
             };
+            let container = state.container_of_service(&svc.def.name).map(|c| c.name.clone());
             ServiceRow {
                 name: svc.def.name.clone(),
                 image: svc.def.spec.image.clone(),
@@ -322,6 +329,8 @@ pub fn service_rows(state: &ClusterState, down: &BTreeSet<NodeId>) -> Vec<Servic
                 running,
                 pending: svc.pending.len() as u32,
                 unknown,
+                origin: if container.is_some() { "docker" } else { "shoal" }.into(),
+                container,
             }
         })
         .collect()
