@@ -143,7 +143,14 @@ impl DockerApi {
             )));
         }
         let def = create::container_def(body, &name, &id, &snap.state)?;
-        self.commit(Command::CreateContainer { container: def, now_ms: now_ms() }).await?;
+        let cmd = Command::CreateContainer { container: def, now_ms: now_ms() };
+        if shoal_consensus::codec::encode_command(&cmd).is_err() {
+            return Err(ApiError::bad_request(format!(
+                "the container config is too large: the cluster keeps at most {} KiB per change (image, command, environment, labels)",
+                shoal_consensus::codec::MAX_COMMAND_BYTES / 1024
+            )));
+        }
+        self.commit(cmd).await?;
         tracing::info!(container = %name, id = %&id[..12], "docker api: container created");
         Ok(http::json_response(StatusCode::CREATED, &serde_json::json!({"Id": id, "Warnings": []})))
     }
