@@ -15,8 +15,11 @@
 //! 3. `docker stop hello` → exited, gone from the engine; `docker start hello` → running on
 //!    n2 again; `docker restart hello`; `docker rm hello` without force is refused (still
 //!    running); `docker rm -f hello` → gone everywhere;
-//! 4. `docker wait` on a container that exits 3 prints 3; `docker kill`; `docker ps
-//!    --filter` by label, name and status; a `shoal service` task listed as `NODE/web.1`;
+//! 4. placement hints: a node label (`-e constraint:zone==attic`) and classic swarm's
+//!    `com.docker.swarm.constraints` label; `--restart on-failure:2` restarts twice;
+//!    `docker wait` on a container that exits 3 prints 3; `docker kill`; `docker ps
+//!    --filter` by label, name and status, `-n 1`, docker-py's filter shape and
+//!    unversioned paths (curl); a `shoal service` task listed as `NODE/web.1`;
 //!    `docker logs` (stdout and stderr apart, `--tail`, `-f` until the container ends) of
 //!    a container on the node that serves the request, and a clear refusal through another
 //!    node;
@@ -24,12 +27,13 @@
 //!    a duplicate name, an unknown container, malformed JSON (curl), an unsupported
 //!    endpoint (curl and `docker network ls`: 501 naming it), an API version above 1.41,
 //!    a constraint on a node that does not exist;
-//! 6. SIGTERM of an agent removes its `docker.sock`.
+//! 6. SIGTERM of an agent removes its `docker.sock`; after a SIGKILL the stale socket file
+//!    is replaced when the agent starts again.
 //!
 //! Needs the `docker` CLI, a Docker Engine socket and `/bin/busybox` (busybox-static);
 //! skipped with a printed reason if one is missing (an engine that does not answer fails).
 
-use shoal_tests::cluster::{free_agent_ports, in_cluster, leader_of, statuses};
+use shoal_tests::cluster::{free_agent_ports, in_cluster, label_ok, leader_of, sees_label, statuses};
 use shoal_tests::services::{cli_ok, docker_unavailable, engines_ok, image_tag, Docker, DockerCleanup, SERVICE_CLI_TIMEOUT};
 use shoal_tests::{every, run, token_new, Cluster, NodeSpec, Output, TempDir, TokenVia};
 use std::os::unix::fs::PermissionsExt;
@@ -121,7 +125,8 @@ impl World {
         let out = run(&mut cmd, Duration::from_secs(40)).unwrap_or_else(|e| panic!("{e}"));
         let (text, code) = out.stdout.rsplit_once('\n').unwrap_or(("", out.stdout.as_str()));
         let code: u16 = code.trim().parse().unwrap_or_else(|_| panic!("curl printed no status: {out:?}"));
-        println!("$ curl --unix-socket … -X {method} {path}{}\n{code} {text}", body.map(|b| format!(" -d '{b}'")).unwrap_or_default());
+        let shown = |b: &str| if b.len() > 120 { format!(" -d '{}…' ({} bytes)", &b[..120], b.len()) } else { format!(" -d '{b}'") };
+        println!("$ curl --unix-socket … -X {method} {path}{}\n{code} {text}", body.map(shown).unwrap_or_default());
         (code, text.to_string())
     }
 
@@ -282,7 +287,20 @@ fn the_docker_cli_drives_the_cluster_as_one_host() {
         if on.is_empty() { Ok(()) } else { Err(format!("{on:?}")) }
     });
 
-    // ------------------------------------------------------------------ 4. wait, kill, filters, services
+    // ------------------------------------------------------------------ 4. hints, restarts, wait, kill, filters, services
+    label_ok(&w.c, 0, &w.ids[2], "zone", "attic");
+    w.c.wait_until(Duration::from_secs(20), "every node sees n3's zone label", || (0..3).all(|i| sees_label(&w.c, i, &w.ids[2], "zone", "attic")));
+    w.docker_ok(0, &["run", "-d", "--name", "attic", "-e", "constraint:zone==attic", img, "/bin/sh", "-c", LONG_RUNNING]);
+    assert_eq!(w.engine_containers("attic"), [(2, true)], "constraint:zone==attic runs on the labelled node n3");
+    w.docker_ok(1, &["run", "-d", "--name", "pinned", "-l", "com.docker.swarm.constraints=[\"node==n1\"]", img, "/bin/sh", "-c", LONG_RUNNING]);
+    assert_eq!(w.engine_containers("pinned"), [(0, true)], "the com.docker.swarm.constraints label pins it to n1");
+    w.docker_ok(0, &["run", "-d", "--name", "flappy", "--restart", "on-failure:2", img, "/bin/sh", "-c", "exit 1"]);
+    let policy = w.docker_ok(0, &["inspect", "--format", "{{.HostConfig.RestartPolicy.Name}}:{{.HostConfig.RestartPolicy.MaximumRetryCount}}", "flappy"]);
+    assert_eq!(policy.trim(), "on-failure:2");
+    w.poll(CONVERGE_TIMEOUT, "flappy (on-failure:2, exit 1) was restarted twice and stays exited (1)", || {
+        let out = w.docker(0, &["inspect", "--format", "{{.RestartCount}} {{.State.Status}} {{.State.ExitCode}}", "flappy"]);
+        if out.stdout.trim() == "2 exited 1" { Ok(()) } else { Err(out.stdout) }
+    });
     w.docker_ok(1, &["run", "-d", "--name", "job", img, "/bin/sh", "-c", "/bin/sleep 1; exit 3"]);
     assert_eq!(w.docker_ok(2, &["wait", "job"]).trim(), "3", "docker wait prints the exit code");
     let job = w.docker_ok(0, &["ps", "-a", "--filter", "status=exited", "--format", "{{.Names}} {{.Status}}"]);
@@ -290,6 +308,15 @@ fn the_docker_cli_drives_the_cluster_as_one_host() {
     w.docker_ok(0, &["run", "-d", "--name", "victim", "-l", "role=victim", img, "/bin/sh", "-c", LONG_RUNNING]);
     let by_label = w.docker_ok(1, &["ps", "--filter", "label=role=victim", "--format", "{{.Names}}"]);
     assert!(by_label.trim().ends_with("/victim") && by_label.lines().count() == 1, "label filter: {by_label}");
+    let newest = w.docker_ok(1, &["ps", "-a", "-n", "1", "--format", "{{.Names}}"]);
+    assert!(newest.trim().ends_with("/victim") && newest.lines().count() == 1, "docker ps -n 1 shows the newest: {newest}");
+    // docker-py's shape of filters, on an unversioned path.
+    let (code, body) = w.curl(2, "GET", "/containers/json?all=1&filters=%7B%22label%22%3A%5B%22role%3Dvictim%22%5D%7D", None);
+    let rows: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{code} {body}: {e}"));
+    assert_eq!(rows.as_array().map(|r| r.len()), Some(1), "the list filter shape: {body}");
+    assert!(rows[0]["Names"][0].as_str().is_some_and(|n| n.ends_with("/victim")), "{body}");
+    let (code, body) = w.curl(2, "GET", "/version", None);
+    assert!(code == 200 && body.contains("\"ApiVersion\":\"1.41\""), "unversioned /version: {code} {body}");
     assert_eq!(w.docker_ok(1, &["kill", "victim"]).trim(), "victim");
     assert!(w.engine_containers("victim").iter().all(|(_, running)| !running), "victim still runs after docker kill");
     w.docker_refused(1, "kill of a container that is not running", &["kill", "victim"], "is not running");
@@ -309,11 +336,12 @@ fn the_docker_cli_drives_the_cluster_as_one_host() {
     assert!(logs.status.success(), "docker logs talker: {}", logs.stderr);
     assert_eq!((logs.stdout.as_str(), logs.stderr.as_str()), ("one\nthree\n", "two\n"), "docker logs keeps stdout and stderr apart");
     println!("$ docker logs talker   # via n1\n{}(stderr) {}", logs.stdout, logs.stderr);
-    assert_eq!(w.docker_ok(0, &["logs", "--tail", "1", "talker"]), "three\n");
     w.docker_ok(0, &["run", "-d", "--name", "ticker", "-e", "constraint:node==n1", img, "/bin/sh", "-c", "for i in 1 2 3 4; do echo tick $i; /bin/sleep 1; done"]);
     let t = Instant::now();
     assert_eq!(w.docker_ok(0, &["logs", "-f", "ticker"]), "tick 1\ntick 2\ntick 3\ntick 4\n", "docker logs -f prints the lines in order");
     assert!(t.elapsed() >= Duration::from_secs(1), "docker logs -f returned before the container ended");
+    // (ticker writes stdout only: the engine may order lines of stdout and stderr either way.)
+    assert_eq!(w.docker_ok(0, &["logs", "--tail", "2", "ticker"]), "tick 3\ntick 4\n");
     let out = w.docker(1, &["logs", "talker"]);
     assert!(!out.status.success() && out.stderr.contains("talker runs on n1"), "docker logs through n2: {out:?}");
     println!("$ docker logs talker   # via n2, refused\n{}", out.stderr.trim());
@@ -332,6 +360,9 @@ fn the_docker_cli_drives_the_cluster_as_one_host() {
     assert!(msg["message"].as_str().is_some_and(|m| m.contains("malformed JSON")), "{body}");
     let (code, body) = w.curl(0, "POST", "/v1.41/containers/create", Some("{\"Image\": 5}"));
     assert!(code == 400 && body.contains("invalid type"), "a field of the wrong type: {code} {body}");
+    let huge = format!("{{\"Image\": \"{img}\", \"Env\": [\"A={}\"]}}", "a".repeat(70_000));
+    let (code, body) = w.curl(0, "POST", "/v1.41/containers/create?name=huge", Some(&huge));
+    assert!(code == 400 && body.contains("too large"), "a 70 KB environment: {code} {body}");
     let (code, body) = w.curl(1, "GET", "/v1.41/networks", None);
     assert!(code == 501 && body.contains("GET /networks is not supported"), "unsupported endpoint: {code} {body}");
     let (code, body) = w.curl(1, "POST", "/v1.41/containers/dup/attach?stream=1", None);
@@ -351,5 +382,18 @@ fn the_docker_cli_drives_the_cluster_as_one_host() {
     let exited = w.c.node_mut(2).wait_exit(Duration::from_secs(20));
     assert!(exited.is_some(), "n3 did not exit after SIGTERM\n{}", w.c.report());
     assert!(!sock.exists(), "n3 left {} behind", sock.display());
+    let sock = w.sock(1);
+    w.c.node_mut(1).kill();
+    assert!(sock.exists(), "a SIGKILLed agent cannot remove its socket");
+    w.c.node_mut(1).start();
+    w.poll(FORM_TIMEOUT, "restarted n2 answers on its docker.sock again", || {
+        let out = w.docker(1, &["version", "--format", "{{.Server.APIVersion}}"]);
+        if out.status.success() && out.stdout.trim() == "1.41" { Ok(()) } else { Err(out.stderr) }
+    });
+    let ps = w.poll(FORM_TIMEOUT, "restarted n2 lists the cluster's containers", || {
+        let out = w.docker(1, &["ps", "-a", "--format", "{{.Names}}"]);
+        if out.status.success() && out.stdout.contains("/victim") { Ok(out.stdout) } else { Err(out.stderr) }
+    });
+    println!("docker ps -a through the restarted n2:\n{ps}");
     println!("docker_api: all stories passed");
 }

@@ -62,6 +62,9 @@ pub struct ContainerRecord {
     /// The node of the last run that was stopped or restarted (its task may be forgotten
     /// since): where `docker ps -a` shows a stopped container.
     pub last_node: Option<NodeId>,
+    /// Task ids from this one on are the container's (an older container of the same
+    /// name had a service of the same name, whose shut-down tasks may still be known).
+    pub first_task: u64,
 }
 
 /// What `CreateContainer` carries: the record's given parts and the service that runs it
@@ -128,10 +131,29 @@ impl ClusterState {
             .is_some_and(|s| s.def.mode == Mode::Replicated(1))
     }
 
+    /// The tasks of a container (live and shut down, until forgotten), by id.
+    pub fn container_tasks<'a>(
+        &'a self,
+        c: &'a ContainerRecord,
+    ) -> impl Iterator<Item = &'a super::TaskRecord> + 'a {
+        self.tasks
+            .range(c.first_task..)
+            .map(|(_, t)| t)
+            .filter(move |t| t.service == c.service)
+    }
+
+    /// The live task of a container (at most one: its service has one slot).
+    pub fn container_live_task<'a>(
+        &'a self,
+        c: &'a ContainerRecord,
+    ) -> Option<&'a super::TaskRecord> {
+        self.container_tasks(c).find(|t| t.is_live())
+    }
+
     /// The ended run of a container that is asked to run: its live task has exited or
     /// failed (it may be restarted by its policy, or stay ended).
     fn live_task_ended(&self, c: &ContainerRecord) -> bool {
-        self.tasks_of_service(&c.service).any(|t| {
+        self.container_tasks(c).any(|t| {
             t.is_live()
                 && matches!(
                     t.observed,
@@ -197,6 +219,7 @@ impl ClusterState {
                 started_ms: None,
                 stopped_ms: None,
                 last_node: None,
+                first_task: self.next_task_id.max(1),
             },
         );
         Ok(Applied::ContainerCreated)
@@ -225,11 +248,7 @@ impl ClusterState {
         }
         // Validated: from here on nothing is refused (the service exists, 0 and 1 replicas
         // are in range, and it is replicated).
-        let ran_on = self
-            .tasks
-            .values()
-            .find(|t| t.service == c.service && t.is_live())
-            .map(|t| t.node);
+        let ran_on = self.container_live_task(&c).map(|t| t.node);
         if cycle {
             self.update_service(c.service.clone(), Some(0), now_ms)?;
         }
@@ -263,11 +282,10 @@ impl ClusterState {
     }
 
     /// The task that shows a container's state: its live task, else its newest one.
-    pub fn container_task<'a>(&'a self, c: &ContainerRecord) -> Option<&'a super::TaskRecord> {
+    pub fn container_task<'a>(&'a self, c: &'a ContainerRecord) -> Option<&'a super::TaskRecord> {
         let tasks: Vec<&'a super::TaskRecord> = self
-            .tasks
-            .values()
-            .filter(|t| t.service == c.service && t.slot == Slot::Index(1))
+            .container_tasks(c)
+            .filter(|t| t.slot == Slot::Index(1))
             .collect();
         tasks
             .iter()

@@ -194,8 +194,12 @@ fn remove_needs_force_while_running_and_takes_the_service() {
     );
     assert!(s.containers.is_empty() && !s.services.contains_key("hello"));
     assert_eq!(s.tasks[&task].desired, Desired::Shutdown);
-    // The name is free again.
-    create(&mut s, 2, "hello");
+    // The name is free again, and the old container's shut-down task is not the new one's.
+    let again = create(&mut s, 2, "hello");
+    assert_eq!(s.containers[&again].service, "hello");
+    assert!(s.tasks.contains_key(&task), "the old task is kept until forgotten");
+    assert_eq!(s.container_task(&s.containers[&again]), None);
+    assert_eq!(s.container_tasks(&s.containers[&again]).count(), 0);
     // A stopped container goes without force.
     let id2 = cid(2);
     assert_eq!(

@@ -48,11 +48,11 @@ fn write_error(e: WriteError) -> ApiError {
 
 /// Whether any task of the container is still up on its node.
 fn task_up(state: &ClusterState, c: &ContainerRecord) -> bool {
-    state.tasks_of_service(&c.service).any(|t| matches!(t.observed, Some(TaskState::Running | TaskState::Starting)))
+    state.container_tasks(c).any(|t| matches!(t.observed, Some(TaskState::Running | TaskState::Starting)))
 }
 
-fn live_task<'a>(state: &'a ClusterState, c: &ContainerRecord) -> Option<&'a TaskRecord> {
-    state.tasks.values().find(|t| t.service == c.service && t.is_live())
+fn live_task<'a>(state: &'a ClusterState, c: &'a ContainerRecord) -> Option<&'a TaskRecord> {
+    state.container_live_task(c)
 }
 
 fn node_name(state: &ClusterState, t: &TaskRecord) -> String {
@@ -143,7 +143,14 @@ impl DockerApi {
             )));
         }
         let def = create::container_def(body, &name, &id, &snap.state)?;
-        self.commit(Command::CreateContainer { container: def, now_ms: now_ms() }).await?;
+        let cmd = Command::CreateContainer { container: def, now_ms: now_ms() };
+        if shoal_consensus::codec::encode_command(&cmd).is_err() {
+            return Err(ApiError::bad_request(format!(
+                "the container config is too large: the cluster keeps at most {} KiB per change (image, command, environment, labels)",
+                shoal_consensus::codec::MAX_COMMAND_BYTES / 1024
+            )));
+        }
+        self.commit(cmd).await?;
         tracing::info!(container = %name, id = %&id[..12], "docker api: container created");
         Ok(http::json_response(StatusCode::CREATED, &serde_json::json!({"Id": id, "Warnings": []})))
     }
@@ -251,7 +258,7 @@ impl DockerApi {
         self.commit(Command::RemoveContainer { id: c.id.clone(), force, now_ms: now_ms() }).await?;
         tracing::info!(container = %c.name, "docker api: container removed");
         // Answer once the node has removed the engine's container (bounded).
-        self.wait_for(REMOVE_WAIT, |st| (!st.tasks_of_service(&c.service).any(|t| t.observed.is_some() && t.observed != Some(TaskState::Shutdown))).then_some(())).await?;
+        self.wait_for(REMOVE_WAIT, |st| (!st.container_tasks(&c).any(|t| t.observed.is_some() && t.observed != Some(TaskState::Shutdown))).then_some(())).await?;
         Ok(http::status_only(StatusCode::NO_CONTENT))
     }
 

@@ -135,6 +135,7 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_headers(MAX_HEADERS)
+        .max_header_size(MAX_HEADER_BYTES)
         .max_buf_size(MAX_HEADER_BYTES.max(8192))
         .half_close(false);
     if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).with_upgrades().await {

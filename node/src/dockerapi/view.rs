@@ -594,7 +594,10 @@ pub fn info_json(view: &ClusterView<'_>, cluster_id: &str, this_node: &str) -> s
         ["Nodes".into(), view.state.nodes.len().to_string()],
     ];
     let (mut cpus, mut memory) = (0u64, 0u64);
-    for id in view.state.nodes.keys() {
+    // Nodes by name (then id), as a reader looks for them.
+    let mut ids: Vec<&NodeId> = view.state.nodes.keys().collect();
+    ids.sort_by_key(|id| (view.state.nodes.get(id).map(|n| n.name.as_str()), **id));
+    for id in ids {
         let Some(n) = view.node_ref(id) else { continue };
         let member = view.members.iter().find(|m| m.id == *id);
         let (c, m) = member.map_or((0, 0), |m| (m.resources.cpu_millis, m.resources.memory_bytes));
