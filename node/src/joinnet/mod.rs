@@ -42,7 +42,6 @@ pub use client::{request_certificate, JoinError};
 pub use server::{JoinAuthority, JoinServer, JoinServerConfig, JoinService, Refusal};
 
 use crate::pki::{JoinResponse, PkiError, MAX_JOIN_MESSAGE_LEN};
-use crate::raftnet::frame::HEADER_BYTES;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -72,15 +71,8 @@ impl JoinReply {
     }
 }
 
-/// Length prefix + body.
-pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
-    // Bodies are bounded by MAX_JOIN_REPLY_LEN, far below u32::MAX.
-    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
+/// Length prefix + body (bodies are bounded by MAX_JOIN_REPLY_LEN, far below u32::MAX).
+pub(crate) use crate::raftnet::frame::length_prefixed as frame;
 
 /// Why the join server could not start (per-connection problems are only counted).
 #[derive(Debug, thiserror::Error)]

@@ -141,6 +141,16 @@ pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
     Ok(frame)
 }
 
+/// Length prefix + body, for protocols whose bodies are bounded far below `u32::MAX` (the
+/// join and image protocols share this framing with Raft's).
+pub fn length_prefixed(body: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
 /// Decodes a frame body read by [`read_frame`].
 pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     codec::decode::<T, MAX_RPC_BYTES>(body).map_err(FrameError::Undecodable)
