@@ -90,21 +90,29 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 
 /// Binds the socket, refusing to start if another agent already serves this data dir.
 pub async fn bind(data_dir: &Path) -> Result<UnixListener> {
-    let path = socket_path(data_dir);
+    let busy = format!(
+        "another shoal agent is already running with data dir {}; stop it first or use another --data-dir",
+        data_dir.display()
+    );
+    bind_private_socket(&socket_path(data_dir), &busy).await
+}
+
+/// Binds a unix socket of this node at `path` (mode 0600): refuses with `busy` if something
+/// still answers there, replaces a stale socket file, refuses a path too long for a socket.
+pub async fn bind_private_socket(path: &Path, busy: &str) -> Result<UnixListener> {
     if path.as_os_str().len() >= 100 {
         bail!("the data dir path is too long for a unix socket ({}); use a shorter --data-dir", path.display());
     }
     if path.exists() {
-        if UnixStream::connect(&path).await.is_ok() {
-            bail!(
-                "another shoal agent is already running with data dir {}; stop it first or use another --data-dir",
-                data_dir.display()
-            );
+        if UnixStream::connect(path).await.is_ok() {
+            bail!("{busy}");
         }
-        std::fs::remove_file(&path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        std::fs::remove_file(path).with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(&path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    // Created with the umask, then restricted: nothing is accepted before the chmod.
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {} to its owner", path.display()))?;
     Ok(listener)
 }
 

@@ -28,19 +28,18 @@ pub mod route;
 pub mod view;
 
 use crate::control::Control;
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use http::{ApiError, Body};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use route::Endpoint;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 
 /// File name of the socket inside the data dir.
 pub const SOCKET_FILE: &str = "docker.sock";
@@ -68,20 +67,8 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 /// agent still answers on it.
 pub async fn bind(data_dir: &Path) -> Result<UnixListener> {
     let path = socket_path(data_dir);
-    if path.as_os_str().len() >= 100 {
-        bail!("the data dir path is too long for a unix socket ({}); use a shorter --data-dir", path.display());
-    }
-    if path.exists() {
-        if UnixStream::connect(&path).await.is_ok() {
-            bail!("another process serves {}; stop it first or use another --data-dir", path.display());
-        }
-        std::fs::remove_file(&path).with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
-    }
-    // Created with the umask, then restricted: nothing is accepted before the chmod.
-    let listener = UnixListener::bind(&path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {} to its owner", path.display()))?;
-    Ok(listener)
+    let busy = format!("another process serves {}; stop it first or use another --data-dir", path.display());
+    crate::api::bind_private_socket(&path, &busy).await
 }
 
 /// The API of one node; cheap to share.
