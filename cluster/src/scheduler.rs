@@ -13,6 +13,9 @@
 //! - tasks on a node that has been down (or left) longer than `down_grace_ms`, or that is
 //!   drained, or gone, are shut down and their slot placed anew; a slot is never given a
 //!   second live task while its first is live (the old one is shut down in the same batch);
+//! - a service marked `stays_with_node` (a Docker API container without restart policy
+//!   `always`) keeps its task on a down or departed node for good: it is lost with its node,
+//!   not moved (it moves only when the node is removed or drained);
 //! - scale-down removes the highest slots; removing a service shuts all its tasks down;
 //! - two kept tasks on one node that publish the same host port (a state written before
 //!   ports were scheduled) are reduced to one: the later is shut down (`PortConflict`)
@@ -123,6 +126,11 @@ pub struct ServiceView {
     pub reserve_memory_bytes: u64,
     /// The host ports every task of the service publishes (each at most once).
     pub host_ports: Vec<HostPort>,
+    /// Its tasks stay with their node when the node goes down or leaves (a container of the
+    /// Docker API without restart policy `always`, as classic swarm kept it): they are not
+    /// placed elsewhere after the grace period, only when the node is gone (removed or
+    /// revoked) or drained.
+    pub stays_with_node: bool,
 }
 
 /// Which replica a task is: an index for replicated services, the node for global ones.
@@ -237,11 +245,13 @@ fn static_reject(node: &NodeView, service: &ServiceView) -> Option<Reject> {
     service.constraints.iter().find(|c| !c.matches(node)).map(|c| Reject::Constraint(c.to_string()))
 }
 
-fn gone_for(node: Option<&NodeView>, now_ms: u64, cfg: &SchedulerConfig) -> Option<ShutdownReason> {
+fn gone_for(node: Option<&NodeView>, svc: &ServiceView, now_ms: u64, cfg: &SchedulerConfig) -> Option<ShutdownReason> {
     match node {
         None => Some(ShutdownReason::NodeGone),
         Some(n) => match n.health {
-            Health::Down { since_ms } | Health::Left { since_ms } if now_ms.saturating_sub(since_ms) >= cfg.down_grace_ms => {
+            Health::Down { since_ms } | Health::Left { since_ms }
+                if !svc.stays_with_node && now_ms.saturating_sub(since_ms) >= cfg.down_grace_ms =>
+            {
                 Some(ShutdownReason::NodeDown)
             }
             _ if n.availability == Availability::Drain => Some(ShutdownReason::NodeDrained),
@@ -306,7 +316,7 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
                 };
                 // A global slot whose node is down within grace keeps its task for now.
                 let keep_in_grace = matches!((svc.mode, slot), (Mode::Global, Slot::Node(_)))
-                    && live.iter().all(|t| node_by_id.get(&t.node).is_some_and(|n| matches!(n.health, Health::Suspect | Health::Down { .. } | Health::Left { .. })) && gone_for(node_by_id.get(&t.node).copied(), now_ms, cfg).is_none());
+                    && live.iter().all(|t| node_by_id.get(&t.node).is_some_and(|n| matches!(n.health, Health::Suspect | Health::Down { .. } | Health::Left { .. })) && gone_for(node_by_id.get(&t.node).copied(), svc, now_ms, cfg).is_none());
                 if keep_in_grace {
                     for t in live {
                         add_load(&mut load, t.node, svc);
@@ -322,7 +332,7 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
             let live = slots.get(&slot).map(Vec::as_slice).unwrap_or(&[]);
             let mut kept = false;
             for t in live {
-                if let Some(reason) = gone_for(node_by_id.get(&t.node).copied(), now_ms, cfg) {
+                if let Some(reason) = gone_for(node_by_id.get(&t.node).copied(), svc, now_ms, cfg) {
                     out.push(Decision::Shutdown { task: t.id, reason });
                 } else if kept {
                     out.push(Decision::Shutdown { task: t.id, reason: ShutdownReason::Duplicate });

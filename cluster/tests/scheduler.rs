@@ -31,7 +31,7 @@ fn node(i: usize) -> NodeView {
 }
 
 fn service(name: &str, replicas: u32) -> ServiceView {
-    ServiceView { name: name.into(), mode: Mode::Replicated(replicas), constraints: vec![], reserve_cpu_millis: 0, reserve_memory_bytes: 0, host_ports: vec![] }
+    ServiceView { name: name.into(), mode: Mode::Replicated(replicas), constraints: vec![], reserve_cpu_millis: 0, reserve_memory_bytes: 0, host_ports: vec![], stays_with_node: false }
 }
 
 fn publishing(name: &str, replicas: u32, ports: &[HostPort]) -> ServiceView {
@@ -226,6 +226,41 @@ fn down_node_keeps_its_tasks_during_grace_then_they_move_once() {
     w.nodes[2].health = Health::Alive;
     w.converge();
     assert_eq!(w.tasks.len(), 6);
+}
+
+#[test]
+fn a_service_that_stays_with_its_node_is_lost_with_it_not_moved_until_the_node_is_gone_or_drained() {
+    let mut w = World::with_nodes(3);
+    w.services.push(ServiceView { stays_with_node: true, ..service("plain", 3) });
+    w.services.push(service("always", 3));
+    w.converge();
+    let plain_before = w.per_node("plain");
+    let on_2: Vec<TaskId> = w.tasks.values().filter(|t| t.node == nid(2) && t.service == "plain").map(|t| t.id).collect();
+    assert_eq!(on_2.len(), 1);
+    w.nodes[2].health = Health::Down { since_ms: 0 };
+    w.now_ms = 10 * SchedulerConfig::default().down_grace_ms;
+    w.converge();
+    // The moving service left node 2; the staying one kept its task (same id) there.
+    assert!(!w.per_node("always").contains_key(&nid(2)));
+    assert_eq!(w.per_node("always").values().sum::<usize>(), 3);
+    assert_eq!(w.per_node("plain"), plain_before);
+    assert!(on_2.iter().all(|id| w.tasks.contains_key(id)), "the staying task was replaced");
+    // Left counts as down; drained and removed nodes give the task up.
+    w.nodes[2].health = Health::Left { since_ms: 0 };
+    w.converge();
+    assert_eq!(w.per_node("plain"), plain_before);
+    w.nodes[2].availability = Availability::Drain;
+    w.converge();
+    assert!(!w.per_node("plain").contains_key(&nid(2)));
+    assert_eq!(w.per_node("plain").values().sum::<usize>(), 3);
+    w.nodes[2].availability = Availability::Active;
+    w.nodes[2].health = Health::Down { since_ms: 0 };
+    w.converge();
+    let on_1 = w.tasks.values().filter(|t| t.node == nid(1) && t.service == "plain").count();
+    w.nodes.remove(1);
+    w.converge();
+    assert_eq!(w.per_node("plain").values().sum::<usize>(), 3, "a task of a removed node is placed anew");
+    assert!(on_1 > 0 && !w.per_node("plain").contains_key(&nid(1)));
 }
 
 #[test]

@@ -407,3 +407,26 @@ fn snapshots_keep_containers() {
     let bytes = codec::encode_snapshot(&s).expect("encode");
     assert_eq!(codec::decode_snapshot(&bytes).expect("decode"), s);
 }
+
+#[test]
+fn containers_stay_with_their_node_unless_their_restart_policy_is_always() {
+    let mut s = with_node();
+    create(&mut s, 1, "plain");
+    let mut always = container(2, "always");
+    always.service.restart = RestartPolicy::Always;
+    s.apply(Command::CreateContainer { container: always, now_ms: T0 }).expect("create always");
+    let mut on_failure = container(3, "retry");
+    on_failure.service.restart = RestartPolicy::OnFailure { max_attempts: 2 };
+    s.apply(Command::CreateContainer { container: on_failure, now_ms: T0 }).expect("create retry");
+    let mut svc = container(4, "web").service;
+    svc.restart = RestartPolicy::Never;
+    svc.mode = Mode::Replicated(2);
+    s.apply(Command::CreateService { service: svc, now_ms: T0 }).expect("a plain service");
+    let (services, _) = s.scheduler_inputs();
+    let stays: BTreeMap<&str, bool> = services.iter().map(|v| (v.name.as_str(), v.stays_with_node)).collect();
+    assert_eq!(
+        stays,
+        BTreeMap::from([("always", false), ("plain", true), ("retry", true), ("web", false)]),
+        "services always move; containers only with restart always"
+    );
+}

@@ -815,6 +815,15 @@ impl ClusterState {
     /// Node views combine the node table with membership's health and facts, so they are
     /// built by the caller (with [`Self::availability_of`]).
     pub fn scheduler_inputs(&self) -> (Vec<ServiceView>, Vec<TaskView>) {
+        // Containers of the Docker API stay with their node unless their restart policy
+        // is `always` (classic swarm's rule); services always move.
+        let staying: std::collections::BTreeSet<&str> = self
+            .containers
+            .values()
+            .filter_map(|c| self.services.get(&c.service))
+            .filter(|s| s.def.restart != RestartPolicy::Always)
+            .map(|s| s.def.name.as_str())
+            .collect();
         let services = self
             .services
             .values()
@@ -825,6 +834,7 @@ impl ClusterState {
                 reserve_cpu_millis: s.def.reserve_cpu_millis,
                 reserve_memory_bytes: s.def.reserve_memory_bytes,
                 host_ports: host_ports(&s.def.spec),
+                stays_with_node: staying.contains(s.def.name.as_str()),
             })
             .collect();
         let tasks = self

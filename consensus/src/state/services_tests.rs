@@ -1326,6 +1326,7 @@ fn views_for_the_scheduler_and_the_agents() {
             reserve_cpu_millis: d.reserve_cpu_millis,
             reserve_memory_bytes: d.reserve_memory_bytes,
             host_ports: vec![HostPort::tcp(8080)],
+            stays_with_node: false,
         }]
     );
     assert_eq!(

@@ -156,6 +156,7 @@ impl ClusterView<'_> {
         let mut status = container_status(self.state, c, svc, task, self.now_ms);
         if let Some(n) = &node {
             note_node_health(&mut status, n);
+            note_lost(&mut status, n, svc.def.restart);
         }
         let spec = &svc.def.spec;
         Some(Entry {
@@ -384,6 +385,16 @@ fn container_status(state: &ClusterState, c: &ContainerRecord, svc: &ServiceReco
 fn note_node_health(status: &mut Status, node: &NodeRef) {
     if status.state.is_up() && node.health != MemberState::Alive.as_str() {
         status.text = format!("{} (node {} is {})", status.text, node.name, node.health);
+    }
+}
+
+/// Says that an up container on a node that is down or left stays lost there: only a
+/// container with restart policy `always` is started on another node (classic swarm's
+/// rule; the scheduler's `stays_with_node`).
+fn note_lost(status: &mut Status, node: &NodeRef, restart: RestartPolicy) {
+    let gone = node.health == MemberState::Down.as_str() || node.health == MemberState::Left.as_str();
+    if status.state.is_up() && gone && restart != RestartPolicy::Always {
+        status.text = format!("{}: lost with its node until it returns (only --restart always moves to another node)", status.text);
     }
 }
 
