@@ -65,6 +65,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const FORWARD_TTL: Duration = Duration::from_secs(5);
 /// How often the state watcher and the leader loop run.
 const WATCH_TICK: Duration = Duration::from_millis(500);
+/// Least time between two passes of the watch loop, however fast entries are applied.
+const WATCH_MIN_GAP: Duration = Duration::from_millis(20);
 /// How often the certificate is checked for renewal, at most (short lifetimes check more
 /// often: a thirtieth of the lifetime).
 const RENEW_CHECK_MAX: Duration = Duration::from_secs(30);
@@ -440,8 +442,14 @@ impl Control {
         // periodically.
         let mut last_renew_check: Option<tokio::time::Instant> = None;
         let mut leader = leader::LeaderDuties::new();
+        let mut seen = None;
         loop {
-            tokio::time::sleep(WATCH_TICK).await;
+            // At once when a new entry is applied (a start, a report: the scheduler places
+            // without waiting out a tick), else every WATCH_TICK; never more often than
+            // WATCH_MIN_GAP.
+            tokio::time::sleep(WATCH_MIN_GAP).await;
+            running.applied_change(seen, WATCH_TICK).await;
+            seen = running.applied_index();
             let Ok(state) = running.state().await else { return };
             running.revoked.replace(state.revoked.clone());
             if state.ca.is_some() && !announced {
@@ -521,6 +529,38 @@ impl Running {
     pub fn metrics(&self) -> shoal_consensus::types::RaftMetrics {
         use shoal_consensus::openraft::async_runtime::WatchReceiver;
         self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// The index of the last log entry applied on this node.
+    pub fn applied_index(&self) -> Option<u64> {
+        use shoal_consensus::openraft::async_runtime::WatchReceiver;
+        self.raft.metrics().borrow_watched().last_applied.map(|l| l.index)
+    }
+
+    /// Waits until an entry after `seen` is applied on this node, or `at_most` passes
+    /// (returns at once if one already is). Loops that act on the replicated state wait
+    /// here instead of sleeping a fixed tick, so a change is acted on as soon as it is
+    /// applied, and a quiet cluster still gets its periodic pass.
+    pub async fn applied_change(&self, seen: Option<u64>, at_most: Duration) {
+        use shoal_consensus::openraft::async_runtime::WatchReceiver;
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::sleep(at_most);
+        tokio::pin!(deadline);
+        loop {
+            if rx.borrow_watched().last_applied.map(|l| l.index) != seen {
+                return;
+            }
+            tokio::select! {
+                () = &mut deadline => return,
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        // Raft stopped: no change will come; keep the caller's pace.
+                        deadline.await;
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// A copy of the replicated state as applied on this node.

@@ -1,4 +1,5 @@
-//! Runs this node's tasks (design step 6): every [`RUN_TICK`] the tasks the replicated state
+//! Runs this node's tasks (design step 6): whenever the replicated state changes, and every
+//! [`RUN_TICK`] anyway, the tasks the replicated state
 //! assigns to this node are reconciled with the local Docker Engine through the pure
 //! `shoal_engine::Reconciler` (containers labelled `shoal.node`/`shoal.service`/`shoal.task`),
 //! and what changed is reported to the leader in batches.
@@ -25,8 +26,21 @@ use shoal_engine::{Desired, DockerConfig, DockerEngine, Reconciler, ReconcilerCo
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-/// How often the node reconciles its tasks.
+/// How often the node reconciles its tasks when nothing changes (containers that exit are
+/// noticed at this pace).
 const RUN_TICK: Duration = Duration::from_secs(1);
+/// Least time between two passes: a change of the replicated state (a task placed here)
+/// starts a pass at once, but a busy cluster does not make the node ask its engine more
+/// often than this.
+const RUN_MIN_GAP: Duration = Duration::from_millis(50);
+/// After a pass that left a task of this node on its way (asked to run but not yet seen
+/// running or ended, or asked to stop but still seen running), the next pass comes this soon, so a
+/// container the engine just started is reported running at once...
+const SETTLE_GAP: Duration = Duration::from_millis(100);
+/// ...for at most this many passes in a row (a task that never settles, e.g. one that
+/// keeps failing to start, then goes back to the [`RUN_TICK`] pace until the state
+/// changes).
+const SETTLE_PASSES: u32 = 10;
 
 /// The loop; runs for the life of the agent.
 pub async fn run_tasks(ctl: Control) {
@@ -37,8 +51,22 @@ pub async fn run_tasks(ctl: Control) {
     let mut engine_warned = false;
     let mut images = Acquisitions::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<(String, Result<String, String>)>(16);
+    let mut seen = None;
+    let mut settling = 0u32;
     loop {
-        tokio::time::sleep(RUN_TICK).await;
+        match ctl.running() {
+            Some(running) => {
+                tokio::time::sleep(RUN_MIN_GAP).await;
+                let pace = if settling > 0 && settling <= SETTLE_PASSES { SETTLE_GAP } else { RUN_TICK };
+                running.applied_change(seen, pace.saturating_sub(RUN_MIN_GAP)).await;
+                let now_seen = running.applied_index();
+                if now_seen != seen {
+                    settling = 0;
+                }
+                seen = now_seen;
+            }
+            None => tokio::time::sleep(RUN_TICK).await,
+        }
         if engine.is_none() {
             let connected = match &socket {
                 Some(path) => DockerEngine::connect_unix(&path.to_string_lossy(), DockerConfig::default()).await,
@@ -113,6 +141,14 @@ pub async fn run_tasks(ctl: Control) {
                 continue;
             }
         }
+        let unsettled = assigned.iter().any(|t| {
+            let observed = state.tasks.get(&t.id).and_then(|r| r.observed.as_ref());
+            match t.desired {
+                Desired::Running => matches!(observed, None | Some(TaskState::Starting)),
+                Desired::Shutdown => matches!(observed, Some(TaskState::Running | TaskState::Starting)),
+            }
+        });
+        settling = if unsettled { settling.saturating_add(1) } else { 0 };
         let mut reports = reconciler.last_reports();
         reports.extend(plan.failed.into_iter().map(|(task, reason)| TaskReport {
             task,

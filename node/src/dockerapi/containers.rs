@@ -111,11 +111,12 @@ impl DockerApi {
         }
     }
 
-    /// Polls this node's copy of the state every [`WAIT_POLL`] until `done` says so, for
-    /// at most `limit`; `None` on time-out.
+    /// Reads this node's copy of the state whenever an entry is applied (at least every
+    /// [`WAIT_POLL`]) until `done` says so, for at most `limit`; `None` on time-out.
     async fn wait_for<T>(&self, limit: Duration, mut done: impl FnMut(&ClusterState) -> Option<T>) -> Result<Option<T>, ApiError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
+            let seen = self.ctl.running().and_then(|r| r.applied_index());
             let snap = self.snapshot().await?;
             if let Some(v) = done(&snap.state) {
                 return Ok(Some(v));
@@ -123,7 +124,10 @@ impl DockerApi {
             if tokio::time::Instant::now() >= deadline {
                 return Ok(None);
             }
-            tokio::time::sleep(WAIT_POLL).await;
+            match self.ctl.running() {
+                Some(running) => running.applied_change(seen, WAIT_POLL).await,
+                None => tokio::time::sleep(WAIT_POLL).await,
+            }
         }
     }
 
