@@ -109,8 +109,14 @@ pub async fn run_tasks(ctl: Control) {
             images.finished(&image, now, result.map(drop));
         }
         let store = ctl.images();
-        let needs: Vec<(u64, String)> =
-            assigned.iter().filter(|t| t.desired == Desired::Running).map(|t| (t.id, t.spec.image.clone())).collect();
+        // Only tasks not yet seen running need their image checked (a running container
+        // has its image): a converged node asks its engine nothing about images.
+        let needs: Vec<(u64, String)> = assigned
+            .iter()
+            .filter(|t| t.desired == Desired::Running)
+            .filter(|t| !matches!(state.tasks.get(&t.id).and_then(|r| r.observed.as_ref()), Some(TaskState::Running)))
+            .map(|t| (t.id, t.spec.image.clone()))
+            .collect();
         let mut present = BTreeSet::new();
         for image in needs.iter().map(|(_, i)| i).collect::<BTreeSet<_>>() {
             // An engine error here shows again in the reconcile below; count it as present so
