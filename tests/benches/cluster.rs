@@ -3,7 +3,9 @@
 //! (a) cold start of 3 and of 5 agents → every node in the cluster with a certificate
 //!     (role leader/manager/worker, 3 voters, the rest learners, one agreed leader);
 //! (b) SIGKILL of the leader → the survivors agree on a new leader, and → a write issued
-//!     through a survivor at the moment of the kill has committed.
+//!     through a survivor at the moment of the kill has committed;
+//! (c) the leader of 3 cut off the network (namespace lab only; it keeps running) → the
+//!     same two figures.
 //! Uses the namespace lab (mDNS) when it can, loopback with --join seeds otherwise;
 //! `SHOAL_BENCH_LOOPBACK=1` forces loopback. Bounded to about 2 minutes.
 //! Run: `cargo build --release -p shoal-node && cargo bench -p shoal-tests --bench cluster`
@@ -78,9 +80,19 @@ fn cold_start(c: &mut Cluster, nodes: usize) -> Duration {
     t0.elapsed()
 }
 
-/// SIGKILL of the leader → (new leader agreed by the survivors, a write through a survivor
-/// committed). The write is issued at the kill and retried until it succeeds.
-fn failover(c: &mut Cluster, nodes: usize) -> (Duration, Duration) {
+/// How the leader is lost.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    /// SIGKILL: its connections are reset at once.
+    Kill,
+    /// Cut off the network (namespace lab only): it keeps running and answers nothing, so
+    /// a write forwarded to it gets no answer.
+    Cut,
+}
+
+/// Loss of the leader → (new leader agreed by the survivors, a write through a survivor
+/// committed). The write is issued at the loss and retried until it succeeds.
+fn failover(c: &mut Cluster, nodes: usize, loss: Loss) -> (Duration, Duration) {
     let idx: Vec<usize> = (0..nodes).collect();
     let all = statuses(c, &idx).unwrap_or_else(|| panic!("a node stopped answering\n{}", c.report()));
     let old = leader_of(&all).unwrap_or_else(|| panic!("no agreed leader\n{}", c.report()));
@@ -89,7 +101,10 @@ fn failover(c: &mut Cluster, nodes: usize) -> (Duration, Duration) {
     let via = c.node(survivors[0]).data_dir.clone();
     let target = all[survivors[0]].node.clone();
     let t0 = Instant::now();
-    c.node_mut(victim).kill();
+    match loss {
+        Loss::Kill => c.node_mut(victim).kill(),
+        Loss::Cut => c.lab().expect("a cut needs the namespace lab").isolate(victim).unwrap_or_else(|e| panic!("cutting the leader off: {e}")),
+    }
     let writer = std::thread::spawn(move || {
         let mut n = 0;
         loop {
@@ -128,6 +143,8 @@ fn main() {
     let mut cold5 = Vec::new();
     let mut elected = Vec::new();
     let mut written = Vec::new();
+    let mut cut_elected = Vec::new();
+    let mut cut_written = Vec::new();
     for round in 0..MAX_ROUNDS {
         if round > 0 && began.elapsed() > BUDGET {
             break;
@@ -135,7 +152,7 @@ fn main() {
         for nodes in [3, 5] {
             let mut c = cluster(mode, nodes, round);
             let f = cold_start(&mut c, nodes);
-            let (e, w) = failover(&mut c, nodes);
+            let (e, w) = failover(&mut c, nodes, Loss::Kill);
             println!(
                 "round {} ({nodes} nodes): cold start {:.2} s; leader SIGKILL → new leader {:.2} s, → write committed {:.2} s",
                 round + 1,
@@ -147,6 +164,14 @@ fn main() {
             elected.push(e);
             written.push(w);
         }
+        if mode == BenchMode::Netns {
+            let mut c = cluster(mode, 3, round + 10);
+            cold_start(&mut c, 3);
+            let (e, w) = failover(&mut c, 3, Loss::Cut);
+            println!("round {} (3 nodes): leader cut off → new leader {:.2} s, → write committed {:.2} s", round + 1, e.as_secs_f64(), w.as_secs_f64());
+            cut_elected.push(e);
+            cut_written.push(w);
+        }
     }
 
     println!();
@@ -155,5 +180,11 @@ fn main() {
     summary("(a) start of 5 agents → all in the cluster with certificates (3 managers, 2 workers)", &cold5);
     summary("(b) leader SIGKILL → survivors agree on a new leader (3- and 5-node rounds)", &elected);
     summary("(b) leader SIGKILL → a write through a survivor has committed", &written);
+    if mode == BenchMode::Netns {
+        summary("(c) leader cut off the network → survivors agree on a new leader (3 nodes)", &cut_elected);
+        summary("(c) leader cut off the network → a write through a survivor has committed", &cut_written);
+    } else {
+        println!("(c) leader cut off: skipped (needs the namespace lab)");
+    }
     println!("total bench time {:.1} s", began.elapsed().as_secs_f64());
 }

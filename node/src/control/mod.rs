@@ -600,7 +600,15 @@ impl Running {
                     }
                 }
                 Some(leader) => match metrics.membership_config.get_node(&leader).cloned() {
-                    Some(node) => match self.network.forward(leader, &node, cmd.clone(), FORWARD_TTL).await {
+                    // A leader that is cut off answers nothing: give its forward up as soon
+                    // as this node stops seeing it as the leader (an election started),
+                    // instead of waiting out the forward's TTL.
+                    Some(node) => match tokio::select! {
+                        answer = self.network.forward(leader, &node, cmd.clone(), FORWARD_TTL) => answer,
+                        () = self.leader_moves_from(leader) => {
+                            Err(format!("leader {leader} lost its leadership while a write was forwarded to it"))
+                        }
+                    } {
                         Ok(Ok(committed)) => {
                             // Read-your-writes on this node: wait (bounded) until it has
                             // applied the entry too, so the caller's next read sees it.
@@ -624,7 +632,28 @@ impl Running {
             if tokio::time::Instant::now() >= deadline {
                 return Err(WriteError::NoLeader(WRITE_TIMEOUT, last));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Retry when the leader changes (a new one is known), and at least every 200 ms.
+            let seen_leader = self.metrics().current_leader;
+            let _ = tokio::time::timeout(Duration::from_millis(200), self.leader_moves_from_opt(seen_leader)).await;
+        }
+    }
+
+    /// Resolves once this node no longer sees `leader` as the leader (never, if Raft stops).
+    async fn leader_moves_from(&self, leader: RaftNodeId) {
+        self.leader_moves_from_opt(Some(leader)).await
+    }
+
+    /// Resolves once this node's known leader differs from `leader` (never, if Raft stops).
+    async fn leader_moves_from_opt(&self, leader: Option<RaftNodeId>) {
+        use shoal_consensus::openraft::async_runtime::WatchReceiver;
+        let mut rx = self.raft.metrics();
+        loop {
+            if rx.borrow_watched().current_leader != leader {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 
