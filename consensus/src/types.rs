@@ -152,6 +152,13 @@ pub type ShoalRaft<SM> = openraft::Raft<TypeConfig, SM>;
 ///   before the fix). shoal's redb store syncs before an entry is readable, so it should not
 ///   be exposed, but standard Raft (a restarted node is a follower and must win a new term)
 ///   costs one election and removes the question.
+///
+/// - **Pre-Vote.** A node cut off from the others (a follower behind a partition, a Pi on
+///   flaky Wi-Fi) times out again and again; without Pre-Vote each timeout raises its term,
+///   and when it returns its higher term makes the healthy leader step down: a failover the
+///   cluster did not need (seen on the lab: term 1 → 16 in 20 s, then leadership moved).
+///   With Pre-Vote it first asks whether it *would* win, which the others refuse while they
+///   hear from their leader, so its term stays put.
 pub fn with_safety(config: openraft::Config) -> openraft::Config {
-    openraft::Config { enable_leader_restore: Some(false), ..config }
+    openraft::Config { enable_leader_restore: Some(false), enable_pre_vote: Some(true), ..config }
 }

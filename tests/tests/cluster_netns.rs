@@ -5,7 +5,8 @@
 //!   cluster, 3 voters, certificates of one CA (signatures checked here with x509-parser);
 //!   SIGKILL of the leader → a new leader, writes continue, the old leader comes back as a
 //!   follower with the write; a voter cut off the bridge → the majority keeps writing, the
-//!   cut-off node cannot, and after healing it has every write; the outsider never gets a
+//!   cut-off node cannot, and after healing it has every write, with the same leader and
+//!   term as before (Pre-Vote: its timeouts did not raise its term); the outsider never gets a
 //!   certificate nor appears in `node ls`.
 //! - 5 nodes: 3 managers and 2 workers; a worker is revoked (`node rm`); SIGTERM of every
 //!   node and a restart keep the cluster id, the CA, the node set and the revocation, and a
@@ -219,6 +220,13 @@ fn three_nodes_form_one_cluster_survive_leader_crash_and_partition_and_shut_out_
             && sees_label(&c, cut, &ids[other], "partition", "majority-via-follower")
     });
     println!("caught up {:.1?} after healing", healed.elapsed());
+    // Pre-Vote: the cut-off follower's election timeouts did not raise its term, so its
+    // return did not unseat the healthy leader (no failover the cluster did not need).
+    let after = statuses(&c, &members).unwrap_or_else(|| panic!("a node stopped answering\n{}", c.report()));
+    let terms: Vec<u64> = after.iter().map(|s| s.term).collect();
+    println!("term before the partition {}, after healing {terms:?}", now[leader].term);
+    assert_eq!(leader_of(&after).as_deref(), Some(leader_id.as_str()), "the returning follower unseated the leader\n{}", c.report());
+    assert!(terms.iter().all(|t| *t == now[leader].term), "terms moved from {} to {terms:?}: the cut-off node's elections leaked\n{}", now[leader].term, c.report());
     if sees_label(&c, leader, &ids[cut], "minority", "1") {
         // A write reported as failed may still commit later (its forward was in flight):
         // clients must treat a timeout as "unknown", not "not done".

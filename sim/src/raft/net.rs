@@ -134,6 +134,10 @@ impl RaftNetworkV2<TypeConfig> for Conn {
         self.call(rpc, option.soft_ttl(), |peer, rpc| async move { peer.vote(rpc).await }).await.map_err(rpc_error)
     }
 
+    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(rpc, option.soft_ttl(), |peer, rpc| async move { peer.pre_vote(rpc).await }).await.map_err(rpc_error)
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,
