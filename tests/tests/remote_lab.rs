@@ -4,6 +4,7 @@
 //! lab creates nothing in the root namespace, so the test process's own namespace stays
 //! off the lab's links and every real interface stays untouched).
 //!
+//! 0. Node certificates carry the node's IP and name (`n1`) as SANs.
 //! 1. `shoal client new laptop --out DIR` on node 1 writes ca.pem, cert.pem, key.pem (dir
 //!    0700, key 0600), refuses to overwrite them without --force; `shoal client ls` lists it.
 //! 2. On the laptop, with only the variables of `eval "$(shoal env --cert-dir DIR --node
@@ -95,6 +96,16 @@ fn docker_and_shoal_from_a_laptop_with_a_client_certificate_and_refused_without_
     let certs = TempDir::new("remote-certs");
     let dir = certs.path().join("laptop");
     let dir_s = dir.display().to_string();
+
+    // Node certificates carry the node's IP and name as SANs (what `docker --tlsverify`
+    // checks against DOCKER_HOST).
+    let sans = run(
+        Command::new("openssl").args(["x509", "-noout", "-ext", "subjectAltName", "-in"]).arg(c.node(0).data_dir.join("node.crt")),
+        CLI_TIMEOUT,
+    )
+    .expect("openssl");
+    let sans = ok(&sans, "openssl x509");
+    assert!(sans.contains(&format!("IP Address:{}", node_ip[0])) && sans.contains("DNS:n1"), "node 1's SANs: {sans}");
 
     // 1. A client certificate, asked for on node 1.
     let out = c.node(0).shoal(&["client", "new", "laptop", "--out", &dir_s], CLI_TIMEOUT).expect("run");
