@@ -1,5 +1,7 @@
 //! The local API: a unix socket in the data dir (mode 0600), one JSON request per line and
-//! one JSON response per line. The `shoal` CLI is its only client today.
+//! one JSON response per line. The `shoal` CLI is its client, here or remotely: the same
+//! requests are served on the node's TCP port under ALPN `shoal-api/1` to client
+//! certificates ([`handle_stream`], `crate::remote`).
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
