@@ -143,13 +143,12 @@ impl ClientCertInfo {
 /// Who a certificate (DER) belongs to: a node or a client. Fails for anything that is
 /// neither (e.g. a node name on a client OU). Does not check the signature.
 pub fn holder_of_cert(der: &[u8]) -> Result<Holder, PkiError> {
-    match super::cert::node_id_of_cert(der) {
-        Ok(id) => Ok(Holder::Node(id)),
-        Err(node_err) => match ClientCertInfo::parse(der) {
-            Ok(info) => Ok(Holder::Client(info.id)),
-            Err(PkiError::BadCertificate("not a client certificate (its OU is not `client`)")) => Err(node_err),
-            Err(e) => Err(e),
-        },
+    let (_, x509) =
+        x509_parser::parse_x509_certificate(der).map_err(|_| PkiError::BadCertificate("does not parse as X.509"))?;
+    if is_client_x509(&x509) {
+        ClientCertInfo::parse(der).map(|info| Holder::Client(info.id))
+    } else {
+        super::cert::node_id_of_cert(der).map(Holder::Node)
     }
 }
 

@@ -14,7 +14,7 @@
 //!    The client certificate opens neither Raft nor the image protocol (openssl).
 //! 3. Refused at the handshake: no client certificate, a self-made one (own CA, made with
 //!    openssl), and, after `shoal client rm laptop` on the other node, the revoked one, on
-//!    both nodes.
+//!    both nodes, and by node 1 after it restarts.
 //!
 //! Needs network namespaces (root), the `docker` CLI and `openssl`; skipped with a printed
 //! reason otherwise. No Docker Engine is needed: the cluster has no containers.
@@ -225,6 +225,13 @@ fn docker_and_shoal_from_a_laptop_with_a_client_certificate_and_refused_without_
         assert!(e.contains("fatal alert") && e.contains("Revoked"), "not a TLS refusal: {e}");
     }
     println!("revocation refused on both nodes {:.1?} after `client rm`", t.elapsed());
+    // Still refused by a node that restarts (its revoked set is loaded before it serves).
+    c.node(0).signal("TERM");
+    assert!(c.node_mut(0).wait_exit(Duration::from_secs(20)).is_some(), "node 1 did not stop");
+    c.node_mut(0).start();
+    c.wait_until(Duration::from_secs(30), "node 1 back in the cluster", || c.node(0).status().is_ok_and(|s| in_cluster(&s)));
+    let e = refused(&on_laptop(&lab, home.path(), &format!("{env}docker ps")), "docker ps with a revoked certificate after a restart");
+    assert!(tls_refusal(&e, "revoked certificate"), "not a TLS refusal: {e}");
     let ls = ok(&c.node(0).shoal(&["client", "ls"], CLI_TIMEOUT).expect("run"), "client ls");
     assert!(!ls.lines().any(|l| l.starts_with("laptop ")), "a revoked client is still listed:\n{ls}");
     println!("remote_lab done in {:.1?}", began.elapsed());

@@ -424,7 +424,12 @@ impl Control {
         });
         let authority: Arc<dyn JoinAuthority> = Arc::new(Authority(Arc::downgrade(&running)));
         port.route(JOIN_ALPN, JoinService::new(creds.clone(), authority, JoinServerConfig::default())?);
-        // Users' endpoints (client certificates): the Docker API and the shoal API.
+        // Users' endpoints (client certificates): the Docker API and the shoal API. The
+        // revoked set is loaded first, so a revoked client is refused from the first
+        // connection after a restart (the watch loop keeps it current from then on).
+        if let Ok(state) = running.state().await {
+            running.revoked.replace(state.refused_ids());
+        }
         crate::remote::route_user_endpoints(&port, &stored_ca, creds, running.revoked.clone(), self.clone())?;
         if initialize {
             let me = ShoalNode::new(self.inner.cfg.name.clone(), self.inner.cfg.advertise);
