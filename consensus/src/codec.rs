@@ -36,7 +36,9 @@ pub const MAX_RPC_BYTES: usize = MAX_STORED_SNAPSHOT_BYTES + MAX_META_BYTES;
 /// - 3: a service's container spec has a stop grace period (format 2 decodes with none:
 ///   the engine's default).
 ///   It also adds the containers of the Docker API (formats 1 and 2 decode with none).
-pub const SNAPSHOT_FORMAT: u32 = 3;
+/// - 4: adds the users' client certificates and revoked client ids (`clients`; earlier
+///   formats decode with none).
+pub const SNAPSHOT_FORMAT: u32 = 4;
 
 /// Why consensus data could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +148,41 @@ impl From<StateV2> for ClusterState {
     }
 }
 
+/// The state as snapshot format 3 laid it out (before the clients).
+#[derive(Serialize, Deserialize)]
+struct StateV3 {
+    nodes: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::NodeRecord>,
+    ca: Option<crate::state::CaRecord>,
+    issued: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::IssuedCert>,
+    revoked: std::collections::BTreeSet<shoal_wire::NodeId>,
+    last_applied: Option<crate::types::LogId>,
+    membership: crate::types::StoredMembership,
+    services: std::collections::BTreeMap<String, crate::state::ServiceRecord>,
+    tasks: std::collections::BTreeMap<crate::state::TaskId, crate::state::TaskRecord>,
+    next_task_id: u64,
+    availability: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::Availability>,
+    containers: std::collections::BTreeMap<String, crate::state::ContainerRecord>,
+}
+
+impl From<StateV3> for ClusterState {
+    fn from(v3: StateV3) -> Self {
+        ClusterState {
+            nodes: v3.nodes,
+            ca: v3.ca,
+            issued: v3.issued,
+            revoked: v3.revoked,
+            last_applied: v3.last_applied,
+            membership: v3.membership,
+            services: v3.services,
+            tasks: v3.tasks,
+            next_task_id: v3.next_task_id,
+            availability: v3.availability,
+            containers: v3.containers,
+            clients: Default::default(),
+        }
+    }
+}
+
 /// Encodes the state as snapshot data.
 pub fn encode_snapshot(state: &ClusterState) -> Result<Vec<u8>, CodecError> {
     // Same encoding as `SnapshotEnvelope`, without cloning the state.
@@ -173,6 +210,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<ClusterState, CodecError> {
     let state = bytes.get(used..).unwrap_or_default();
     match format {
         SNAPSHOT_FORMAT => decode::<ClusterState, MAX_SNAPSHOT_BYTES>(state),
+        3 => decode::<StateV3, MAX_SNAPSHOT_BYTES>(state).map(ClusterState::from),
         2 => decode::<StateV2, MAX_SNAPSHOT_BYTES>(state).map(ClusterState::from),
         1 => decode::<StateV1, MAX_SNAPSHOT_BYTES>(state).map(ClusterState::from),
         other => Err(CodecError::SnapshotFormat(other)),
@@ -262,7 +300,7 @@ mod tests {
         assert_eq!(state.next_task_id, 0);
         // Format 1 bytes are refused as a later format.
         assert!(decode::<StateV1, MAX_SNAPSHOT_BYTES>(&bytes[1..]).is_ok());
-        for later in [2, 3] {
+        for later in [2, 3, 4] {
             let mut wrong = bytes.clone();
             wrong[0] = later;
             assert!(decode_snapshot(&wrong).is_err());
@@ -329,6 +367,34 @@ mod tests {
     }
 
     #[test]
+    fn format_3_snapshots_still_decode_with_no_clients() {
+        // A format-3 snapshot is today's state without the trailing `clients` field.
+        let mut state = decode_snapshot(&unhex(SNAPSHOT_V2_HEX)).expect("format 2 decodes");
+        state.containers.clear();
+        let v3 = StateV3 {
+            nodes: state.nodes.clone(),
+            ca: state.ca.clone(),
+            issued: state.issued.clone(),
+            revoked: state.revoked.clone(),
+            last_applied: state.last_applied,
+            membership: state.membership.clone(),
+            services: state.services.clone(),
+            tasks: state.tasks.clone(),
+            next_task_id: state.next_task_id,
+            availability: state.availability.clone(),
+            containers: state.containers.clone(),
+        };
+        let bytes = encode::<_, MAX_SNAPSHOT_BYTES>(&(3u32, &v3)).expect("encode");
+        let decoded = decode_snapshot(&bytes).expect("format 3 decodes");
+        assert_eq!(decoded, state);
+        assert!(decoded.clients.records.is_empty() && decoded.clients.revoked.is_empty());
+        // Today's format with a client round-trips.
+        let mut with = state.clone();
+        with.clients.revoked.insert(NodeId([9; 16]));
+        assert_eq!(decode_snapshot(&encode_snapshot(&with).expect("encode")).expect("decode"), with);
+    }
+
+    #[test]
     fn format_2_snapshots_still_decode() {
         let state = decode_snapshot(&unhex(SNAPSHOT_V2_HEX)).expect("format 2 decodes");
         assert_eq!(state.services.len(), 1);
@@ -339,9 +405,9 @@ mod tests {
         assert_eq!(state.next_task_id, 2);
         assert_eq!(state.nodes[&NodeId([1; 16])].name, "pi-1");
         assert!(state.containers.is_empty(), "format 2 had no containers of the Docker API");
-        // Re-encoded, it is format 3 and decodes to the same state.
+        // Re-encoded, it is today's format and decodes to the same state.
         let again = encode_snapshot(&state).expect("encode");
-        assert_eq!(again[0], 3);
+        assert_eq!(again[0], SNAPSHOT_FORMAT as u8);
         assert_eq!(decode_snapshot(&again).expect("decode"), state);
     }
 }

@@ -29,6 +29,7 @@ use crate::types::LogId;
 use crate::types::StoredMembership;
 
 pub mod legacy;
+pub mod clients;
 pub mod containers;
 #[cfg(test)]
 mod containers_tests;
@@ -36,6 +37,7 @@ pub mod services;
 #[cfg(test)]
 mod services_tests;
 
+pub use clients::*;
 pub use containers::*;
 pub use services::*;
 
@@ -194,6 +196,13 @@ pub enum Command {
         force: bool,
         now_ms: u64,
     },
+    /// Records a client certificate issued to a user (see [`clients`]). Rejected for an
+    /// invalid name, a name in use, an id in use or revoked (by a node or a client), a bad
+    /// serial or expiry, or past [`MAX_CLIENTS`].
+    AddClient { name: String, client: ClientRecord },
+    /// Revokes a client: its record goes, its id is refused at every handshake from then
+    /// on. Rejected for an unknown client.
+    RevokeClient { name: String },
 }
 
 impl fmt::Display for Command {
@@ -285,6 +294,10 @@ impl fmt::Display for Command {
                 id.get(..12).unwrap_or(id),
                 if *force { " (force)" } else { "" }
             ),
+            Command::AddClient { name, client } => {
+                write!(f, "add client {name} ({})", client.id.short())
+            }
+            Command::RevokeClient { name } => write!(f, "revoke client {name}"),
         }
     }
 }
@@ -327,6 +340,10 @@ pub enum Applied {
     ContainerRun { changed: bool },
     /// The container was removed; `shut_down` of its tasks were told to shut down.
     ContainerRemoved { shut_down: u32 },
+    /// A client was recorded.
+    ClientAdded,
+    /// A client was revoked; its id.
+    ClientRevoked { id: NodeId },
 }
 
 /// Why a command was rejected. A rejected command changed nothing.
@@ -415,6 +432,16 @@ pub enum Rejected {
     ContainerRunning(String),
     #[error("service {service} runs the container {container} of the Docker API; change it with docker (stop, start, rm)")]
     ServiceOfContainer { service: String, container: String },
+    #[error("invalid client name {0:?}: use 1 to {MAX_CLIENT_NAME_LEN} lowercase letters, digits, '.', '-' or '_', starting with a letter or digit")]
+    BadClientName(String),
+    #[error("a client named {0} exists; choose another name, or revoke it first with `shoal client rm {0}`")]
+    ClientExists(String),
+    #[error("the client's key is already in use or revoked; generate a new key")]
+    ClientIdInUse,
+    #[error("no client named {0}; `shoal client ls` lists them")]
+    UnknownClient(String),
+    #[error("the cluster already has {MAX_CLIENTS} clients (or too many revoked ones), its limit")]
+    TooManyClients,
 }
 
 /// The response to every applied entry.
@@ -445,6 +472,8 @@ pub struct ClusterState {
     pub availability: BTreeMap<NodeId, Availability>,
     /// Containers of the Docker API, by id.
     pub containers: BTreeMap<String, ContainerRecord>,
+    /// Users' client certificates and the revoked client ids (snapshot format 4).
+    pub clients: ClientsState,
 }
 
 fn name_char(c: char) -> bool {
@@ -585,6 +614,8 @@ impl ClusterState {
             Command::RemoveContainer { id, force, now_ms } => {
                 self.remove_container(id, force, now_ms)
             }
+            Command::AddClient { name, client } => self.add_client(name, client),
+            Command::RevokeClient { name } => self.revoke_client(name),
         }
     }
 

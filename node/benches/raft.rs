@@ -35,7 +35,7 @@ fn rng(seed: u64) -> rand::rngs::StdRng {
 async fn start_node(secret: &JoinSecret, issuer: &Issuer, config: Arc<Config>) -> (Node, std::net::SocketAddr) {
     let key = KeyPair::generate().expect("key");
     let csr = JoinRequest::new(secret, &key, &mut rng(7)).expect("csr").csr_der;
-    let grant = NodeGrant { role: NodeRole::Manager, addresses: vec!["127.0.0.1".parse().expect("ip")] };
+    let grant = NodeGrant { role: NodeRole::Manager, addresses: vec!["127.0.0.1".parse().expect("ip")], names: Vec::new() };
     let id = node_id_of_key(&key);
     let cert = issuer.issue(&csr, id, &grant, &BTreeSet::new(), SystemTime::now(), &mut rng(8)).expect("issue");
     let creds = NodeCredentials::new(cert, &key).expect("credentials");

@@ -1,5 +1,7 @@
 //! The local API: a unix socket in the data dir (mode 0600), one JSON request per line and
-//! one JSON response per line. The `shoal` CLI is its only client today.
+//! one JSON response per line. The `shoal` CLI is its client, here or remotely: the same
+//! requests are served on the node's TCP port under ALPN `shoal-api/1` to client
+//! certificates ([`handle_stream`], `crate::remote`).
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -65,6 +67,25 @@ pub enum Request {
         #[serde(default)]
         constraints: Vec<String>,
     },
+    /// Issue a client certificate named `name` for the key of `csr_pem` (the CLI generated
+    /// the key; it never leaves the user's machine) valid `days`, and record the client.
+    ClientNew { name: String, csr_pem: String, days: u32 },
+    /// The clients of the cluster.
+    ClientLs,
+    /// Revoke a client: its certificate is refused at every handshake from then on.
+    ClientRm { name: String },
+}
+
+/// One client of the cluster (`shoal client ls`): a JSON contract.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientRow {
+    pub name: String,
+    pub id: NodeId,
+    /// Serial, hex.
+    pub serial: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub not_after: u64,
+    pub created_ms: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -81,6 +102,8 @@ pub enum Response {
     Service { service: serde_json::Value },
     Images { listing: crate::images::ops::ImageListing },
     Pushed { image: String, nodes: Vec<crate::images::ops::PushRow> },
+    ClientIssued { name: String, id: NodeId, ca_pem: String, cert_pem: String, not_after: u64 },
+    Clients { clients: Vec<ClientRow> },
     Error { message: String },
 }
 
@@ -144,7 +167,16 @@ pub async fn serve(listener: UnixListener, ctl: Control) {
 }
 
 async fn handle(stream: UnixStream, ctl: Control) -> Result<()> {
-    let (read, mut write) = stream.into_split();
+    handle_stream(stream, ctl).await
+}
+
+/// Serves one request on `stream` (the unix socket, or a TLS session of a client
+/// certificate on the node's port, ALPN `shoal-api/1`).
+pub async fn handle_stream<S>(stream: S, ctl: Control) -> Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (read, mut write) = tokio::io::split(stream);
     let mut lines = BufReader::new(read.take(MAX_REQUEST_LEN));
     let mut line = String::new();
     tokio::time::timeout(READ_TIMEOUT, lines.read_line(&mut line)).await.map_err(|_| anyhow!("no request within {READ_TIMEOUT:?}"))??;
@@ -233,7 +265,51 @@ async fn respond(request: serde_json::Result<Request>, ctl: &Control) -> Respons
         Ok(Request::ImagePush { image, constraints }) => into_response(
             crate::images::ops::push(&ctl, &image, &constraints).await.map(|nodes| Response::Pushed { image, nodes }),
         ),
+        Ok(Request::ClientNew { name, csr_pem, days }) => into_response(client_new(&ctl, &name, &csr_pem, days).await),
+        Ok(Request::ClientLs) => into_response(cluster_state(&ctl).await.map(|st| Response::Clients {
+            clients: st
+                .clients
+                .records
+                .iter()
+                .map(|(name, c)| ClientRow {
+                    name: name.clone(),
+                    id: c.id,
+                    serial: c.serial.iter().map(|b| format!("{b:02x}")).collect(),
+                    not_after: c.not_after,
+                    created_ms: c.created_ms,
+                })
+                .collect(),
+        })),
+        Ok(Request::ClientRm { name }) => into_response(
+            commit(&ctl, Command::RevokeClient { name: name.clone() })
+                .await
+                .map(|_| Response::Done { message: format!("client {name} revoked: its certificate is refused by every node from now on") }),
+        ),
     }
+}
+
+/// Longest client certificate lifetime asked for, in days (10 years).
+const MAX_CLIENT_DAYS: u32 = 3650;
+
+async fn client_new(ctl: &Control, name: &str, csr_pem: &str, days: u32) -> Result<Response> {
+    use rustls::pki_types::pem::PemObject;
+    if !(1..=MAX_CLIENT_DAYS).contains(&days) {
+        bail!("--days must be 1 to {MAX_CLIENT_DAYS}, not {days}");
+    }
+    let csr = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|_| anyhow!("the certificate request is not a PEM CERTIFICATE REQUEST"))?;
+    let running = ctl.running().ok_or_else(|| anyhow!("this node is not part of the cluster yet; see `shoal status`"))?;
+    let lifetime = std::time::Duration::from_secs(u64::from(days) * 24 * 3600);
+    let (cert, info) = running.issue_client(name, csr.as_ref(), lifetime).await?;
+    let pem = |der: &[u8]| pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()));
+    tracing::info!(client = %name, id = %info.id.short(), "issued a client certificate");
+    Ok(Response::ClientIssued {
+        name: name.to_string(),
+        id: info.id,
+        ca_pem: pem(running.ca_der.as_ref()),
+        cert_pem: pem(cert.as_ref()),
+        not_after: crate::pki::unix_secs(info.not_after),
+    })
 }
 
 fn into_response(result: Result<Response>) -> Response {
@@ -320,8 +396,40 @@ async fn node_update(
     Ok(format!("node {id} updated"))
 }
 
+/// Which agent a CLI command asks.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The agent of this data dir, on its unix socket.
+    Local(PathBuf),
+    /// A node's TCP port (`--host tcp://HOST:PORT`), with the client certificate of a cert
+    /// dir (`--cert-dir`).
+    Remote { host: String, port: u16, cert_dir: PathBuf },
+}
+
+impl Target {
+    /// The data dir of a local target (for messages that name it).
+    pub fn data_dir(&self) -> Option<&Path> {
+        match self {
+            Target::Local(dir) => Some(dir),
+            Target::Remote { .. } => None,
+        }
+    }
+}
+
+/// Sends one request to the agent of `target`.
+pub async fn call(target: &Target, request: &Request) -> Result<Response> {
+    match target {
+        Target::Local(data_dir) => call_local(data_dir, request).await,
+        Target::Remote { host, port, cert_dir } => {
+            let certs = crate::remote::CertDir::load(cert_dir)?;
+            let stream = crate::remote::connect_api(host, *port, certs).await?;
+            exchange(stream, request).await.with_context(|| format!("the node at {host}:{port} did not answer (a refused, self-made or revoked client certificate ends the TLS session)"))
+        }
+    }
+}
+
 /// Sends one request to the agent serving `data_dir`.
-pub async fn call(data_dir: &Path, request: &Request) -> Result<Response> {
+pub async fn call_local(data_dir: &Path, request: &Request) -> Result<Response> {
     let path = socket_path(data_dir);
     let stream = UnixStream::connect(&path).await.map_err(|e| {
         anyhow!(
@@ -330,7 +438,14 @@ pub async fn call(data_dir: &Path, request: &Request) -> Result<Response> {
             data_dir.display()
         )
     })?;
-    let (read, mut write) = stream.into_split();
+    exchange(stream, request).await
+}
+
+async fn exchange<S>(stream: S, request: &Request) -> Result<Response>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (read, mut write) = tokio::io::split(stream);
     let mut req = serde_json::to_vec(request)?;
     req.push(b'\n');
     write.write_all(&req).await?;

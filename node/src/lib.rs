@@ -15,5 +15,6 @@ pub mod output;
 pub mod port;
 pub use shoal_pki as pki;
 pub mod raftnet;
+pub mod remote;
 pub mod services;
 pub mod simcmd;

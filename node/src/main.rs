@@ -56,8 +56,52 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Client certificates for remote access (the docker CLI and shoal from a laptop).
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// Print the shell variables that point the docker CLI and shoal at a node over TCP
+    /// with a client certificate: eval "$(shoal env --cert-dir DIR --node HOST)".
+    Env {
+        /// Cert dir written by `shoal client new` (ca.pem, cert.pem, key.pem).
+        #[arg(long, value_name = "DIR")]
+        cert_dir: PathBuf,
+        /// The node to talk to: HOST or HOST:PORT (default port 7480, the node's port).
+        #[arg(long, value_name = "HOST[:PORT]")]
+        node: String,
+    },
     /// Run the deterministic simulator: many nodes, injected faults, invariant checks.
     Sim(simcmd::SimArgs),
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Issue a client certificate from the cluster CA and write ca.pem, cert.pem and key.pem
+    /// into DIR (created mode 0700; key.pem 0600). The key is generated here and never sent.
+    New {
+        /// Client name (lowercase letters, digits, '.', '-', '_'), unique in the cluster.
+        name: String,
+        /// Where to write the files.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Overwrite files already in DIR.
+        #[arg(long)]
+        force: bool,
+        /// Validity in days (at most 3650).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the clients of the cluster (name, id, expiry).
+    Ls(ClientArgs),
+    /// Revoke a client: every node refuses its certificate from now on.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -205,9 +249,36 @@ struct ClientArgs {
     /// Data dir of the local agent to ask [default: as for `shoal agent`].
     #[arg(long, env = "SHOAL_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Ask a node over the network instead of the local agent: tcp://HOST[:PORT] (the
+    /// node's port, default 7480), with the client certificate of --cert-dir. `eval "$(shoal
+    /// env …)"` sets it.
+    #[arg(long, env = "SHOAL_HOST", value_name = "tcp://HOST[:PORT]")]
+    host: Option<String>,
+    /// Cert dir of a client certificate for --host (`shoal client new NAME --out DIR` writes
+    /// ca.pem, cert.pem, key.pem).
+    #[arg(long, env = "SHOAL_CERT_PATH", value_name = "DIR")]
+    cert_dir: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+}
+
+impl ClientArgs {
+    /// The agent to ask: a node's TCP port with `--host` (a cert dir required), else the
+    /// local agent of the data dir.
+    fn target(&self) -> Result<api::Target> {
+        let Some(host) = self.host.as_deref().filter(|h| !h.is_empty()) else {
+            return Ok(api::Target::Local(self.data_dir.clone().unwrap_or_else(identity::default_data_dir)));
+        };
+        if !host.starts_with("tcp://") {
+            anyhow::bail!("--host / SHOAL_HOST must look like tcp://HOST[:PORT], not `{host}`");
+        }
+        let (host, port) = shoal_node::remote::parse_node_addr(host, config::DEFAULT_GOSSIP_PORT)?;
+        let cert_dir = self.cert_dir.clone().ok_or_else(|| {
+            anyhow::anyhow!("--host needs the client certificate: give --cert-dir DIR or set SHOAL_CERT_PATH (`shoal client new NAME --out DIR` on a node writes one)")
+        })?;
+        Ok(api::Target::Remote { host, port, cert_dir })
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -263,8 +334,7 @@ fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(agent::run(cfg))
         }
         Command::Members(args) => {
-            let data_dir = args.data_dir.unwrap_or_else(identity::default_data_dir);
-            let response = runtime()?.block_on(api::call(&data_dir, &api::Request::Members))?;
+            let response = runtime()?.block_on(api::call(&args.target()?, &api::Request::Members))?;
             if let api::Response::Members { members } = response {
                 output::print_members(&members, matches!(args.format, Format::Json))?;
             }
@@ -278,19 +348,25 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Status(args) => {
-            let data_dir = args.data_dir.unwrap_or_else(identity::default_data_dir);
-            let response = runtime()?.block_on(api::call(&data_dir, &api::Request::Status))?;
+            let response = runtime()?.block_on(api::call(&args.target()?, &api::Request::Status))?;
             if let api::Response::Status { status } = response {
                 output::print_status(&status, matches!(args.format, Format::Json))?;
             }
             Ok(())
         }
         Command::Node { command } => node_command(command),
+        Command::Client { command } => client_command(command),
+        Command::Env { cert_dir, node } => {
+            let dir = shoal_node::remote::check_cert_dir(&cert_dir)?;
+            let (host, port) = shoal_node::remote::parse_node_addr(&node, config::DEFAULT_GOSSIP_PORT)?;
+            let invocation = format!("shoal env --cert-dir {} --node {node}", dir.display());
+            shoal_node::out!("{}", shoal_node::remote::env_script(&host, port, &dir, &invocation));
+            Ok(())
+        }
         Command::Image { command } => image_command(command),
         Command::Service { command } => servicecmd::run(command),
         Command::Stats(args) => {
-            let data_dir = args.data_dir.unwrap_or_else(identity::default_data_dir);
-            let response = runtime()?.block_on(api::call(&data_dir, &api::Request::Stats))?;
+            let response = runtime()?.block_on(api::call(&args.target()?, &api::Request::Stats))?;
             if let api::Response::Stats { stats } = response {
                 output::print_stats(&stats, matches!(args.format, Format::Json))?;
             }
@@ -315,9 +391,8 @@ fn node_command(command: NodeCommand) -> Result<()> {
             (client, api::Request::NodeUpdate { node: id, label_add, label_rm, availability })
         }
     };
-    let data_dir = client.data_dir.unwrap_or_else(identity::default_data_dir);
     let json = matches!(client.format, Format::Json);
-    match runtime()?.block_on(api::call(&data_dir, &request))? {
+    match runtime()?.block_on(api::call(&client.target()?, &request))? {
         api::Response::Nodes { nodes } => output::print_nodes(&nodes, json),
         api::Response::Done { message } => {
             if json {
@@ -331,6 +406,50 @@ fn node_command(command: NodeCommand) -> Result<()> {
     }
 }
 
+fn client_command(command: ClientCommand) -> Result<()> {
+    match command {
+        ClientCommand::New { name, out, force, days, client } => {
+            if !shoal_node::pki::client::valid_client_name(&name) {
+                anyhow::bail!("invalid client name `{name}`: use 1 to 64 lowercase letters, digits, '.', '-' or '_', starting with a letter or digit");
+            }
+            if !force {
+                for file in [shoal_node::remote::CA_FILE, shoal_node::remote::CERT_FILE, shoal_node::remote::KEY_FILE] {
+                    if out.join(file).exists() {
+                        anyhow::bail!("{} exists; refusing to overwrite it (use --force, or another --out)", out.join(file).display());
+                    }
+                }
+            }
+            let key = rcgen::KeyPair::generate().context("cannot generate a key")?;
+            let csr = shoal_node::pki::client::client_csr(&key)?;
+            let csr_pem = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr));
+            let request = api::Request::ClientNew { name: name.clone(), csr_pem, days };
+            let api::Response::ClientIssued { id, ca_pem, cert_pem, not_after, .. } = runtime()?.block_on(api::call(&client.target()?, &request))? else {
+                anyhow::bail!("the agent gave an unexpected answer");
+            };
+            shoal_node::remote::write_cert_dir(&out, &ca_pem, &cert_pem, &key.serialize_pem(), force)?;
+            if matches!(client.format, Format::Json) {
+                shoal_node::outln!("{}", serde_json::json!({ "name": name, "id": id, "not_after": not_after, "dir": out }));
+            } else {
+                shoal_node::outln!("client {name} ({}) written to {}: ca.pem, cert.pem, key.pem", id.short(), out.display());
+                shoal_node::outln!("use it with: eval \"$(shoal env --cert-dir {} --node HOST)\"", out.display());
+            }
+            Ok(())
+        }
+        ClientCommand::Ls(client) => {
+            let api::Response::Clients { clients } = runtime()?.block_on(api::call(&client.target()?, &api::Request::ClientLs))? else {
+                anyhow::bail!("the agent gave an unexpected answer");
+            };
+            output::print_clients(&clients, matches!(client.format, Format::Json))
+        }
+        ClientCommand::Rm { name, client } => {
+            if let api::Response::Done { message } = runtime()?.block_on(api::call(&client.target()?, &api::Request::ClientRm { name }))? {
+                shoal_node::outln!("{message}");
+            }
+            Ok(())
+        }
+    }
+}
+
 fn image_command(command: ImageCommand) -> Result<()> {
     let (client, request) = match command {
         ImageCommand::Ls(client) => (client, api::Request::ImageLs),
@@ -341,9 +460,8 @@ fn image_command(command: ImageCommand) -> Result<()> {
             (client, api::Request::ImagePush { image, constraints })
         }
     };
-    let data_dir = client.data_dir.unwrap_or_else(identity::default_data_dir);
     let json = matches!(client.format, Format::Json);
-    match runtime()?.block_on(api::call(&data_dir, &request))? {
+    match runtime()?.block_on(api::call(&client.target()?, &request))? {
         api::Response::Images { listing } => output::print_images(&listing, json),
         api::Response::Pushed { image, nodes } => {
             output::print_pushed(&image, &nodes, json)?;

@@ -170,6 +170,23 @@ pub fn print_nodes(nodes: &[NodeRow], json: bool) -> Result<()> {
     Ok(())
 }
 
+pub fn print_clients(clients: &[crate::api::ClientRow], json: bool) -> Result<()> {
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(clients)?);
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let rows: Vec<Vec<String>> = clients
+        .iter()
+        .map(|c| {
+            let expires = if c.not_after <= now { "expired".to_string() } else { format!("in {}d", (c.not_after - now) / 86_400) };
+            vec![c.name.clone(), c.id.short(), expires]
+        })
+        .collect();
+    crate::out!("{}", table(&["NAME", "ID", "EXPIRES"], &rows));
+    Ok(())
+}
+
 pub fn print_services(services: &[ServiceRow], json: bool) -> Result<()> {
     if json {
         crate::outln!("{}", serde_json::to_string_pretty(services)?);

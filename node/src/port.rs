@@ -4,7 +4,9 @@
 //!
 //! Per connection the [`PortServer`] reads the TLS ClientHello (rustls'
 //! `LazyConfigAcceptor`, within [`PortConfig::hello_timeout`]), picks the [`Service`]
-//! registered for the first ALPN protocol the client offers that the port knows, and hands
+//! registered for the first ALPN protocol the client offers that the port knows (a
+//! ClientHello offering no ALPN at all goes to the service routed under [`NO_ALPN`]: the
+//! Docker API, since the `docker` CLI offers none; see [`choose_route`]), and hands
 //! the started handshake to it: each service finishes the handshake with its own server
 //! config, so the join service can accept clients without a certificate while the Raft
 //! service requires one. A ClientHello without a known ALPN protocol, or anything that is
@@ -22,6 +24,26 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::StartHandshake;
+
+/// The route key of ClientHellos that offer no ALPN protocol at all (an empty protocol
+/// name is not valid in TLS, so no client can offer it).
+pub const NO_ALPN: &[u8] = b"";
+
+/// The route a ClientHello goes to: the first protocol it offers that `serves` knows; if it
+/// offers no ALPN extension (or an empty list), [`NO_ALPN`] when that is served. `None`:
+/// the connection is closed before any certificate is sent.
+pub fn choose_route<'a>(offered: Option<impl Iterator<Item = &'a [u8]>>, serves: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+    let mut any = false;
+    if let Some(offered) = offered {
+        for p in offered {
+            any = true;
+            if !p.is_empty() && serves(p) {
+                return Some(p.to_vec());
+            }
+        }
+    }
+    (!any && serves(NO_ALPN)).then(|| NO_ALPN.to_vec())
+}
 
 /// A boxed future that owns what it needs.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -192,7 +214,7 @@ async fn dispatch(tcp: TcpStream, peer_addr: SocketAddr, hello_timeout: Duration
     };
     let service = {
         let routes = routes.read().unwrap_or_else(PoisonError::into_inner);
-        start.client_hello().alpn().and_then(|mut offered| offered.find_map(|p| routes.get(p).cloned()))
+        choose_route(start.client_hello().alpn(), |p| routes.contains_key(p)).and_then(|key| routes.get(&key).cloned())
     };
     match service {
         Some(service) => service.serve(start, peer_addr).await,
@@ -200,5 +222,28 @@ async fn dispatch(tcp: TcpStream, peer_addr: SocketAddr, hello_timeout: Duration
             PortStats::bump(&stats.unknown_protocol);
             tracing::debug!(%peer_addr, "TLS connection closed: it offers no protocol (ALPN) this port serves");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_the_first_served_alpn_and_no_alpn_goes_to_the_no_alpn_route() {
+        let served = |set: &'static [&'static [u8]]| move |p: &[u8]| set.contains(&p);
+        let with_docker = served(&[b"shoal-raft/1", b"http/1.1", NO_ALPN]);
+        let offer = |list: &'static [&'static [u8]]| Some(list.iter().copied());
+        assert_eq!(choose_route(offer(&[b"h2", b"http/1.1"]), with_docker), Some(b"http/1.1".to_vec()));
+        assert_eq!(choose_route(offer(&[b"shoal-raft/1"]), with_docker), Some(b"shoal-raft/1".to_vec()));
+        // No ALPN extension, or an empty list: the Docker API (the docker CLI sends none).
+        assert_eq!(choose_route(None::<std::iter::Empty<&[u8]>>, with_docker), Some(NO_ALPN.to_vec()));
+        assert_eq!(choose_route(offer(&[]), with_docker), Some(NO_ALPN.to_vec()));
+        // Only unknown protocols: closed, never sent to the no-ALPN route.
+        assert_eq!(choose_route(offer(&[b"h2", b"imap"]), with_docker), None);
+        assert_eq!(choose_route(offer(&[b""]), with_docker), None);
+        // Without a no-ALPN route (before the node has a certificate), no ALPN is closed.
+        let raft_only = served(&[b"shoal-raft/1"]);
+        assert_eq!(choose_route(None::<std::iter::Empty<&[u8]>>, raft_only), None);
     }
 }

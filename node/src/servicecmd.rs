@@ -1,16 +1,16 @@
 //! `shoal service …`: the docker-like service commands. `create` and `scale` wait until the
 //! service has converged, printing each slot as it changes, unless `--detach`.
 
-use super::{identity, output, runtime, ClientArgs, Format};
+use super::{output, runtime, ClientArgs, Format};
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use shoal_node::api::{self, Request, Response};
 use shoal_node::services::{self, Convergence, CreateFlags, TaskDesired, TaskRow, TaskStatus};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process; boxing buys nothing
 pub enum ServiceCommand {
     /// Create a service and wait until its tasks run (like `docker service create`).
     Create {
@@ -103,12 +103,8 @@ pub struct WaitArgs {
     timeout: Duration,
 }
 
-fn data_dir(client: &ClientArgs) -> std::path::PathBuf {
-    client.data_dir.clone().unwrap_or_else(identity::default_data_dir)
-}
-
 fn call(client: &ClientArgs, request: &Request) -> Result<Response> {
-    runtime()?.block_on(api::call(&data_dir(client), request))
+    runtime()?.block_on(api::call(&client.target()?, request))
 }
 
 fn done(message: &str, json: bool) {
@@ -210,7 +206,7 @@ fn wait_converged(client: &ClientArgs, name: &str, wait: &WaitArgs) -> Result<()
         return Ok(());
     }
     let rt = runtime()?;
-    let dir: &Path = &data_dir(client);
+    let dir = &client.target()?;
     let started = Instant::now();
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
     let quiet = matches!(client.format, Format::Json);

@@ -17,6 +17,8 @@ pub struct CertInfo {
     pub role: Option<NodeRole>,
     /// The IP address SANs.
     pub addresses: Vec<IpAddr>,
+    /// The DNS SANs other than `<id>.node.shoal` (the node's name, for `docker --tlsverify`).
+    pub dns_names: Vec<String>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     /// The serial number's bytes (as DER has them).
@@ -35,8 +37,14 @@ impl CertInfo {
         let node_id = node_id_of_x509(&x509)?;
         let role = x509.subject().iter_organizational_unit().filter_map(|a| a.as_str().ok()).find_map(NodeRole::parse);
         let mut addresses = Vec::new();
+        let mut dns_names = Vec::new();
         if let Ok(Some(san)) = x509.subject_alternative_name() {
             for name in &san.value.general_names {
+                if let GeneralName::DNSName(dns) = name {
+                    if node_id_from_dns_name(dns).is_none() {
+                        dns_names.push(dns.to_string());
+                    }
+                }
                 if let GeneralName::IPAddress(bytes) = name {
                     match bytes.len() {
                         4 => addresses.push(IpAddr::from(
@@ -57,6 +65,7 @@ impl CertInfo {
             node_id,
             role,
             addresses,
+            dns_names,
             not_before: from_unix_secs(not_before),
             not_after: from_unix_secs(not_after),
             serial: x509.raw_serial().to_vec(),
@@ -103,6 +112,11 @@ pub fn node_id_of_cert(der: &[u8]) -> Result<NodeId, PkiError> {
 }
 
 fn node_id_of_x509(x509: &x509_parser::certificate::X509Certificate<'_>) -> Result<NodeId, PkiError> {
+    // The role check: a client certificate (OU `client`) never names a node, whatever
+    // names it carries, so no node-to-node session accepts it.
+    if super::client::is_client_certificate(x509) {
+        return Err(PkiError::BadCertificate("a client certificate is not a node certificate"));
+    }
     let san = x509
         .subject_alternative_name()
         .map_err(|_| PkiError::BadCertificate("malformed subject alternative names"))?

@@ -56,6 +56,30 @@ pub struct NodeGrant {
     pub role: NodeRole,
     /// IP SANs (the node's advertised addresses).
     pub addresses: Vec<IpAddr>,
+    /// Extra DNS SANs (the node's name when it is a valid DNS name; see [`node_names`]), so
+    /// `docker --tlsverify` with `DOCKER_HOST=tcp://NAME:PORT` accepts the node.
+    pub names: Vec<String>,
+}
+
+/// The DNS SANs a node named `name` gets: the name itself when it is a valid DNS name
+/// (letters, digits, `-` and `.`, labels of 1 to 63 characters, at most 253 in all),
+/// lower-cased; none otherwise (the node keeps its `<id>.node.shoal` name and its IPs).
+pub fn node_names(name: &str) -> Vec<String> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) || name.ends_with(super::NODE_DNS_SUFFIX) {
+        return Vec::new();
+    }
+    if name.parse::<IpAddr>().is_ok() {
+        return Vec::new();
+    }
+    vec![name]
 }
 
 /// Issues node certificates with the cluster CA. Lives on the leader.
@@ -100,6 +124,19 @@ impl Issuer {
         Ok(self.key.sign_response(&request.nonce, cert.to_vec(), self.ca.cert_der().to_vec()))
     }
 
+    /// Issues a client certificate (see [`crate::client`]) with this cluster's CA.
+    pub fn issue_client(
+        &self,
+        csr_der: &[u8],
+        name: &str,
+        lifetime: Duration,
+        revoked: &BTreeSet<NodeId>,
+        now: SystemTime,
+        rng: &mut impl rand::CryptoRng,
+    ) -> Result<(CertificateDer<'static>, crate::client::ClientCertInfo), PkiError> {
+        crate::client::issue_client(&self.ca, self.cluster, csr_der, name, lifetime, revoked, now, rng)
+    }
+
     /// Issues a certificate for a CSR without the join HMAC: for the leader's own
     /// certificate, and for renewals that arrive over an already authenticated channel.
     /// Every other check of [`Self::answer_join`] applies.
@@ -118,8 +155,8 @@ impl Issuer {
         if self.policy.cert_lifetime < MIN_CERT_LIFETIME {
             return Err(PkiError::BadPolicy("certificate lifetime below one minute"));
         }
-        if grant.addresses.len() > MAX_ADDRESSES {
-            return Err(PkiError::BadPolicy("more than 32 addresses in one certificate"));
+        if grant.addresses.len() > MAX_ADDRESSES || grant.names.len() > MAX_ADDRESSES {
+            return Err(PkiError::BadPolicy("more than 32 addresses or names in one certificate"));
         }
         let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
             .map_err(|e| PkiError::BadCsr(e.to_string()))?;
@@ -142,9 +179,12 @@ impl Issuer {
         params.distinguished_name.push(DnType::OrganizationalUnitName, grant.role.as_str());
         params.distinguished_name.push(DnType::OrganizationName, format!("shoal cluster {}", self.cluster));
         let dns = node_dns_name(node_id).try_into()?;
-        params.subject_alt_names = std::iter::once(SanType::DnsName(dns))
-            .chain(grant.addresses.iter().map(|ip| SanType::IpAddress(*ip)))
-            .collect();
+        let mut sans = vec![SanType::DnsName(dns)];
+        for name in &grant.names {
+            sans.push(SanType::DnsName(name.clone().try_into()?));
+        }
+        sans.extend(grant.addresses.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
@@ -173,6 +213,7 @@ mod tests {
         NodeGrant {
             role: NodeRole::Worker,
             addresses: vec!["10.1.2.3".parse().expect("ip"), "fd00::7".parse().expect("ip")],
+            names: vec!["pi-1.home".into()],
         }
     }
 
@@ -191,6 +232,7 @@ mod tests {
         assert_eq!(info.node_id, node_id_of_key(&key));
         assert_eq!(info.role, Some(NodeRole::Worker));
         assert_eq!(info.addresses, grant().addresses);
+        assert_eq!(info.dns_names, grant().names);
         assert_eq!(info.not_after, t0() + DEFAULT_CERT_LIFETIME);
         assert_eq!(info.not_before, t0() - CLOCK_SKEW_ALLOWANCE);
         assert_eq!(info.serial.len(), 16);
@@ -239,6 +281,15 @@ mod tests {
         c.issuer.policy.cert_lifetime = Duration::from_secs(1);
         let err = c.issuer.answer_join(&req, &grant(), &BTreeSet::new(), t0(), &mut rng(4));
         assert!(matches!(err, Err(PkiError::BadPolicy(_))));
+    }
+
+    #[test]
+    fn node_names_are_dns_names_or_nothing() {
+        assert_eq!(node_names("n1"), vec!["n1".to_string()]);
+        assert_eq!(node_names("Pi-1.Home."), vec!["pi-1.home".to_string()]);
+        for bad in ["", "has space", "under_score", "-x", "x-", "10.0.0.1", &"a".repeat(64), "ab.node.shoal", "a..b"] {
+            assert!(node_names(bad).is_empty(), "{bad}");
+        }
     }
 
     #[test]

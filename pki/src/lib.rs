@@ -26,6 +26,7 @@
 
 pub mod ca;
 pub mod cert;
+pub mod client;
 pub mod issuer;
 pub mod join;
 pub mod tls;
@@ -39,7 +40,8 @@ mod tls_tests;
 
 pub use ca::{ClusterCa, SealedCaKey};
 pub use cert::{needs_renewal, renew_at, CertInfo};
-pub use issuer::{IssuePolicy, Issuer, NodeGrant};
+pub use client::{ClientCertInfo, Holder};
+pub use issuer::{node_names, IssuePolicy, Issuer, NodeGrant};
 pub use join::{JoinRequest, JoinResponse, NodeCertificate, MAX_JOIN_MESSAGE_LEN};
 pub use tls::{MutualTls, NodeCredentials, Revocations, TlsError};
 

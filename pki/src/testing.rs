@@ -75,7 +75,7 @@ impl Cluster {
         let key = KeyPair::generate().expect("key");
         let mut r = rand::rngs::StdRng::from_rng(&mut rand::rng());
         let req = JoinRequest::new(&self.secret, &key, &mut r).expect("request");
-        let grant = NodeGrant { role, addresses: vec!["127.0.0.1".parse().expect("ip")] };
+        let grant = NodeGrant { role, addresses: vec!["127.0.0.1".parse().expect("ip")], names: Vec::new() };
         let resp = self.issuer.answer_join(&req, &grant, &BTreeSet::new(), now, &mut r).expect("answer");
         let got = resp.verify(&self.secret, &req, &key).expect("joiner accepts");
         (key, got.cert_der)

@@ -21,6 +21,7 @@
 //! the configs are in use: renewal needs no restart and no new config.
 
 use super::cert::node_id_of_cert;
+use super::client::{holder_of_cert, Holder};
 use super::{node_dns_name, node_id_from_dns_name, NODE_DNS_SUFFIX};
 use rcgen::KeyPair;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -49,6 +50,12 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// ALPN protocol of node-to-node sessions (Raft RPC) on the node's one TCP port; the port
 /// routes a connection by the ALPN its client offers, so every client config here sends it.
 pub const RAFT_ALPN: &[u8] = b"shoal-raft/1";
+
+/// ALPN of the shoal API (the CLI's JSON lines) on the node's port, for users' client
+/// certificates (`shoal --host tcp://…`).
+pub const API_ALPN: &[u8] = b"shoal-api/1";
+/// ALPN of the Docker Engine API on the node's port (a client offering none gets it too).
+pub const HTTP11_ALPN: &[u8] = b"http/1.1";
 
 /// The crypto provider of the whole binary: ring, chosen explicitly in every config.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
@@ -209,6 +216,111 @@ impl ClientCertVerifier for NodeClientVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// Server side of the user-facing endpoints (Docker API, shoal API): the WebPKI client
+/// verifier (cluster CA only, client-auth usage), then the holder (a node or a client
+/// certificate) must not be revoked.
+#[derive(Debug)]
+struct UserClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Revocations,
+}
+
+impl ClientCertVerifier for UserClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let holder = holder_of_cert(end_entity).map_err(other_error)?;
+        if self.revoked.contains(&holder.id()) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The server config of a user-facing endpoint on the node's port (the Docker API, the
+/// shoal API): TLS 1.3, the node's certificate, a client certificate of the cluster CA
+/// required (a user's client certificate or a node's), not revoked, no resumption; `alpn`
+/// is what the server selects (a client that offers none gets none).
+pub fn user_server_config(
+    ca: &CertificateDer<'static>,
+    credentials: Arc<NodeCredentials>,
+    revoked: Revocations,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = crypto_provider();
+    let inner = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone()).build()?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(UserClientVerifier { inner, revoked }))
+        .with_cert_resolver(credentials);
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// The client config of a user's CLI (`shoal --host tcp://…`): presents the client
+/// certificate, accepts any node certificate of the cluster CA (server name
+/// [`server_name`]`(None)`), offers `alpn`.
+pub fn user_client_config(
+    ca: &CertificateDer<'static>,
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    alpn: &[u8],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut config = client_config_builder(ca, Revocations::new())?.with_client_auth_cert(vec![cert], key)?;
+    config.resumption = Resumption::disabled();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Who the peer of an established user-facing connection is (from its verified certificate).
+pub fn peer_holder(conn: &CommonState) -> Result<Holder, TlsError> {
+    let cert = conn
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .ok_or_else(|| TlsError::PeerIdentity("no certificate".to_string()))?;
+    holder_of_cert(cert).map_err(|e| TlsError::PeerIdentity(e.to_string()))
 }
 
 /// Client side: the node id rules, then the WebPKI server verifier (cluster CA only)

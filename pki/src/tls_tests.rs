@@ -341,7 +341,7 @@ async fn renewed_certificate_is_presented_without_a_new_config() {
         let first = a.creds.certificate();
         // Renewal: a new certificate for the same key, swapped into the running endpoint.
         let csr = super::JoinRequest::new(&cluster.secret, &a.key, &mut super::testing::rng(5)).expect("csr").csr_der;
-        let grant = NodeGrant { role: NodeRole::Manager, addresses: vec![] };
+        let grant = NodeGrant { role: NodeRole::Manager, addresses: vec![], names: vec![] };
         let renewed = cluster
             .issuer
             .issue(&csr, a.id, &grant, &BTreeSet::new(), SystemTime::now(), &mut super::testing::rng(6))
@@ -379,6 +379,92 @@ async fn unsealed_ca_from_the_replicated_state_serves_the_same_trust() {
         let mut server = Server::start(a.tls.clone()).await;
         exchange(&b.tls, server.addr, Some(a.id)).await.expect("session");
         assert_eq!(server.next_event().await, Ok(b.id));
+    })
+    .await;
+}
+
+/// A user's client certificate of `cluster` (key, certificate).
+fn client_cert(cluster: &Cluster, name: &str) -> (KeyPair, CertificateDer<'static>) {
+    let key = KeyPair::generate().expect("key");
+    let csr = crate::client::client_csr(&key).expect("csr");
+    let (cert, _) = cluster
+        .issuer
+        .issue_client(&csr, name, crate::client::DEFAULT_CLIENT_LIFETIME, &BTreeSet::new(), SystemTime::now(), &mut crate::testing::rng(9))
+        .expect("issued");
+    (key, cert)
+}
+
+fn user_client(ca: &CertificateDer<'static>, key: &KeyPair, cert: CertificateDer<'static>, alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()));
+    tokio_rustls::TlsConnector::from(super::tls::user_client_config(ca, cert, key_der, alpn).expect("config"))
+}
+
+/// Connects with `connector` to a server running `config` (one connection); gives the
+/// server's view (the peer's holder, or the error) and whether the client read the echo.
+async fn user_exchange(
+    connector: tokio_rustls::TlsConnector,
+    config: Arc<rustls::ServerConfig>,
+) -> (Result<crate::Holder, String>, bool) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
+            Ok(mut stream) => {
+                let holder = super::tls::peer_holder(stream.get_ref().1).map_err(|e| e.to_string());
+                let mut buf = [0u8; 16];
+                if let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    let _ = stream.write_all(&[b"echo:", &buf[..n]].concat()).await;
+                }
+                let _ = stream.shutdown().await;
+                holder
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let echoed = match connector.connect(super::tls::server_name(None), tcp).await {
+        Ok(mut stream) => ping(&mut stream).await.is_ok_and(|r| r.starts_with(b"echo:")),
+        Err(_) => false,
+    };
+    (server.await.expect("server task"), echoed)
+}
+
+#[tokio::test]
+async fn a_client_certificate_opens_the_user_endpoint_until_revoked_and_never_a_node_session() {
+    bounded(async {
+        let cluster = Cluster::live(41);
+        let ca = cluster.ca_der().clone();
+        let revoked = Revocations::new();
+        let creds = cluster.node_credentials();
+        let user = super::tls::user_server_config(&ca, creds.clone(), revoked.clone(), &[super::tls::API_ALPN]).expect("config");
+        let (key, cert) = client_cert(&cluster, "laptop");
+        let id = crate::ClientCertInfo::parse(&cert).expect("parse").id;
+        // Accepted on the user endpoint, as a client.
+        let (seen, echoed) = user_exchange(user_client(&ca, &key, cert.clone(), super::tls::API_ALPN), user.clone()).await;
+        assert_eq!(seen, Ok(crate::Holder::Client(id)));
+        assert!(echoed);
+        // A node certificate is accepted there too, as a node.
+        let (nkey, ncert) = cluster.issue();
+        let (seen, _) = user_exchange(user_client(&ca, &nkey, ncert, super::tls::API_ALPN), user.clone()).await;
+        assert_eq!(seen, Ok(crate::Holder::Node(node_id_of_key(&nkey))));
+        // A certificate of another CA (a self-made one) is refused.
+        let other = Cluster::live(42);
+        let (okey, ocert) = client_cert(&other, "mallory");
+        let (seen, echoed) = user_exchange(user_client(&ca, &okey, ocert, super::tls::API_ALPN), user.clone()).await;
+        assert!(seen.is_err() && !echoed, "{seen:?}");
+        // Revoked: refused at the next handshake.
+        revoked.revoke(id);
+        let (seen, echoed) = user_exchange(user_client(&ca, &key, cert.clone(), super::tls::API_ALPN), user.clone()).await;
+        assert!(seen.as_ref().is_err_and(|e| e.contains("revoked") || e.contains("Revoked")), "{seen:?}");
+        assert!(!echoed);
+        // On a node-to-node endpoint (Raft, images, …) the client certificate is refused even
+        // unrevoked: it is no node certificate.
+        let (key2, cert2) = client_cert(&cluster, "laptop2");
+        let raft = super::tls::server_config(&ca, creds, Revocations::new()).expect("raft config");
+        let (seen, echoed) = user_exchange(user_client(&ca, &key2, cert2, super::tls::RAFT_ALPN), raft).await;
+        assert!(seen.as_ref().is_err_and(|e| e.contains("client certificate is not a node certificate")), "{seen:?}");
+        assert!(!echoed);
     })
     .await;
 }

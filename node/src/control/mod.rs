@@ -342,7 +342,7 @@ impl Control {
         self.inner.files.save_pending_ca(ca.cert_pem(), &sealed)?;
         let issuer = Issuer::new(ca, &self.inner.cfg.secret, self.issue_policy());
         let request = JoinRequest::new(&self.inner.cfg.secret, &self.inner.key, &mut rng)?;
-        let grant = NodeGrant { role: NodeRole::Manager, addresses: vec![self.inner.cfg.advertise.ip()] };
+        let grant = self.own_grant(NodeRole::Manager);
         let response = issuer.answer_join(&request, &grant, &BTreeSet::new(), SystemTime::now(), &mut rng)?;
         let granted = response.verify(&self.inner.cfg.secret, &request, &self.inner.key)?;
         self.inner.files.save_cert(&granted.cert_der, &granted.ca_der)?;
@@ -370,6 +370,12 @@ impl Control {
         Err(anyhow!("no member gave a certificate: {}", errors.join("; ")))
     }
 
+    /// What this node grants itself (its own certificate and renewals): its advertised IP
+    /// and its name as SANs.
+    fn own_grant(&self, role: NodeRole) -> NodeGrant {
+        NodeGrant { role, addresses: vec![self.inner.cfg.advertise.ip()], names: pki::node_names(&self.inner.cfg.name) }
+    }
+
     fn issue_policy(&self) -> IssuePolicy {
         IssuePolicy { cert_lifetime: self.inner.cfg.cert_lifetime, ..IssuePolicy::default() }
     }
@@ -394,6 +400,7 @@ impl Control {
         let id = self.inner.id;
         let raft_id = RaftNodeId(id);
         let creds = NodeCredentials::new(stored.cert.clone(), &self.inner.key)?;
+        let stored_ca = stored.ca.clone();
         let revoked = Revocations::new();
         let tls = MutualTls::new(&stored.ca, creds.clone(), revoked.clone())?;
         let network = RaftNetwork::new(raft_id, tls.clone(), ClientConfig::default());
@@ -418,7 +425,14 @@ impl Control {
             ctl: Arc::downgrade(&self.inner),
         });
         let authority: Arc<dyn JoinAuthority> = Arc::new(Authority(Arc::downgrade(&running)));
-        port.route(JOIN_ALPN, JoinService::new(creds, authority, JoinServerConfig::default())?);
+        port.route(JOIN_ALPN, JoinService::new(creds.clone(), authority, JoinServerConfig::default())?);
+        // Users' endpoints (client certificates): the Docker API and the shoal API. The
+        // revoked set is loaded first, so a revoked client is refused from the first
+        // connection after a restart (the watch loop keeps it current from then on).
+        if let Ok(state) = running.state().await {
+            running.revoked.replace(state.refused_ids());
+        }
+        crate::remote::route_user_endpoints(&port, &stored_ca, creds, running.revoked.clone(), self.clone())?;
         if initialize {
             let me = ShoalNode::new(self.inner.cfg.name.clone(), self.inner.cfg.advertise);
             match raft.initialize(BTreeMap::from([(raft_id, me)])).await {
@@ -451,7 +465,7 @@ impl Control {
             running.applied_change(seen, WATCH_TICK).await;
             seen = running.applied_index();
             let Ok(state) = running.state().await else { return };
-            running.revoked.replace(state.revoked.clone());
+            running.revoked.replace(state.refused_ids());
             if state.ca.is_some() && !announced {
                 if self.inner.membership.set_in_cluster(true).await.is_err() {
                     return;
@@ -487,20 +501,25 @@ impl Control {
         let role = if membership.voter_ids().any(|v| v == me) { NodeRole::Manager } else { NodeRole::Worker };
         let in_raft = membership.nodes().any(|(id, _)| *id == me);
         let role_changed = in_raft && info.role != Some(role);
-        if !info.needs_renewal(SystemTime::now()) && !role_changed {
+        // A certificate without this node's current names and addresses (issued by an
+        // earlier build, or before the address changed) is reissued too, so `docker
+        // --tlsverify` accepts the node under them.
+        let grant = self.own_grant(role);
+        let sans_changed = info.addresses != grant.addresses || info.dns_names != grant.names;
+        if !info.needs_renewal(SystemTime::now()) && !role_changed && !sans_changed {
             return Ok(());
         }
         if state.ca.is_none() {
             return Ok(()); // nothing can issue before the CA is committed
         }
-        tracing::info!(expires = ?info.not_after, role = %role, role_changed, "renewing this node's certificate");
+        tracing::info!(expires = ?info.not_after, role = %role, role_changed, sans_changed, "renewing this node's certificate");
         // Issued here, from this node's copy of the replicated CA: renewal needs no leader (after
         // a long power cut every certificate may have expired, and no leader can be elected
         // until they are renewed). The cluster records it below, when a leader is reachable.
         let issuer = running.issuer(state).map_err(|e| anyhow!("{e}"))?;
         let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
         let request = JoinRequest::new(&self.inner.cfg.secret, &self.inner.key, &mut rng)?;
-        let grant = NodeGrant { role, addresses: vec![self.inner.cfg.advertise.ip()] };
+        let grant = self.own_grant(role);
         let response = issuer.answer_join(&request, &grant, &state.revoked, SystemTime::now(), &mut rng)?;
         let granted = response.verify(&self.inner.cfg.secret, &request, &self.inner.key)?;
         self.inner.files.save_cert(&granted.cert_der, &granted.ca_der)?;
@@ -681,6 +700,33 @@ impl Running {
         Ok(issuer)
     }
 
+    /// Issues a client certificate named `name` for the key of `csr_der` and records the
+    /// client in the replicated state before answering (so every client the cluster
+    /// trusts is listed, and `shoal client rm` can revoke it). Gives the certificate and
+    /// what was recorded.
+    pub async fn issue_client(
+        &self,
+        name: &str,
+        csr_der: &[u8],
+        lifetime: Duration,
+    ) -> Result<(CertificateDer<'static>, pki::ClientCertInfo)> {
+        let state = self.state().await?;
+        if state.clients.records.contains_key(name) {
+            return Err(anyhow!(shoal_consensus::Rejected::ClientExists(name.to_string())));
+        }
+        let issuer = self.issuer(&state).map_err(|e| anyhow!("{e}"))?;
+        let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+        let (cert, info) = issuer.issue_client(csr_der, name, lifetime, &state.refused_ids(), SystemTime::now(), &mut rng)?;
+        let client = shoal_consensus::state::ClientRecord {
+            id: info.id,
+            serial: info.serial.clone(),
+            not_after: pki::unix_secs(info.not_after),
+            created_ms: now_ms(),
+        };
+        self.write(Command::AddClient { name: name.to_string(), client }).await?;
+        Ok((cert, info))
+    }
+
     /// Answers a join (or renewal) request: checks it, issues the certificate, and commits
     /// the node's registration and the issued certificate before answering, so a node never
     /// holds a certificate the cluster does not know about.
@@ -699,6 +745,7 @@ impl Running {
         let grant = NodeGrant {
             role: if is_voter { NodeRole::Manager } else { NodeRole::Worker },
             addresses: vec![member.addr.ip()],
+            names: member.name.as_deref().map(pki::node_names).unwrap_or_default(),
         };
         let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
         let response = issuer.answer_join(request, &grant, &state.revoked, SystemTime::now(), &mut rng)?;

@@ -12,8 +12,9 @@
 //! - [`logs`]: `docker logs [-f]` of a container on this node, from its engine.
 //!
 //! HTTP/1.1 is served by hyper 1 over any `AsyncRead + AsyncWrite` stream
-//! ([`serve_connection`]); today only the unix socket `DATA_DIR/docker.sock` (mode 0600)
-//! is served ([`serve_unix`]), later the node's TCP port under ALPN `http/1.1`.
+//! ([`serve_connection`]): the unix socket `DATA_DIR/docker.sock` (mode 0600,
+//! [`serve_unix`]) and the node's TCP port under ALPN `http/1.1` or none, for client
+//! certificates (`crate::remote`).
 //! Limits: [`MAX_CONNECTIONS`] at once, request headers within [`HEADER_TIMEOUT`] and
 //! [`MAX_HEADER_BYTES`], bodies within [`http::MAX_BODY_BYTES`], and every request answered
 //! within [`REQUEST_TIMEOUT`] except long streams (`wait`, `logs`), which end with the

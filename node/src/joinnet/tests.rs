@@ -50,7 +50,7 @@ impl JoinAuthority for Authority {
         peer: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = Result<JoinResponse, Refusal>> + Send + '_>> {
         Box::pin(async move {
-            let grant = NodeGrant { role: NodeRole::Worker, addresses: vec![peer.ip()] };
+            let grant = NodeGrant { role: NodeRole::Worker, addresses: vec![peer.ip()], names: Vec::new() };
             Ok(self.cluster.issuer.answer_join(
                 &request,
                 &grant,
@@ -76,7 +76,7 @@ impl JoinAuthority for ForeignAuthority {
     ) -> Pin<Box<dyn Future<Output = Result<JoinResponse, Refusal>> + Send + '_>> {
         Box::pin(async move {
             let resigned = JoinRequest::signed(&self.cluster.secret, request.node_id, request.csr_der, request.nonce);
-            let grant = NodeGrant { role: NodeRole::Worker, addresses: vec![peer.ip()] };
+            let grant = NodeGrant { role: NodeRole::Worker, addresses: vec![peer.ip()], names: Vec::new() };
             Ok(self.cluster.issuer.answer_join(
                 &resigned,
                 &grant,

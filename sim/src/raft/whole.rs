@@ -308,7 +308,7 @@ impl Driver {
             // n0 holds its own certificate from the start (the initializer self-issues).
             let issuer = Issuer::new(ca, &wh.secret, IssuePolicy::default());
             let req = JoinRequest::new(&wh.secret, &key(0), &mut rng).expect("n0's join request");
-            let grant = NodeGrant { role: NodeRole::Manager, addresses: vec![gossip_addr(0).ip()] };
+            let grant = NodeGrant { role: NodeRole::Manager, addresses: vec![gossip_addr(0).ip()], names: Vec::new() };
             let resp = issuer.answer_join(&req, &grant, &BTreeSet::new(), system_time(now), &mut rng).expect("n0's certificate");
             let info = CertInfo::parse(&resp.cert_der).expect("n0's certificate parses");
             wh.machines[0].cert = Some(IssuedCert { serial: info.serial, not_after: shoal_pki::unix_secs(info.not_after) });
@@ -999,7 +999,7 @@ async fn answer_join(world: &Shared, member: usize, raft: &Raft, req: &JoinReque
         let role = NodeRole::Worker;
         let checked = match seen {
             Some(v) => {
-                let grant = NodeGrant { role, addresses: vec![v.addr.ip()] };
+                let grant = NodeGrant { role, addresses: vec![v.addr.ip()], names: Vec::new() };
                 issuer.answer_join(req, &grant, &state.revoked, system_time(now), &mut m.rng).map_err(|e| e.to_string())
             }
             None => Err("the joining node is not visible in gossip here".to_string()),
@@ -1008,7 +1008,7 @@ async fn answer_join(world: &Shared, member: usize, raft: &Raft, req: &JoinReque
             Ok(resp) => resp,
             Err(_) if wh.bug == Some(RaftBug::SkipJoinCheck) => {
                 // Planted: a request that fails the join check gets a certificate anyway.
-                let grant = NodeGrant { role, addresses: vec![gossip_addr(INTRUDER_KEY).ip()] };
+                let grant = NodeGrant { role, addresses: vec![gossip_addr(INTRUDER_KEY).ip()], names: Vec::new() };
                 let cert = issuer.issue(&req.csr_der, req.node_id, &grant, &state.revoked, system_time(now), &mut m.rng).map_err(|e| e.to_string())?;
                 JoinResponse { cert_der: cert.to_vec(), ca_der: issuer.ca().cert_der().to_vec(), hmac: [0; 32] }
             }
