@@ -33,6 +33,7 @@ fn main() {
             reserve_memory_bytes: 64 << 20,
             // A tenth of the services publish a host port: at most one such task per node.
             host_ports: if s % 10 == 0 { vec![HostPort::tcp(8000 + s as u16)] } else { vec![] },
+            group: None,
         })
         .collect();
     let cfg = SchedulerConfig::default();

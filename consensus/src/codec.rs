@@ -36,7 +36,9 @@ pub const MAX_RPC_BYTES: usize = MAX_STORED_SNAPSHOT_BYTES + MAX_META_BYTES;
 /// - 3: a service's container spec has a stop grace period (format 2 decodes with none:
 ///   the engine's default).
 ///   It also adds the containers of the Docker API (formats 1 and 2 decode with none).
-pub const SNAPSHOT_FORMAT: u32 = 3;
+/// - 4: adds the networks of the Docker API and each container's networks (format 3
+///   decodes with none).
+pub const SNAPSHOT_FORMAT: u32 = 4;
 
 /// Why consensus data could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +148,45 @@ impl From<StateV2> for ClusterState {
     }
 }
 
+/// The state as snapshot format 3 laid it out (containers without networks, no networks).
+#[derive(Serialize, Deserialize)]
+struct StateV3 {
+    nodes: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::NodeRecord>,
+    ca: Option<crate::state::CaRecord>,
+    issued: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::IssuedCert>,
+    revoked: std::collections::BTreeSet<shoal_wire::NodeId>,
+    last_applied: Option<crate::types::LogId>,
+    membership: crate::types::StoredMembership,
+    services: std::collections::BTreeMap<String, crate::state::ServiceRecord>,
+    tasks: std::collections::BTreeMap<crate::state::TaskId, crate::state::TaskRecord>,
+    next_task_id: u64,
+    availability: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::Availability>,
+    containers: std::collections::BTreeMap<String, crate::state::legacy::ContainerRecordV1>,
+}
+
+impl From<StateV3> for ClusterState {
+    fn from(v3: StateV3) -> Self {
+        ClusterState {
+            nodes: v3.nodes,
+            ca: v3.ca,
+            issued: v3.issued,
+            revoked: v3.revoked,
+            last_applied: v3.last_applied,
+            membership: v3.membership,
+            services: v3.services,
+            tasks: v3.tasks,
+            next_task_id: v3.next_task_id,
+            availability: v3.availability,
+            containers: v3
+                .containers
+                .into_iter()
+                .map(|(id, c)| (id, c.into()))
+                .collect(),
+            networks: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
 /// Encodes the state as snapshot data.
 pub fn encode_snapshot(state: &ClusterState) -> Result<Vec<u8>, CodecError> {
     // Same encoding as `SnapshotEnvelope`, without cloning the state.
@@ -173,6 +214,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<ClusterState, CodecError> {
     let state = bytes.get(used..).unwrap_or_default();
     match format {
         SNAPSHOT_FORMAT => decode::<ClusterState, MAX_SNAPSHOT_BYTES>(state),
+        3 => decode::<StateV3, MAX_SNAPSHOT_BYTES>(state).map(ClusterState::from),
         2 => decode::<StateV2, MAX_SNAPSHOT_BYTES>(state).map(ClusterState::from),
         1 => decode::<StateV1, MAX_SNAPSHOT_BYTES>(state).map(ClusterState::from),
         other => Err(CodecError::SnapshotFormat(other)),
@@ -339,9 +381,9 @@ mod tests {
         assert_eq!(state.next_task_id, 2);
         assert_eq!(state.nodes[&NodeId([1; 16])].name, "pi-1");
         assert!(state.containers.is_empty(), "format 2 had no containers of the Docker API");
-        // Re-encoded, it is format 3 and decodes to the same state.
+        // Re-encoded, it is format 4 and decodes to the same state.
         let again = encode_snapshot(&state).expect("encode");
-        assert_eq!(again[0], 3);
+        assert_eq!(again[0], 4);
         assert_eq!(decode_snapshot(&again).expect("decode"), state);
     }
 }

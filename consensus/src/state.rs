@@ -30,6 +30,7 @@ use crate::types::StoredMembership;
 
 pub mod legacy;
 pub mod containers;
+pub mod networks;
 #[cfg(test)]
 mod containers_tests;
 pub mod services;
@@ -37,6 +38,7 @@ pub mod services;
 mod services_tests;
 
 pub use containers::*;
+pub use networks::*;
 pub use services::*;
 
 /// Longest node name, in bytes (same rule as membership's node facts).
@@ -194,6 +196,19 @@ pub enum Command {
         force: bool,
         now_ms: u64,
     },
+    /// Creates a network of the Docker API (see [`networks`]). Rejected for an invalid or
+    /// used id, an invalid, reserved or used name, a driver other than `bridge`, invalid
+    /// labels, or past [`MAX_NETWORKS`].
+    CreateNetwork { network: NetworkDef, now_ms: u64 },
+    /// Removes a network. Rejected for an unknown network or one containers are attached to.
+    RemoveNetwork { id: String },
+    /// `CreateContainer` for a container attached to `networks` (each must exist; at most
+    /// [`MAX_CONTAINER_NETWORKS`]). `CreateContainer` is this with none.
+    CreateNetworkedContainer {
+        container: ContainerDef,
+        networks: Vec<NetworkAttachment>,
+        now_ms: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -285,6 +300,27 @@ impl fmt::Display for Command {
                 id.get(..12).unwrap_or(id),
                 if *force { " (force)" } else { "" }
             ),
+            Command::CreateNetwork { network, .. } => write!(
+                f,
+                "create network {} ({})",
+                network.name,
+                network.id.get(..12).unwrap_or(&network.id)
+            ),
+            Command::RemoveNetwork { id } => {
+                write!(f, "remove network {}", id.get(..12).unwrap_or(id))
+            }
+            Command::CreateNetworkedContainer {
+                container,
+                networks,
+                ..
+            } => write!(
+                f,
+                "create container {} ({}, image {}, {} network(s))",
+                container.name,
+                &container.id.get(..12).unwrap_or(&container.id),
+                container.service.spec.image,
+                networks.len()
+            ),
         }
     }
 }
@@ -327,6 +363,10 @@ pub enum Applied {
     ContainerRun { changed: bool },
     /// The container was removed; `shut_down` of its tasks were told to shut down.
     ContainerRemoved { shut_down: u32 },
+    /// The network was created.
+    NetworkCreated,
+    /// The network was removed.
+    NetworkRemoved,
 }
 
 /// Why a command was rejected. A rejected command changed nothing.
@@ -415,6 +455,14 @@ pub enum Rejected {
     ContainerRunning(String),
     #[error("service {service} runs the container {container} of the Docker API; change it with docker (stop, start, rm)")]
     ServiceOfContainer { service: String, container: String },
+    #[error("invalid network: {0}")]
+    BadNetwork(String),
+    #[error("network with name {0} already exists")]
+    NetworkNameInUse(String),
+    #[error("network {0} not found")]
+    UnknownNetwork(String),
+    #[error("error while removing network: network {network} has active endpoints ({containers}); remove those containers first")]
+    NetworkInUse { network: String, containers: String },
 }
 
 /// The response to every applied entry.
@@ -445,6 +493,8 @@ pub struct ClusterState {
     pub availability: BTreeMap<NodeId, Availability>,
     /// Containers of the Docker API, by id.
     pub containers: BTreeMap<String, ContainerRecord>,
+    /// Networks of the Docker API, by id (snapshot format 4).
+    pub networks: BTreeMap<String, NetworkRecord>,
 }
 
 fn name_char(c: char) -> bool {
@@ -585,6 +635,13 @@ impl ClusterState {
             Command::RemoveContainer { id, force, now_ms } => {
                 self.remove_container(id, force, now_ms)
             }
+            Command::CreateNetwork { network, now_ms } => self.create_network(network, now_ms),
+            Command::RemoveNetwork { id } => self.remove_network(id),
+            Command::CreateNetworkedContainer {
+                container,
+                networks,
+                now_ms,
+            } => self.create_networked_container(container, networks, now_ms),
         }
     }
 

@@ -825,6 +825,7 @@ impl ClusterState {
                 reserve_cpu_millis: s.def.reserve_cpu_millis,
                 reserve_memory_bytes: s.def.reserve_memory_bytes,
                 host_ports: host_ports(&s.def.spec),
+                group: self.service_group(&s.def.name),
             })
             .collect();
         let tasks = self
@@ -860,6 +861,7 @@ impl ClusterState {
                         Desired::Shutdown
                     },
                     restart: service.map_or(RestartPolicy::Never, |s| s.def.restart),
+                    network: self.network_join(&t.service),
                 }
             })
             .collect()

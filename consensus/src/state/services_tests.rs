@@ -1326,6 +1326,7 @@ fn views_for_the_scheduler_and_the_agents() {
             reserve_cpu_millis: d.reserve_cpu_millis,
             reserve_memory_bytes: d.reserve_memory_bytes,
             host_ports: vec![HostPort::tcp(8080)],
+            group: None,
         }]
     );
     assert_eq!(
@@ -1340,7 +1341,7 @@ fn views_for_the_scheduler_and_the_agents() {
     );
     assert_eq!(
         s.tasks_for_node(&id(1)),
-        vec![AssignedTask {
+        vec![AssignedTask { network: None,
             id: 1,
             service: "web".into(),
             spec: d.spec.clone(),
@@ -1350,7 +1351,7 @@ fn views_for_the_scheduler_and_the_agents() {
     );
     assert_eq!(
         s.tasks_for_node(&id(2)),
-        vec![AssignedTask {
+        vec![AssignedTask { network: None,
             id: 2,
             service: "web".into(),
             spec: d.spec.clone(),
