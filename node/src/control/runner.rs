@@ -13,7 +13,10 @@
 //!   scheduler gives it no tasks, and it reconnects on later passes;
 //! - a task whose image the engine lacks is held back from the reconciler while the image
 //!   is fetched from a node that has it or pulled (`crate::images::acquire`); if neither
-//!   works the task is reported failed with the reason, and the image is tried again later.
+//!   works the task is reported failed with the reason, and the image is tried again later;
+//! - networks of the Docker API are created in the engine by the container that joins one
+//!   (`Engine::create`), and shoal's engine networks the cluster no longer has are removed
+//!   after each pass (an engine refuses while containers still use one: tried again later).
 
 use super::{now_ms, Control};
 use crate::images::acquire::{self, Acquisitions, Holder};
@@ -113,6 +116,7 @@ pub async fn run_tasks(ctl: Control) {
                 continue;
             }
         }
+        prune_networks(docker, &state).await;
         let mut reports = reconciler.last_reports();
         reports.extend(plan.failed.into_iter().map(|(task, reason)| TaskReport {
             task,
@@ -125,6 +129,18 @@ pub async fn run_tasks(ctl: Control) {
             if let Err(e) = running.write(cmd).await {
                 tracing::debug!(error = %e, "could not report task states yet; will resend");
             }
+        }
+    }
+}
+
+/// Removes shoal's networks from the engine that the cluster no longer has.
+async fn prune_networks(docker: &DockerEngine, state: &shoal_consensus::ClusterState) {
+    use shoal_engine::Engine;
+    let Ok(networks) = docker.networks().await else { return };
+    for n in networks.iter().filter(|n| !state.networks.contains_key(&n.id)) {
+        match docker.remove_network(&n.name).await {
+            Ok(()) => tracing::info!(network = %n.name, "removed a network the cluster no longer has from the engine"),
+            Err(e) => tracing::debug!(network = %n.name, error = %e, "network not removed from the engine yet"),
         }
     }
 }
