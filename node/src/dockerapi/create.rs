@@ -441,6 +441,34 @@ mod tests {
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     #[test]
+    fn compose_network_mode_and_aliases_become_the_containers_attachment() {
+        let mut st = three_nodes();
+        let net = "ab".repeat(32);
+        st.networks.insert(net.clone(), shoal_consensus::state::NetworkRecord {
+            id: net.clone(), name: "p_default".into(), driver: "bridge".into(), labels: BTreeMap::new(), attachable: true, created_ms: 0,
+        });
+        let compose = body(serde_json::json!({"Image": "x", "HostConfig": {"NetworkMode": "p_default"},
+            "NetworkingConfig": {"EndpointsConfig": {"p_default": {"Aliases": ["web"], "IPAMConfig": null}}}}));
+        let got = networks(&compose, "p_web_1", ID, &st).expect("attached");
+        assert_eq!(got, vec![NetworkAttachment { network: net.clone(), aliases: vec!["web".into(), "p_web_1".into(), ID[..12].to_string()] }]);
+        // By id, without NetworkingConfig: the name and short id only.
+        let by_id = body(serde_json::json!({"Image": "x", "HostConfig": {"NetworkMode": net}}));
+        assert_eq!(networks(&by_id, "c", ID, &st).expect("by id")[0].aliases, vec!["c".to_string(), ID[..12].to_string()]);
+        for mode in ["", "default", "bridge", "none"] {
+            let b = body(serde_json::json!({"Image": "x", "HostConfig": {"NetworkMode": mode}}));
+            assert!(networks(&b, "c", ID, &st).expect("default").is_empty(), "{mode}");
+        }
+        let unknown = body(serde_json::json!({"Image": "x", "HostConfig": {"NetworkMode": "nosuch"}}));
+        assert_eq!(networks(&unknown, "c", ID, &st).expect_err("unknown").message, "network nosuch not found");
+        let bad = body(serde_json::json!({"Image": "x", "HostConfig": {"NetworkMode": "p_default"},
+            "NetworkingConfig": {"EndpointsConfig": {"p_default": {"Aliases": ["-bad alias"]}}}}));
+        assert!(networks(&bad, "c", ID, &st).expect_err("bad alias").message.contains("invalid network alias"));
+        let two = body(serde_json::json!({"Image": "x", "HostConfig": {"NetworkMode": "p_default"},
+            "NetworkingConfig": {"EndpointsConfig": {"p_default": {}, "other": {}}}}));
+        assert!(networks(&two, "c", ID, &st).expect_err("two").message.contains("second network"));
+    }
+
+    #[test]
     fn a_cli_body_becomes_a_stopped_single_replica_service() {
         let st = three_nodes();
         let b = body(serde_json::json!({
