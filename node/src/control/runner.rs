@@ -16,7 +16,10 @@
 //!   works the task is reported failed with the reason, and the image is tried again later;
 //! - networks of the Docker API are created in the engine by the container that joins one
 //!   (`Engine::create`), and shoal's engine networks the cluster no longer has are removed
-//!   after each pass (an engine refuses while containers still use one: tried again later).
+//!   after each pass (an engine refuses while containers still use one: tried again later);
+//!   only networks this agent has seen in the state since it started, so an engine shared
+//!   with other clusters keeps theirs (a network removed while the agent was down stays on
+//!   its engine, unused).
 
 use super::{now_ms, Control};
 use crate::images::acquire::{self, Acquisitions, Holder};
@@ -39,6 +42,9 @@ pub async fn run_tasks(ctl: Control) {
     let mut engine: Option<DockerEngine> = None;
     let mut engine_warned = false;
     let mut images = Acquisitions::new();
+    // Networks this node has seen in the cluster's state: only those are pruned from the
+    // engine (an engine shared with another cluster's agents keeps theirs).
+    let mut known_networks: BTreeSet<String> = BTreeSet::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<(String, Result<String, String>)>(16);
     loop {
         tokio::time::sleep(RUN_TICK).await;
@@ -116,7 +122,8 @@ pub async fn run_tasks(ctl: Control) {
                 continue;
             }
         }
-        prune_networks(docker, &state).await;
+        known_networks.extend(state.networks.keys().cloned());
+        prune_networks(docker, &state, &known_networks).await;
         let mut reports = reconciler.last_reports();
         reports.extend(plan.failed.into_iter().map(|(task, reason)| TaskReport {
             task,
@@ -133,11 +140,15 @@ pub async fn run_tasks(ctl: Control) {
     }
 }
 
-/// Removes shoal's networks from the engine that the cluster no longer has.
-async fn prune_networks(docker: &DockerEngine, state: &shoal_consensus::ClusterState) {
+/// Removes from the engine shoal's networks this node has seen in the cluster that the
+/// cluster no longer has.
+async fn prune_networks(docker: &DockerEngine, state: &shoal_consensus::ClusterState, known: &BTreeSet<String>) {
     use shoal_engine::Engine;
+    if known.is_empty() {
+        return;
+    }
     let Ok(networks) = docker.networks().await else { return };
-    for n in networks.iter().filter(|n| !state.networks.contains_key(&n.id)) {
+    for n in networks.iter().filter(|n| known.contains(&n.id) && !state.networks.contains_key(&n.id)) {
         match docker.remove_network(&n.name).await {
             Ok(()) => tracing::info!(network = %n.name, "removed a network the cluster no longer has from the engine"),
             Err(e) => tracing::debug!(network = %n.name, error = %e, "network not removed from the engine yet"),
