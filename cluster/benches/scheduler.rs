@@ -34,6 +34,7 @@ fn main() {
             // A tenth of the services publish a host port: at most one such task per node.
             host_ports: if s % 10 == 0 { vec![HostPort::tcp(8000 + s as u16)] } else { vec![] },
             stays_with_node: false,
+            group: None,
         })
         .collect();
     let cfg = SchedulerConfig::default();

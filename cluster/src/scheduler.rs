@@ -130,7 +130,25 @@ pub struct ServiceView {
     /// Docker API without restart policy `always`, as classic swarm kept it): they are not
     /// placed elsewhere after the grace period, only when the node is gone (removed or
     /// revoked) or drained.
+    #[serde(default)]
     pub stays_with_node: bool,
+    /// Services of one group run on one node (classic swarm's rule for containers that
+    /// share a network, so names resolve between them): a task of a group that already
+    /// has a task kept or placed somewhere goes to that node, or waits. `None`: spread.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// The node a task of `svc` must go to: where its group already runs, if it does
+/// ([`ServiceView::group`]). `groups` holds the first node of each group seen in a pass.
+pub fn group_pin(groups: &BTreeMap<String, NodeId>, svc: &ServiceView) -> Option<NodeId> {
+    svc.group.as_ref().and_then(|g| groups.get(g)).copied()
+}
+
+fn note_group(groups: &mut BTreeMap<String, NodeId>, svc: &ServiceView, node: NodeId) {
+    if let Some(g) = &svc.group {
+        groups.entry(g.clone()).or_insert(node);
+    }
 }
 
 /// Which replica a task is: an index for replicated services, the node for global ones.
@@ -293,6 +311,7 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
     let port_taken = |load: &BTreeMap<NodeId, Load>, node: NodeId, svc: &ServiceView| load.get(&node).and_then(|l| l.port_taken(svc));
 
     // First pass: decide which existing tasks stay, so the load is known before placing.
+    let mut groups: BTreeMap<String, NodeId> = BTreeMap::new();
     let mut missing: Vec<(&ServiceView, Slot)> = Vec::new();
     for svc in services {
         let slots = by_service.remove(svc.name.as_str()).unwrap_or_default();
@@ -320,6 +339,7 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
                 if keep_in_grace {
                     for t in live {
                         add_load(&mut load, t.node, svc);
+                        note_group(&mut groups, svc, t.node);
                     }
                     continue;
                 }
@@ -341,6 +361,7 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
                 } else {
                     kept = true;
                     add_load(&mut load, t.node, svc);
+                    note_group(&mut groups, svc, t.node);
                 }
             }
             if !kept {
@@ -357,10 +378,11 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
             .or_insert_with(|| nodes.iter().map(|n| (n.id, static_reject(n, svc))).collect());
         let mut best: Option<((u64, u64, NodeId), NodeId)> = None;
         let mut rejects: BTreeMap<Reject, u64> = BTreeMap::new();
+        let pin = group_pin(&groups, svc);
         for (id, reject) in statics.iter() {
             let candidate_ok = match slot {
                 Slot::Node(target) => *id == target,
-                Slot::Index(_) => true,
+                Slot::Index(_) => pin.is_none_or(|p| p == *id),
             };
             if !candidate_ok {
                 continue;
@@ -390,12 +412,13 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
         match best {
             Some((_, node)) => {
                 add_load(&mut load, node, svc);
+                note_group(&mut groups, svc, node);
                 out.push(Decision::Place { service: svc.name.clone(), slot, node });
             }
             None => {
-                let considered = match slot {
-                    Slot::Node(_) => 1,
-                    Slot::Index(_) => nodes.len(),
+                let considered = match (slot, pin) {
+                    (Slot::Node(_), _) | (Slot::Index(_), Some(_)) => 1,
+                    (Slot::Index(_), None) => nodes.len(),
                 };
                 let detail: Vec<String> = rejects.iter().map(|(r, n)| format!("{n} {}", r.describe())).collect();
                 let ports: BTreeSet<HostPort> = rejects.keys().filter_map(|r| if let Reject::Port(p) = r { Some(*p) } else { None }).collect();
@@ -416,6 +439,12 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
                     }
                 } else {
                     format!("no suitable node (0/{considered}): {}", detail.join(", "))
+                };
+                let reason = match (pin, &svc.group) {
+                    (Some(node), Some(group)) if matches!(slot, Slot::Index(_)) => {
+                        format!("kept on node {} with the other containers of network {group}: {reason}", node.short())
+                    }
+                    _ => reason,
                 };
                 out.push(Decision::Pending { service: svc.name.clone(), slot, reason });
             }

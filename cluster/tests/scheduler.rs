@@ -31,7 +31,7 @@ fn node(i: usize) -> NodeView {
 }
 
 fn service(name: &str, replicas: u32) -> ServiceView {
-    ServiceView { name: name.into(), mode: Mode::Replicated(replicas), constraints: vec![], reserve_cpu_millis: 0, reserve_memory_bytes: 0, host_ports: vec![], stays_with_node: false }
+    ServiceView { name: name.into(), mode: Mode::Replicated(replicas), constraints: vec![], reserve_cpu_millis: 0, reserve_memory_bytes: 0, host_ports: vec![], stays_with_node: false, group: None }
 }
 
 fn publishing(name: &str, replicas: u32, ports: &[HostPort]) -> ServiceView {
@@ -473,4 +473,52 @@ fn thousand_nodes_with_ports_place_one_port_holder_per_node_per_port() {
     assert_eq!(w.tasks.len(), 5000);
     assert_eq!(w.pending.len(), 1000);
     assert!(w.pending.iter().all(|p| p.2.contains("is taken on every eligible node (1000/1000)")), "{:?}", w.pending.first());
+}
+
+fn grouped(name: &str, replicas: u32, group: &str) -> ServiceView {
+    ServiceView { group: Some(group.into()), ..service(name, replicas) }
+}
+
+#[test]
+fn services_of_one_network_run_on_one_node_and_others_still_spread() {
+    let mut w = World::with_nodes(3);
+    // Two compose services on one network, created in one pass, and a third with its own.
+    w.services.push(grouped("p_db_1", 1, "net-p"));
+    w.services.push(grouped("p_web_1", 1, "net-p"));
+    w.services.push(grouped("q_web_1", 1, "net-q"));
+    w.converge();
+    assert_eq!(w.per_node("p_db_1").keys().collect::<Vec<_>>(), w.per_node("p_web_1").keys().collect::<Vec<_>>());
+    // Scaling a member of the group keeps every task with the group (no spread).
+    w.services[1].mode = Mode::Replicated(3);
+    w.converge();
+    let db_node = *w.per_node("p_db_1").keys().next().expect("db placed");
+    assert_eq!(w.per_node("p_web_1"), BTreeMap::from([(db_node, 3)]));
+    // Ungrouped services still spread over every node.
+    w.services.push(service("spread", 3));
+    w.converge();
+    assert_eq!(w.per_node("spread").len(), 3);
+}
+
+#[test]
+fn a_group_whose_node_is_full_pends_with_the_reason() {
+    let mut w = World::with_nodes(2);
+    w.services.push(grouped("p_db_1", 1, "net-p"));
+    w.converge();
+    let db_node = *w.per_node("p_db_1").keys().next().expect("db placed");
+    // The same host port twice in one group cannot fit on the group's one node.
+    w.services.push(ServiceView { host_ports: vec![HostPort::tcp(80)], ..grouped("p_web", 2, "net-p") });
+    w.converge();
+    assert_eq!(w.per_node("p_web"), BTreeMap::from([(db_node, 1)]));
+    let pending = w.pending_of("p_web");
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert!(pending[0].contains("network net-p") && pending[0].contains("80/tcp"), "{}", pending[0]);
+}
+
+#[test]
+fn group_pin_is_the_first_node_seen() {
+    let mut groups = BTreeMap::new();
+    assert_eq!(group_pin(&groups, &grouped("a", 1, "g")), None);
+    groups.insert("g".to_string(), nid(2));
+    assert_eq!(group_pin(&groups, &grouped("a", 1, "g")), Some(nid(2)));
+    assert_eq!(group_pin(&groups, &service("a", 1)), None);
 }

@@ -36,8 +36,9 @@ pub const MAX_RPC_BYTES: usize = MAX_STORED_SNAPSHOT_BYTES + MAX_META_BYTES;
 /// - 3: a service's container spec has a stop grace period (format 2 decodes with none:
 ///   the engine's default).
 ///   It also adds the containers of the Docker API (formats 1 and 2 decode with none).
-/// - 4: adds the users' client certificates and revoked client ids (`clients`; earlier
-///   formats decode with none).
+/// - 4: adds the users' client certificates and revoked client ids (`clients`), and the
+///   networks of the Docker API with each container's networks (`networks`,
+///   `ContainerRecord::networks`); format 3 decodes with none of them.
 pub const SNAPSHOT_FORMAT: u32 = 4;
 
 /// Why consensus data could not be encoded or decoded.
@@ -148,7 +149,8 @@ impl From<StateV2> for ClusterState {
     }
 }
 
-/// The state as snapshot format 3 laid it out (before the clients).
+/// The state as snapshot format 3 laid it out (no clients, no networks, containers without
+/// networks).
 #[derive(Serialize, Deserialize)]
 struct StateV3 {
     nodes: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::NodeRecord>,
@@ -161,7 +163,7 @@ struct StateV3 {
     tasks: std::collections::BTreeMap<crate::state::TaskId, crate::state::TaskRecord>,
     next_task_id: u64,
     availability: std::collections::BTreeMap<shoal_wire::NodeId, crate::state::Availability>,
-    containers: std::collections::BTreeMap<String, crate::state::ContainerRecord>,
+    containers: std::collections::BTreeMap<String, crate::state::legacy::ContainerRecordV1>,
 }
 
 impl From<StateV3> for ClusterState {
@@ -177,7 +179,12 @@ impl From<StateV3> for ClusterState {
             tasks: v3.tasks,
             next_task_id: v3.next_task_id,
             availability: v3.availability,
-            containers: v3.containers,
+            containers: v3
+                .containers
+                .into_iter()
+                .map(|(id, c)| (id, c.into()))
+                .collect(),
+            networks: std::collections::BTreeMap::new(),
             clients: Default::default(),
         }
     }
@@ -368,7 +375,7 @@ mod tests {
 
     #[test]
     fn format_3_snapshots_still_decode_with_no_clients() {
-        // A format-3 snapshot is today's state without the trailing `clients` field.
+        // A format-3 snapshot is today's state without the trailing `networks` and `clients`.
         let mut state = decode_snapshot(&unhex(SNAPSHOT_V2_HEX)).expect("format 2 decodes");
         state.containers.clear();
         let v3 = StateV3 {
@@ -382,12 +389,13 @@ mod tests {
             tasks: state.tasks.clone(),
             next_task_id: state.next_task_id,
             availability: state.availability.clone(),
-            containers: state.containers.clone(),
+            containers: Default::default(),
         };
         let bytes = encode::<_, MAX_SNAPSHOT_BYTES>(&(3u32, &v3)).expect("encode");
         let decoded = decode_snapshot(&bytes).expect("format 3 decodes");
         assert_eq!(decoded, state);
         assert!(decoded.clients.records.is_empty() && decoded.clients.revoked.is_empty());
+        assert!(decoded.networks.is_empty());
         // Today's format with a client round-trips.
         let mut with = state.clone();
         with.clients.revoked.insert(NodeId([9; 16]));

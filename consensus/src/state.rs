@@ -31,6 +31,7 @@ use crate::types::StoredMembership;
 pub mod legacy;
 pub mod clients;
 pub mod containers;
+pub mod networks;
 #[cfg(test)]
 mod containers_tests;
 pub mod services;
@@ -39,6 +40,7 @@ mod services_tests;
 
 pub use clients::*;
 pub use containers::*;
+pub use networks::*;
 pub use services::*;
 
 /// Longest node name, in bytes (same rule as membership's node facts).
@@ -203,6 +205,19 @@ pub enum Command {
     /// Revokes a client: its record goes, its id is refused at every handshake from then
     /// on. Rejected for an unknown client.
     RevokeClient { name: String },
+    /// Creates a network of the Docker API (see [`networks`]). Rejected for an invalid or
+    /// used id, an invalid, reserved or used name, a driver other than `bridge`, invalid
+    /// labels, or past [`MAX_NETWORKS`].
+    CreateNetwork { network: NetworkDef, now_ms: u64 },
+    /// Removes a network. Rejected for an unknown network or one containers are attached to.
+    RemoveNetwork { id: String },
+    /// `CreateContainer` for a container attached to `networks` (each must exist; at most
+    /// [`MAX_CONTAINER_NETWORKS`]). `CreateContainer` is this with none.
+    CreateNetworkedContainer {
+        container: ContainerDef,
+        networks: Vec<NetworkAttachment>,
+        now_ms: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -298,6 +313,27 @@ impl fmt::Display for Command {
                 write!(f, "add client {name} ({})", client.id.short())
             }
             Command::RevokeClient { name } => write!(f, "revoke client {name}"),
+            Command::CreateNetwork { network, .. } => write!(
+                f,
+                "create network {} ({})",
+                network.name,
+                network.id.get(..12).unwrap_or(&network.id)
+            ),
+            Command::RemoveNetwork { id } => {
+                write!(f, "remove network {}", id.get(..12).unwrap_or(id))
+            }
+            Command::CreateNetworkedContainer {
+                container,
+                networks,
+                ..
+            } => write!(
+                f,
+                "create container {} ({}, image {}, {} network(s))",
+                container.name,
+                &container.id.get(..12).unwrap_or(&container.id),
+                container.service.spec.image,
+                networks.len()
+            ),
         }
     }
 }
@@ -344,6 +380,10 @@ pub enum Applied {
     ClientAdded,
     /// A client was revoked; its id.
     ClientRevoked { id: NodeId },
+    /// The network was created.
+    NetworkCreated,
+    /// The network was removed.
+    NetworkRemoved,
 }
 
 /// Why a command was rejected. A rejected command changed nothing.
@@ -442,6 +482,14 @@ pub enum Rejected {
     UnknownClient(String),
     #[error("the cluster already has {MAX_CLIENTS} clients (or too many revoked ones), its limit")]
     TooManyClients,
+    #[error("invalid network: {0}")]
+    BadNetwork(String),
+    #[error("network with name {0} already exists")]
+    NetworkNameInUse(String),
+    #[error("network {0} not found")]
+    UnknownNetwork(String),
+    #[error("error while removing network: network {network} has active endpoints ({containers}); remove those containers first")]
+    NetworkInUse { network: String, containers: String },
 }
 
 /// The response to every applied entry.
@@ -474,6 +522,8 @@ pub struct ClusterState {
     pub containers: BTreeMap<String, ContainerRecord>,
     /// Users' client certificates and the revoked client ids (snapshot format 4).
     pub clients: ClientsState,
+    /// Networks of the Docker API, by id (snapshot format 4).
+    pub networks: BTreeMap<String, NetworkRecord>,
 }
 
 fn name_char(c: char) -> bool {
@@ -616,6 +666,13 @@ impl ClusterState {
             }
             Command::AddClient { name, client } => self.add_client(name, client),
             Command::RevokeClient { name } => self.revoke_client(name),
+            Command::CreateNetwork { network, now_ms } => self.create_network(network, now_ms),
+            Command::RemoveNetwork { id } => self.remove_network(id),
+            Command::CreateNetworkedContainer {
+                container,
+                networks,
+                now_ms,
+            } => self.create_networked_container(container, networks, now_ms),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use crate::engine::Engine;
 use crate::image::{ImageId, ImageStream, IMAGE_IMPORT_BYTES_MAX};
-use crate::types::{ContainerId, ContainerInfo, ContainerSpec, ContainerState, CreateRequest, LabelFilter, Owner};
+use crate::types::{ContainerId, ContainerInfo, ContainerSpec, ContainerState, CreateRequest, EngineNetwork, LabelFilter, NetworkJoin, Owner};
 use crate::EngineError;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -46,6 +46,7 @@ fn request<H: Harness>(h: &H, node: &str, task: u64, command: Vec<String>) -> Cr
     CreateRequest {
         owner: Owner { node: h.node(node), service: "conf".to_string(), task },
         spec: ContainerSpec { image: h.image(), command, ..Default::default() },
+        network: None,
     }
 }
 
@@ -399,6 +400,31 @@ pub async fn images_pull_failure_is_typed<H: Harness>(h: &H) {
     assert!(e.list(&LabelFilter::node(&req.owner.node)).await.expect("list").is_empty());
 }
 
+/// A container on a network: the network is created on the first create (labelled as
+/// shoal's, with the cluster's id), shared by a second container, refused removal while in
+/// use, removed once empty; removing a missing network is fine.
+pub async fn networks_created_lazily_and_removed<H: Harness>(h: &H) {
+    let e = h.engine();
+    let name: String = format!("shoalconf-{}", h.node("net")).chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    let id = "c0ffee".repeat(10) + "c0ff";
+    let join = |alias: &str| Some(NetworkJoin { name: name.clone(), id: id.clone(), aliases: vec![alias.to_string()] });
+    let a = CreateRequest { network: join("alpha"), ..request(h, "net", 1, h.run_forever()) };
+    let b = CreateRequest { network: join("beta"), ..request(h, "net", 2, h.run_forever()) };
+    let ca = e.create(&a).await.expect("create on a new network");
+    let cb = e.create(&b).await.expect("create on the same network");
+    let ours = |list: Vec<EngineNetwork>| list.into_iter().filter(|n| n.name == name).collect::<Vec<_>>();
+    assert_eq!(ours(e.networks().await.expect("networks")), vec![EngineNetwork { name: name.clone(), id: id.clone() }]);
+    e.start(&ca).await.expect("start on the network");
+    wait_for(h, &ca, "running", |s| *s == ContainerState::Running).await;
+    assert!(e.remove_network(&name).await.is_err(), "a network in use is not removed");
+    assert_eq!(ours(e.networks().await.expect("networks")).len(), 1);
+    e.stop_and_remove(&ca).await.expect("remove a");
+    e.stop_and_remove(&cb).await.expect("remove b");
+    e.remove_network(&name).await.expect("remove the empty network");
+    assert!(ours(e.networks().await.expect("networks")).is_empty());
+    e.remove_network(&name).await.expect("removing a missing network is fine");
+}
+
 /// Every behaviour, in order, each printed with its duration.
 pub async fn run_all<H: Harness>(h: &H) {
     macro_rules! step {
@@ -415,6 +441,7 @@ pub async fn run_all<H: Harness>(h: &H) {
     step!(start_failure);
     step!(one_container_per_task);
     step!(agents_isolated);
+    step!(networks_created_lazily_and_removed);
     step!(images_listed_and_resolved);
     step!(images_export_import_round_trip);
     step!(images_bad_imports_leave_nothing);

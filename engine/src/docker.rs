@@ -10,10 +10,10 @@ pub use logs::{LogChunk, LogStream, LogsRequest};
 
 use crate::engine::Engine;
 use crate::image::{ImageExport, ImageId, ImageInfo, ImageStream, PullProgress};
-use crate::types::{ContainerId, ContainerInfo, ContainerState, CreateRequest, LabelFilter, Owner, STOP_GRACE_MS_MAX};
+use crate::types::{ContainerId, ContainerInfo, ContainerState, CreateRequest, EngineNetwork, LabelFilter, NetworkJoin, Owner, LABEL_NETWORK, STOP_GRACE_MS_MAX};
 use crate::EngineError;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, HostConfig, PortBinding};
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
@@ -96,6 +96,38 @@ impl DockerEngine {
         match self.docker.remove_image(tag, Some(options), None).await {
             Ok(_) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    /// Creates the bridge `net` on this engine unless it is there (a name taken by a
+    /// network that is not shoal's is refused, so shoal never joins someone else's).
+    async fn ensure_network(&self, net: &NetworkJoin) -> Result<(), EngineError> {
+        match self.docker.inspect_network(&net.name, None::<bollard::query_parameters::InspectNetworkOptions>).await {
+            Ok(found) => {
+                let ours = found.labels.as_ref().and_then(|l| l.get(LABEL_NETWORK)).is_some();
+                if ours {
+                    return Ok(());
+                }
+                return Err(EngineError::InvalidSpec(format!(
+                    "this node's engine already has a network named {} that is not shoal's; remove or rename it",
+                    net.name
+                )));
+            }
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(e) => return Err(map_err(e)),
+        }
+        let config = NetworkCreateRequest {
+            name: net.name.clone(),
+            driver: Some("bridge".to_string()),
+            attachable: Some(true),
+            labels: Some(HashMap::from([(LABEL_NETWORK.to_string(), net.id.clone())])),
+            ..Default::default()
+        };
+        match self.docker.create_network(config).await {
+            Ok(_) => Ok(()),
+            // Created meanwhile by another agent on this engine.
+            Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
             Err(e) => Err(map_err(e)),
         }
     }
@@ -195,8 +227,17 @@ impl Engine for DockerEngine {
         let labels: HashMap<String, String> = req.owner.labels().into_iter().collect();
         let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut host = HostConfig::default();
+        let mut networking = None;
+        if let Some(net) = &req.network {
+            self.ensure_network(net).await?;
+            host.network_mode = Some(net.name.clone());
+            let endpoint = EndpointSettings { aliases: Some(net.aliases.clone()), ..Default::default() };
+            networking = Some(NetworkingConfig { endpoints_config: Some(HashMap::from([(net.name.clone(), endpoint)])) });
+        }
         if spec.ports.is_empty() {
-            host.network_mode = Some("none".to_string());
+            if req.network.is_none() {
+                host.network_mode = Some("none".to_string());
+            }
         } else {
             let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
             for p in &spec.ports {
@@ -221,6 +262,7 @@ impl Engine for DockerEngine {
             exposed_ports: (!exposed.is_empty()).then_some(exposed),
             stop_timeout: spec.stop_grace_secs().map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
             host_config: Some(host),
+            networking_config: networking,
             ..Default::default()
         };
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
@@ -230,6 +272,29 @@ impl Engine for DockerEngine {
                 Err(EngineError::ImageNotFound { image: spec.image.clone() })
             }
             Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => Err(EngineError::NameInUse(name)),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn networks(&self) -> Result<Vec<EngineNetwork>, EngineError> {
+        let filters = HashMap::from([("label".to_string(), vec![LABEL_NETWORK.to_string()])]);
+        let options = bollard::query_parameters::ListNetworksOptions { filters: Some(filters) };
+        let list = self.docker.list_networks(Some(options)).await.map_err(map_err)?;
+        let mut out: Vec<EngineNetwork> = list
+            .into_iter()
+            .filter_map(|n| {
+                let id = n.labels.as_ref()?.get(LABEL_NETWORK)?.clone();
+                Some(EngineNetwork { name: n.name?, id })
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
             Err(e) => Err(map_err(e)),
         }
     }

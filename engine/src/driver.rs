@@ -127,10 +127,10 @@ mod tests {
         fake.add_image("img");
         let n = (REMOVALS_IN_FLIGHT_MAX * 2 + 3) as u64;
         for task in 1..=n {
-            let req = crate::CreateRequest { owner: Owner { node: "n".to_string(), service: "s".to_string(), task }, spec: ContainerSpec { image: "img".to_string(), ..Default::default() } };
+            let req = crate::CreateRequest { network: None, owner: Owner { node: "n".to_string(), service: "s".to_string(), task }, spec: ContainerSpec { image: "img".to_string(), ..Default::default() } };
             fake.run(&req).now_or_never().expect("ready").expect("run");
         }
-        let task = |id| AssignedTask { id, service: "s".to_string(), spec: ContainerSpec { image: "img".to_string(), ..Default::default() }, desired: Desired::Running, restart: RestartPolicy::Always };
+        let task = |id| AssignedTask { network: None, id, service: "s".to_string(), spec: ContainerSpec { image: "img".to_string(), ..Default::default() }, desired: Desired::Running, restart: RestartPolicy::Always };
         // Keep tasks n+1 and n+2 (new: created), drop all the others (removed).
         let assigned = [task(n + 1), task(n + 2)];
         let mut r = Reconciler::new("n", ReconcilerConfig::default());

@@ -1,7 +1,7 @@
 //! The container engine port: the only way shoal touches containers.
 
 use crate::image::{ImageExport, ImageId, ImageInfo, ImageStream, PullProgress};
-use crate::types::{ContainerId, ContainerInfo, ContainerState, CreateRequest, LabelFilter};
+use crate::types::{ContainerId, ContainerInfo, ContainerState, CreateRequest, EngineNetwork, LabelFilter};
 use crate::EngineError;
 use std::future::Future;
 
@@ -16,9 +16,18 @@ pub trait Engine: Send + Sync {
     fn list(&self, filter: &LabelFilter) -> impl Future<Output = Result<Vec<ContainerInfo>, EngineError>> + Send;
 
     /// Creates (does not start) a container for `req`, named `req.owner.container_name()`
-    /// and labelled with the owner. Fails with `ImageNotFound` if the image is not on this
+    /// and labelled with the owner. With `req.network`, the container joins that network
+    /// with its aliases, and the network is created first (a bridge labelled
+    /// `shoal.network`) if the engine does not have it. Fails with `ImageNotFound` if the image is not on this
     /// engine: create never pulls (the node fetches or pulls first, see `pull_image`).
     fn create(&self, req: &CreateRequest) -> impl Future<Output = Result<ContainerId, EngineError>> + Send;
+
+    /// shoal's networks on the engine (labelled `shoal.network`), sorted by name.
+    fn networks(&self) -> impl Future<Output = Result<Vec<EngineNetwork>, EngineError>> + Send;
+
+    /// Removes shoal's network `name`. A missing one is not an error; one that containers
+    /// still use is refused (`Api` with status 403/409) and left as it is.
+    fn remove_network(&self, name: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
 
     /// Starts a created or exited container. Starting a running one is not an error.
     fn start(&self, id: &ContainerId) -> impl Future<Output = Result<(), EngineError>> + Send;

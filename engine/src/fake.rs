@@ -10,7 +10,7 @@
 
 use crate::engine::Engine;
 use crate::image::{check_tags, import_limit, short_reason, validate_reference, with_default_tag, ImageExport, ImageId, ImageInfo, ImageStream, PullProgress};
-use crate::types::{ContainerId, ContainerInfo, ContainerState, CreateRequest, LabelFilter, Owner};
+use crate::types::{ContainerId, ContainerInfo, ContainerState, CreateRequest, EngineNetwork, LabelFilter, Owner};
 use crate::EngineError;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -48,6 +48,8 @@ struct FakeContainer {
     owner: Owner,
     command: Vec<String>,
     state: FakeState,
+    /// The network it joined, if any (by name).
+    network: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +147,8 @@ struct Inner {
     registry_reachable: bool,
     behaviours: BTreeMap<Vec<String>, Behaviour>,
     containers: BTreeMap<ContainerId, FakeContainer>,
+    /// shoal's networks: name → cluster id.
+    networks: BTreeMap<String, String>,
     next_id: u64,
 }
 
@@ -236,6 +240,7 @@ impl FakeEngine {
             registry_reachable: true,
             behaviours: BTreeMap::new(),
             containers: BTreeMap::new(),
+            networks: BTreeMap::new(),
             next_id: 1,
         };
         Self { inner: Arc::new(Mutex::new(inner)) }
@@ -387,9 +392,29 @@ impl Engine for FakeEngine {
         }
         let id = ContainerId(format!("fake-{}", inner.next_id));
         inner.next_id += 1;
-        let container = FakeContainer { name, owner: req.owner.clone(), command: req.spec.command.clone(), state: FakeState::Created };
+        if let Some(net) = &req.network {
+            inner.networks.entry(net.name.clone()).or_insert_with(|| net.id.clone());
+        }
+        let network = req.network.as_ref().map(|n| n.name.clone());
+        let container = FakeContainer { name, owner: req.owner.clone(), command: req.spec.command.clone(), state: FakeState::Created, network };
         inner.containers.insert(id.clone(), container);
         Ok(id)
+    }
+
+    async fn networks(&self) -> Result<Vec<EngineNetwork>, EngineError> {
+        let inner = self.lock();
+        inner.check_healthy()?;
+        Ok(inner.networks.iter().map(|(name, id)| EngineNetwork { name: name.clone(), id: id.clone() }).collect())
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        let mut inner = self.lock();
+        inner.check_healthy()?;
+        if inner.containers.values().any(|c| c.network.as_deref() == Some(name)) {
+            return Err(EngineError::Api { status: 403, message: format!("error while removing network: network {name} has active endpoints") });
+        }
+        inner.networks.remove(name);
+        Ok(())
     }
 
     async fn start(&self, id: &ContainerId) -> Result<(), EngineError> {

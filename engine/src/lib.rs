@@ -26,4 +26,4 @@ pub use error::EngineError;
 pub use fake::{Behaviour, FakeEngine, FAKE_IMAGE_BYTES_DEFAULT};
 pub use image::{ImageExport, ImageId, ImageInfo, ImageStream, PullProgress, IMAGE_IMPORT_BYTES_MAX};
 pub use reconcile::{Action, AssignedTask, Desired, Reconciler, ReconcilerConfig, RemoveReason, RestartPolicy, TaskReport, TaskState};
-pub use types::{ContainerId, ContainerInfo, ContainerSpec, ContainerState, CreateRequest, LabelFilter, Owner, PortMapping, Protocol, TaskId};
+pub use types::{ContainerId, ContainerInfo, ContainerSpec, ContainerState, CreateRequest, EngineNetwork, LabelFilter, NetworkJoin, Owner, PortMapping, Protocol, TaskId};

@@ -54,6 +54,8 @@ pub struct AssignedTask {
     pub spec: ContainerSpec,
     pub desired: Desired,
     pub restart: RestartPolicy,
+    /// The network its container joins (containers of the Docker API on a network).
+    pub network: Option<crate::types::NetworkJoin>,
 }
 
 /// Observed state of a task, as reported to the leader.
@@ -362,7 +364,7 @@ impl Reconciler {
     fn create(&mut self, t: &AssignedTask) -> Action {
         self.records.entry(t.id).or_default().pending_create = true;
         let owner = Owner { node: self.node.clone(), service: t.service.clone(), task: t.id };
-        Action::Create { task: t.id, request: CreateRequest { owner, spec: t.spec.clone() } }
+        Action::Create { task: t.id, request: CreateRequest { owner, spec: t.spec.clone(), network: t.network.clone() } }
     }
 
     fn report_of(&self, task: TaskId, state: TaskState, container: Option<ContainerId>) -> TaskReport {
@@ -428,7 +430,7 @@ mod tests {
     }
 
     fn task(id: TaskId, restart: RestartPolicy) -> AssignedTask {
-        AssignedTask {
+        AssignedTask { network: None,
             id,
             service: "web".to_string(),
             spec: ContainerSpec { image: "img:1".to_string(), ..Default::default() },

@@ -123,11 +123,40 @@ impl Owner {
     }
 }
 
+/// The label that marks an engine network as shoal's (its value: the network's cluster id).
+pub const LABEL_NETWORK: &str = "shoal.network";
+/// Longest network name or alias sent to an engine, in bytes.
+pub const NETWORK_NAME_LEN_MAX: usize = 128;
+/// Most aliases of a container on its network.
+pub const NETWORK_ALIASES_MAX: usize = 16;
+
+/// The network a container is attached to: a bridge on this engine, created (labelled
+/// [`LABEL_NETWORK`] = `id`) when it is missing, and the container's aliases on it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NetworkJoin {
+    /// The network's name on the engine (the cluster's name for it).
+    pub name: String,
+    /// The cluster's id of the network.
+    pub id: String,
+    pub aliases: Vec<String>,
+}
+
+/// A network of shoal's on an engine.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EngineNetwork {
+    pub name: String,
+    /// The cluster's id ([`LABEL_NETWORK`]).
+    pub id: String,
+}
+
 /// A request to create one container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateRequest {
     pub owner: Owner,
     pub spec: ContainerSpec,
+    /// `None`: no network when nothing is published, else the engine's default bridge.
+    #[serde(default)]
+    pub network: Option<NetworkJoin>,
 }
 
 impl CreateRequest {
@@ -148,6 +177,20 @@ impl CreateRequest {
         }
         if self.spec.stop_grace_ms.is_some_and(|ms| ms > STOP_GRACE_MS_MAX) {
             return bad(format!("the stop grace period must be at most {} s", STOP_GRACE_MS_MAX / 1000));
+        }
+        if let Some(n) = &self.network {
+            let name_ok = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= NETWORK_NAME_LEN_MAX
+                    && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            };
+            if !name_ok(&n.name) || !name_ok(&n.id) || matches!(n.name.as_str(), "bridge" | "host" | "none" | "default") {
+                return bad(format!("bad network {:?}", n.name));
+            }
+            if n.aliases.len() > NETWORK_ALIASES_MAX || !n.aliases.iter().all(|a| name_ok(a)) {
+                return bad(format!("at most {NETWORK_ALIASES_MAX} network aliases of [a-zA-Z0-9][a-zA-Z0-9_.-]"));
+            }
         }
         Ok(())
     }

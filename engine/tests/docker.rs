@@ -203,7 +203,7 @@ async fn docker_engine_passes_the_conformance_suite() {
 }
 
 fn task(id: TaskId, image: &str, command: Vec<String>, restart: RestartPolicy) -> AssignedTask {
-    AssignedTask {
+    AssignedTask { network: None,
         id,
         service: "web".to_string(),
         spec: ContainerSpec { image: image.to_string(), command, memory_bytes: 64 << 20, cpu_millis: 250, ..Default::default() },
@@ -356,9 +356,9 @@ async fn spec_env_ports_and_limits_are_applied() {
             memory_bytes: 64 << 20,
             stop_grace_ms: None,
         };
-        let web = CreateRequest { owner: Owner { node: node.clone(), service: "web".to_string(), task: 1 }, spec };
+        let web = CreateRequest { network: None, owner: Owner { node: node.clone(), service: "web".to_string(), task: 1 }, spec };
         let id = engine.run(&web).await.expect("run web");
-        let quiet = CreateRequest {
+        let quiet = CreateRequest { network: None,
             owner: Owner { node: node.clone(), service: "quiet".to_string(), task: 2 },
             spec: ContainerSpec { image: tag.clone(), command: sh("sleep 1000"), ..Default::default() },
         };
@@ -412,7 +412,7 @@ async fn a_container_that_ignores_sigterm_is_killed_after_its_own_grace_period()
         let engine = DockerEngine::connect_local(DockerConfig { stop_grace_s: 30, request_timeout_s: 30 }).await.expect("engine");
         let node = format!("t{}-grace-n1", std::process::id());
         let stubborn = sh("trap '' TERM; while true; do sleep 1; done");
-        let req = |task: u64, stop_grace_ms: Option<u64>| CreateRequest {
+        let req = |task: u64, stop_grace_ms: Option<u64>| CreateRequest { network: None,
             owner: Owner { node: node.clone(), service: "stubborn".to_string(), task },
             spec: ContainerSpec { image: tag.clone(), command: stubborn.clone(), stop_grace_ms, ..Default::default() },
         };

@@ -70,7 +70,7 @@ async fn fake_engine_passes_the_conformance_suite() {
 async fn fake_containers_start_after_the_delay_and_crash_on_demand() {
     let h = FakeHarness::new();
     let e = h.engine();
-    let req = CreateRequest {
+    let req = CreateRequest { network: None,
         owner: Owner { node: "n".to_string(), service: "s".to_string(), task: 1 },
         spec: ContainerSpec { image: h.image(), ..Default::default() },
     };
@@ -87,7 +87,7 @@ async fn fake_containers_start_after_the_delay_and_crash_on_demand() {
 }
 
 fn web_task(id: TaskId, command: Vec<String>, restart: RestartPolicy) -> AssignedTask {
-    AssignedTask {
+    AssignedTask { network: None,
         id,
         service: "web".to_string(),
         spec: ContainerSpec { image: "busybox:fake".to_string(), command, ..Default::default() },
@@ -240,7 +240,7 @@ async fn fake_images_move_between_engines_deterministically() {
 async fn fake_pulls_only_from_its_registry_with_progress() {
     let e = FakeEngine::new(0);
     e.add_registry_image("nginx"); // = nginx:latest
-    let req = CreateRequest {
+    let req = CreateRequest { network: None,
         owner: Owner { node: "n".to_string(), service: "s".to_string(), task: 1 },
         spec: ContainerSpec { image: "nginx".to_string(), ..Default::default() },
     };
@@ -284,6 +284,12 @@ impl Engine for SlowStops {
     }
     async fn create(&self, req: &CreateRequest) -> Result<ContainerId, EngineError> {
         self.inner.create(req).await
+    }
+    async fn networks(&self) -> Result<Vec<shoal_engine::EngineNetwork>, EngineError> {
+        self.inner.networks().await
+    }
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        self.inner.remove_network(name).await
     }
     async fn start(&self, id: &ContainerId) -> Result<(), EngineError> {
         self.inner.start(id).await

@@ -186,7 +186,7 @@ impl Services {
         let mut specs = BTreeMap::new();
         for s in &plan.services {
             let constraints = s.constraint.iter().filter_map(|c| Constraint::parse(c).ok()).collect();
-            defs.push(ServiceView { name: s.name.clone(), mode: Mode::Replicated(s.replicas), constraints, reserve_cpu_millis: 0, reserve_memory_bytes: 0, host_ports: vec![], stays_with_node: false });
+            defs.push(ServiceView { name: s.name.clone(), mode: Mode::Replicated(s.replicas), constraints, reserve_cpu_millis: 0, reserve_memory_bytes: 0, host_ports: vec![], stays_with_node: false, group: None });
             specs.insert(s.name.clone(), ContainerSpec { image: IMAGE.to_string(), command: vec![s.name.clone()], ..Default::default() });
         }
         let engines = (0..honest)
@@ -332,7 +332,7 @@ impl Services {
                 .tasks
                 .values()
                 .filter(|t| t.node == node)
-                .map(|t| AssignedTask {
+                .map(|t| AssignedTask { network: None,
                     id: t.id,
                     service: t.service.clone(),
                     spec: self.specs.get(&t.service).cloned().unwrap_or_default(),

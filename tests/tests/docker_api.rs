@@ -25,7 +25,7 @@
 //!    node;
 //! 5. bad input, each refused with a clear message and the container list unchanged:
 //!    a duplicate name, an unknown container, malformed JSON (curl), an unsupported
-//!    endpoint (curl and `docker network ls`: 501 naming it), an API version above 1.41,
+//!    endpoint (curl and `docker volume ls`: 501 naming it), an API version above 1.41,
 //!    a constraint on a node that does not exist;
 //! 6. SIGTERM of an agent removes its `docker.sock`; after a SIGKILL the stale socket file
 //!    is replaced when the agent starts again.
@@ -363,8 +363,8 @@ fn the_docker_cli_drives_the_cluster_as_one_host() {
     let huge = format!("{{\"Image\": \"{img}\", \"Env\": [\"A={}\"]}}", "a".repeat(70_000));
     let (code, body) = w.curl(0, "POST", "/v1.41/containers/create?name=huge", Some(&huge));
     assert!(code == 400 && body.contains("too large"), "a 70 KB environment: {code} {body}");
-    let (code, body) = w.curl(1, "GET", "/v1.41/networks", None);
-    assert!(code == 501 && body.contains("GET /networks is not supported"), "unsupported endpoint: {code} {body}");
+    let (code, body) = w.curl(1, "POST", "/v1.41/networks/prune", None);
+    assert!(code == 501 && body.contains("POST /networks/prune is not supported"), "unsupported endpoint: {code} {body}");
     let (code, body) = w.curl(1, "POST", "/v1.41/containers/dup/attach?stream=1", None);
     assert!(code == 501 && body.contains("POST /containers/dup/attach"), "attach: {code} {body}");
     let (code, body) = w.curl(2, "GET", "/v1.99/version", None);
@@ -372,7 +372,7 @@ fn the_docker_cli_drives_the_cluster_as_one_host() {
     let (code, body) = w.curl(2, "GET", "/v1.41/containers/json?filters=%7Bbad", None);
     assert!(code == 400 && body.contains("invalid filters"), "{code} {body}");
     assert_eq!(w.ps_all(0), before, "the refused requests changed `docker ps -a`");
-    w.docker_refused(0, "an unsupported command", &["network", "ls"], "not supported");
+    w.docker_refused(0, "an unsupported command", &["volume", "ls"], "not supported");
     let dup = w.docker_ok(0, &["ps", "-a", "--filter", "name=dup", "--format", "{{.Names}} {{.State}}"]);
     assert_eq!(dup.trim(), "dup created", "dup stays created (never started: no node yet) after the refusals");
 

@@ -65,6 +65,8 @@ pub struct ContainerRecord {
     /// Task ids from this one on are the container's (an older container of the same
     /// name had a service of the same name, whose shut-down tasks may still be known).
     pub first_task: u64,
+    /// The networks it is attached to (empty: Docker's default bridge).
+    pub networks: Vec<super::NetworkAttachment>,
 }
 
 /// What `CreateContainer` carries: the record's given parts and the service that runs it
@@ -101,7 +103,7 @@ pub fn backing_service_name(name: &str, id: &str) -> String {
     }
 }
 
-fn valid_labels(labels: &BTreeMap<String, String>) -> bool {
+pub(super) fn valid_labels(labels: &BTreeMap<String, String>) -> bool {
     let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
     labels.len() <= MAX_CONTAINER_LABELS
         && bytes <= MAX_CONTAINER_LABEL_BYTES
@@ -220,6 +222,7 @@ impl ClusterState {
                 stopped_ms: None,
                 last_node: None,
                 first_task: self.next_task_id.max(1),
+                networks: Vec::new(),
             },
         );
         Ok(Applied::ContainerCreated)

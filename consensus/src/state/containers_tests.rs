@@ -430,3 +430,129 @@ fn containers_stay_with_their_node_unless_their_restart_policy_is_always() {
         "services always move; containers only with restart always"
     );
 }
+
+fn network(n: u8, name: &str) -> NetworkDef {
+    NetworkDef {
+        id: format!("{:02x}", 0x80 + n).repeat(32),
+        name: name.into(),
+        driver: BRIDGE_DRIVER.into(),
+        labels: BTreeMap::from([("com.docker.compose.project".into(), "p".into())]),
+        attachable: true,
+    }
+}
+
+#[test]
+fn networks_are_created_used_by_containers_and_removed_once_empty() {
+    let mut s = with_node();
+    let net = network(1, "p_default");
+    s.apply(Command::CreateNetwork { network: net.clone(), now_ms: T0 })
+        .expect("create network");
+    assert_eq!(s.network("p_default").map(|n| n.id.clone()), Some(net.id.clone()));
+    assert_eq!(s.network(&net.id).map(|n| n.name.as_str()), Some("p_default"));
+    let before = s.clone();
+    // A name in use, a reserved name, another driver, a bad name: refused, nothing changed.
+    let refusals = [
+        (network(2, "p_default"), Rejected::NetworkNameInUse("p_default".into())),
+    ];
+    for (def, want) in refusals {
+        assert_eq!(s.apply(Command::CreateNetwork { network: def, now_ms: T0 }), Err(want));
+    }
+    for def in [
+        network(3, "bridge"),
+        NetworkDef { driver: "overlay".into(), ..network(4, "x") },
+        network(5, "-bad"),
+        NetworkDef { id: "nothex".into(), ..network(6, "y") },
+    ] {
+        assert!(matches!(
+            s.apply(Command::CreateNetwork { network: def, now_ms: T0 }),
+            Err(Rejected::BadNetwork(_))
+        ));
+    }
+    assert_eq!(s, before);
+    // A container on it, with its aliases; an unknown network is refused.
+    let attach = vec![NetworkAttachment { network: net.id.clone(), aliases: vec!["web".into()] }];
+    assert_eq!(
+        s.apply(Command::CreateNetworkedContainer {
+            container: container(1, "p_web_1"),
+            networks: vec![NetworkAttachment { network: cid(9), aliases: vec![] }],
+            now_ms: T0,
+        }),
+        Err(Rejected::UnknownNetwork(cid(9)))
+    );
+    assert_eq!(s, before);
+    s.apply(Command::CreateNetworkedContainer { container: container(1, "p_web_1"), networks: attach.clone(), now_ms: T0 })
+        .expect("create on the network");
+    assert_eq!(s.containers[&cid(1)].networks, attach);
+    assert_eq!(s.service_group("p_web_1"), Some(net.id.clone()));
+    let join = s.network_join("p_web_1").expect("join");
+    assert_eq!((join.name.as_str(), join.aliases.clone()), ("p_default", vec!["web".to_string()]));
+    // In use: refused, naming the container; after the container goes, removed.
+    let in_use = s.apply(Command::RemoveNetwork { id: net.id.clone() }).expect_err("in use");
+    assert!(in_use.to_string().contains("p_web_1"), "{in_use}");
+    s.apply(Command::RemoveContainer { id: cid(1), force: true, now_ms: T0 }).expect("rm");
+    s.apply(Command::RemoveNetwork { id: net.id.clone() }).expect("remove network");
+    assert!(s.networks.is_empty());
+    assert_eq!(
+        s.apply(Command::RemoveNetwork { id: net.id.clone() }),
+        Err(Rejected::UnknownNetwork(net.id))
+    );
+}
+
+#[test]
+fn format_3_snapshots_decode_without_networks_and_reencode_as_format_4() {
+    let mut s = with_node();
+    create(&mut s, 1, "hello");
+    // The format-3 layout: the same state, containers without networks.
+    #[derive(serde::Serialize)]
+    struct Envelope3<'a> {
+        format: u32,
+        nodes: &'a BTreeMap<NodeId, NodeRecord>,
+        ca: &'a Option<CaRecord>,
+        issued: &'a BTreeMap<NodeId, IssuedCert>,
+        revoked: &'a std::collections::BTreeSet<NodeId>,
+        last_applied: &'a Option<crate::types::LogId>,
+        membership: &'a crate::types::StoredMembership,
+        services: &'a BTreeMap<String, ServiceRecord>,
+        tasks: &'a BTreeMap<TaskId, TaskRecord>,
+        next_task_id: u64,
+        availability: &'a BTreeMap<NodeId, Availability>,
+        containers: BTreeMap<String, legacy::ContainerRecordV1>,
+    }
+    let containers = s
+        .containers
+        .iter()
+        .map(|(id, c)| {
+            (id.clone(), legacy::ContainerRecordV1 {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                service: c.service.clone(),
+                labels: c.labels.clone(),
+                created_ms: c.created_ms,
+                started_ms: c.started_ms,
+                stopped_ms: c.stopped_ms,
+                last_node: c.last_node,
+                first_task: c.first_task,
+            })
+        })
+        .collect();
+    let v3 = Envelope3 {
+        format: 3,
+        nodes: &s.nodes,
+        ca: &s.ca,
+        issued: &s.issued,
+        revoked: &s.revoked,
+        last_applied: &s.last_applied,
+        membership: &s.membership,
+        services: &s.services,
+        tasks: &s.tasks,
+        next_task_id: s.next_task_id,
+        availability: &s.availability,
+        containers,
+    };
+    let bytes = codec::encode::<_, { codec::MAX_SNAPSHOT_BYTES }>(&v3).expect("encode v3");
+    let decoded = codec::decode_snapshot(&bytes).expect("format 3 decodes");
+    assert_eq!(decoded, s);
+    let again = codec::encode_snapshot(&decoded).expect("encode");
+    assert_eq!(again[0], 4);
+    assert_eq!(codec::decode_snapshot(&again).expect("decode"), s);
+}

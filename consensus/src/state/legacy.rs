@@ -6,6 +6,8 @@
 //!   grace period (`ContainerSpec::stop_grace_ms`). `Command::CreateServiceV1` entries and
 //!   snapshot format 2 hold them; they decode with no stop grace period (the engine's
 //!   default, 10 s).
+//! - [`ContainerRecordV1`]: containers before their networks (snapshot format 3); they
+//!   decode on the default bridge.
 
 use std::collections::BTreeMap;
 
@@ -86,6 +88,37 @@ impl From<ServiceRecordV1> for ServiceRecord {
             created_ms: v1.created_ms,
             updated_ms: v1.updated_ms,
             pending: v1.pending,
+        }
+    }
+}
+
+/// `ContainerRecord` before `networks` (snapshot format 3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecordV1 {
+    pub id: String,
+    pub name: String,
+    pub service: String,
+    pub labels: BTreeMap<String, String>,
+    pub created_ms: u64,
+    pub started_ms: Option<u64>,
+    pub stopped_ms: Option<u64>,
+    pub last_node: Option<shoal_wire::NodeId>,
+    pub first_task: u64,
+}
+
+impl From<ContainerRecordV1> for super::ContainerRecord {
+    fn from(v1: ContainerRecordV1) -> Self {
+        super::ContainerRecord {
+            id: v1.id,
+            name: v1.name,
+            service: v1.service,
+            labels: v1.labels,
+            created_ms: v1.created_ms,
+            started_ms: v1.started_ms,
+            stopped_ms: v1.stopped_ms,
+            last_node: v1.last_node,
+            first_task: v1.first_task,
+            networks: Vec::new(),
         }
     }
 }

@@ -835,6 +835,7 @@ impl ClusterState {
                 reserve_memory_bytes: s.def.reserve_memory_bytes,
                 host_ports: host_ports(&s.def.spec),
                 stays_with_node: staying.contains(s.def.name.as_str()),
+                group: self.service_group(&s.def.name),
             })
             .collect();
         let tasks = self
@@ -870,6 +871,7 @@ impl ClusterState {
                         Desired::Shutdown
                     },
                     restart: service.map_or(RestartPolicy::Never, |s| s.def.restart),
+                    network: self.network_join(&t.service),
                 }
             })
             .collect()

@@ -1327,6 +1327,7 @@ fn views_for_the_scheduler_and_the_agents() {
             reserve_memory_bytes: d.reserve_memory_bytes,
             host_ports: vec![HostPort::tcp(8080)],
             stays_with_node: false,
+            group: None,
         }]
     );
     assert_eq!(
@@ -1341,7 +1342,7 @@ fn views_for_the_scheduler_and_the_agents() {
     );
     assert_eq!(
         s.tasks_for_node(&id(1)),
-        vec![AssignedTask {
+        vec![AssignedTask { network: None,
             id: 1,
             service: "web".into(),
             spec: d.spec.clone(),
@@ -1351,7 +1352,7 @@ fn views_for_the_scheduler_and_the_agents() {
     );
     assert_eq!(
         s.tasks_for_node(&id(2)),
-        vec![AssignedTask {
+        vec![AssignedTask { network: None,
             id: 2,
             service: "web".into(),
             spec: d.spec.clone(),

@@ -14,7 +14,13 @@
 //!   scheduler gives it no tasks, and it reconnects on later passes;
 //! - a task whose image the engine lacks is held back from the reconciler while the image
 //!   is fetched from a node that has it or pulled (`crate::images::acquire`); if neither
-//!   works the task is reported failed with the reason, and the image is tried again later.
+//!   works the task is reported failed with the reason, and the image is tried again later;
+//! - networks of the Docker API are created in the engine by the container that joins one
+//!   (`Engine::create`), and shoal's engine networks the cluster no longer has are removed
+//!   after each pass (an engine refuses while containers still use one: tried again later);
+//!   only networks this agent has seen in the state since it started, so an engine shared
+//!   with other clusters keeps theirs (a network removed while the agent was down stays on
+//!   its engine, unused).
 
 use super::{now_ms, Control};
 use crate::images::acquire::{self, Acquisitions, Holder};
@@ -50,6 +56,9 @@ pub async fn run_tasks(ctl: Control) {
     let mut engine: Option<DockerEngine> = None;
     let mut engine_warned = false;
     let mut images = Acquisitions::new();
+    // Networks this node has seen in the cluster's state: only those are pruned from the
+    // engine (an engine shared with another cluster's agents keeps theirs).
+    let mut known_networks: BTreeSet<String> = BTreeSet::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<(String, Result<String, String>)>(16);
     let mut seen = None;
     let mut settling = 0u32;
@@ -155,6 +164,8 @@ pub async fn run_tasks(ctl: Control) {
             }
         });
         settling = if unsettled { settling.saturating_add(1) } else { 0 };
+        known_networks.extend(state.networks.keys().cloned());
+        prune_networks(docker, &state, &mut known_networks).await;
         let mut reports = reconciler.last_reports();
         reports.extend(plan.failed.into_iter().map(|(task, reason)| TaskReport {
             task,
@@ -169,6 +180,27 @@ pub async fn run_tasks(ctl: Control) {
             }
         }
     }
+}
+
+/// Removes from the engine shoal's networks this node has seen in the cluster that the
+/// cluster no longer has.
+/// The engine is asked only while a known network is gone from the state (a pass on a
+/// quiet node makes no network call); a gone network is forgotten once its engine no longer
+/// has it.
+async fn prune_networks(docker: &DockerEngine, state: &shoal_consensus::ClusterState, known: &mut BTreeSet<String>) {
+    use shoal_engine::Engine;
+    if known.iter().all(|id| state.networks.contains_key(id)) {
+        return;
+    }
+    let Ok(networks) = docker.networks().await else { return };
+    for n in networks.iter().filter(|n| known.contains(&n.id) && !state.networks.contains_key(&n.id)) {
+        match docker.remove_network(&n.name).await {
+            Ok(()) => tracing::info!(network = %n.name, "removed a network the cluster no longer has from the engine"),
+            Err(e) => tracing::debug!(network = %n.name, error = %e, "network not removed from the engine yet"),
+        }
+    }
+    let in_engine: BTreeSet<&String> = networks.iter().map(|n| &n.id).collect();
+    known.retain(|id| state.networks.contains_key(id) || in_engine.contains(id));
 }
 
 /// The other members that may hold images: alive and in the cluster.

@@ -31,7 +31,8 @@ fn write_error(e: WriteError) -> ApiError {
         WriteError::NotInCluster | WriteError::NoLeader(..) => ApiError::unavailable(e.to_string()),
         WriteError::Rejected(r) => {
             let status = match &r {
-                Rejected::UnknownContainer(_) => StatusCode::NOT_FOUND,
+                Rejected::UnknownContainer(_) | Rejected::UnknownNetwork(_) => StatusCode::NOT_FOUND,
+                Rejected::NetworkNameInUse(_) | Rejected::NetworkInUse { .. } => StatusCode::CONFLICT,
                 Rejected::ContainerNameInUse(_)
                 | Rejected::NameInUseByService(_)
                 | Rejected::ContainerIdInUse
@@ -95,7 +96,7 @@ fn exit_mark(state: &ClusterState, c: &ContainerRecord) -> Option<(Mark, i64, Op
 
 impl DockerApi {
     /// Commits `cmd`, with the refusal in Docker's terms.
-    async fn commit(&self, cmd: Command) -> Result<Applied, ApiError> {
+    pub(super) async fn commit(&self, cmd: Command) -> Result<Applied, ApiError> {
         self.ctl.write(cmd).await.map_err(write_error)
     }
 
@@ -146,8 +147,17 @@ impl DockerApi {
                 other.id
             )));
         }
+        let networks = create::networks(&body, &name, &id, &snap.state)?;
+        let image = body.image.trim().to_string();
+        if !image.is_empty() {
+            self.check_image_somewhere(&image).await?;
+        }
         let def = create::container_def(body, &name, &id, &snap.state)?;
-        let cmd = Command::CreateContainer { container: def, now_ms: now_ms() };
+        let cmd = if networks.is_empty() {
+            Command::CreateContainer { container: def, now_ms: now_ms() }
+        } else {
+            Command::CreateNetworkedContainer { container: def, networks, now_ms: now_ms() }
+        };
         if shoal_consensus::codec::encode_command(&cmd).is_err() {
             return Err(ApiError::bad_request(format!(
                 "the container config is too large: the cluster keeps at most {} KiB per change (image, command, environment, labels)",

@@ -13,7 +13,7 @@
 use super::http::ApiError;
 use serde::Deserialize;
 use shoal_cluster::constraint::{Constraint, Field, Op};
-use shoal_consensus::state::{backing_service_name, valid_container_name, ContainerDef, Mode, ServiceDef};
+use shoal_consensus::state::{backing_service_name, valid_alias, valid_container_name, ContainerDef, Mode, NetworkAttachment, ServiceDef, MAX_ALIASES};
 use shoal_consensus::ClusterState;
 use shoal_engine::{ContainerSpec, PortMapping, Protocol, RestartPolicy};
 use std::collections::BTreeMap;
@@ -87,6 +87,22 @@ pub struct HostConfig {
     pub links: Option<Vec<String>>,
 }
 
+/// One endpoint of `NetworkingConfig.EndpointsConfig` (only the aliases are read).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointConfig {
+    #[serde(default)]
+    pub aliases: Option<Vec<String>>,
+}
+
+/// `NetworkingConfig`: the endpoint settings per network name.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkingConfig {
+    #[serde(default)]
+    pub endpoints_config: Option<BTreeMap<String, Option<EndpointConfig>>>,
+}
+
 /// The container config of `POST /containers/create`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -120,6 +136,8 @@ pub struct CreateBody {
     pub stop_timeout: Option<i64>,
     #[serde(default)]
     pub host_config: Option<HostConfig>,
+    #[serde(default)]
+    pub networking_config: Option<NetworkingConfig>,
 }
 
 fn unsupported(what: &str) -> ApiError {
@@ -169,11 +187,46 @@ fn check_unsupported(body: &CreateBody) -> Result<(), ApiError> {
         if set(&h.links) {
             return Err(unsupported("Links (--link)"));
         }
-        if !matches!(h.network_mode.as_str(), "" | "default" | "bridge" | "none") {
+        if h.network_mode == "host" || h.network_mode.starts_with("container:") {
             return Err(unsupported(&format!("NetworkMode {:?} (--network)", h.network_mode)));
         }
     }
     Ok(())
+}
+
+/// The container's network: `HostConfig.NetworkMode` naming a network of the cluster (by
+/// name or id), with the aliases of `NetworkingConfig` for it plus the container's name
+/// and short id (as Docker adds them, so other containers reach it by name and compose
+/// sees its alias). `default`, `bridge`, `none` and empty: no network of the cluster.
+pub fn networks(body: &CreateBody, name: &str, id: &str, state: &ClusterState) -> Result<Vec<NetworkAttachment>, ApiError> {
+    let mode = body.host_config.as_ref().map_or("", |h| h.network_mode.as_str());
+    if matches!(mode, "" | "default" | "bridge" | "none") {
+        return Ok(Vec::new());
+    }
+    // 400, not Docker's 404: the CLI takes a 404 at create for a missing image and pulls.
+    let net = state.network(mode).ok_or_else(|| ApiError::bad_request(format!("network {mode} not found")))?;
+    let endpoints = body.networking_config.as_ref().and_then(|n| n.endpoints_config.as_ref());
+    if let Some(other) = endpoints.and_then(|e| e.keys().find(|k| *k != &net.name && *k != &net.id)) {
+        return Err(unsupported(&format!("connecting to a second network ({other}) at create")));
+    }
+    let given = endpoints
+        .and_then(|e| e.get(&net.name).or_else(|| e.get(&net.id)))
+        .and_then(|e| e.as_ref())
+        .and_then(|e| e.aliases.clone())
+        .unwrap_or_default();
+    let mut aliases: Vec<String> = Vec::new();
+    for a in given.into_iter().chain([name.to_string(), id.get(..12).unwrap_or(id).to_string()]) {
+        if !valid_alias(&a) {
+            return Err(ApiError::bad_request(format!("invalid network alias {a:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-], at most 128 characters")));
+        }
+        if !aliases.contains(&a) {
+            aliases.push(a);
+        }
+    }
+    if aliases.len() > MAX_ALIASES {
+        return Err(ApiError::bad_request(format!("at most {} network aliases", MAX_ALIASES - 2)));
+    }
+    Ok(vec![NetworkAttachment { network: net.id.clone(), aliases }])
 }
 
 /// Parses one classic-swarm constraint (`node==n2`, `zone!=attic`,
@@ -386,6 +439,34 @@ mod tests {
     }
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn compose_network_mode_and_aliases_become_the_containers_attachment() {
+        let mut st = three_nodes();
+        let net = "ab".repeat(32);
+        st.networks.insert(net.clone(), shoal_consensus::state::NetworkRecord {
+            id: net.clone(), name: "p_default".into(), driver: "bridge".into(), labels: BTreeMap::new(), attachable: true, created_ms: 0,
+        });
+        let compose = body(serde_json::json!({"Image": "x", "HostConfig": {"NetworkMode": "p_default"},
+            "NetworkingConfig": {"EndpointsConfig": {"p_default": {"Aliases": ["web"], "IPAMConfig": null}}}}));
+        let got = networks(&compose, "p_web_1", ID, &st).expect("attached");
+        assert_eq!(got, vec![NetworkAttachment { network: net.clone(), aliases: vec!["web".into(), "p_web_1".into(), ID[..12].to_string()] }]);
+        // By id, without NetworkingConfig: the name and short id only.
+        let by_id = body(serde_json::json!({"Image": "x", "HostConfig": {"NetworkMode": net}}));
+        assert_eq!(networks(&by_id, "c", ID, &st).expect("by id")[0].aliases, vec!["c".to_string(), ID[..12].to_string()]);
+        for mode in ["", "default", "bridge", "none"] {
+            let b = body(serde_json::json!({"Image": "x", "HostConfig": {"NetworkMode": mode}}));
+            assert!(networks(&b, "c", ID, &st).expect("default").is_empty(), "{mode}");
+        }
+        let unknown = body(serde_json::json!({"Image": "x", "HostConfig": {"NetworkMode": "nosuch"}}));
+        assert_eq!(networks(&unknown, "c", ID, &st).expect_err("unknown").message, "network nosuch not found");
+        let bad = body(serde_json::json!({"Image": "x", "HostConfig": {"NetworkMode": "p_default"},
+            "NetworkingConfig": {"EndpointsConfig": {"p_default": {"Aliases": ["-bad alias"]}}}}));
+        assert!(networks(&bad, "c", ID, &st).expect_err("bad alias").message.contains("invalid network alias"));
+        let two = body(serde_json::json!({"Image": "x", "HostConfig": {"NetworkMode": "p_default"},
+            "NetworkingConfig": {"EndpointsConfig": {"p_default": {}, "other": {}}}}));
+        assert!(networks(&two, "c", ID, &st).expect_err("two").message.contains("second network"));
+    }
 
     #[test]
     fn a_cli_body_becomes_a_stopped_single_replica_service() {

@@ -9,7 +9,13 @@
 //!   `ContainerDef`, pure;
 //! - `containers`: the endpoints that change containers, one replicated command each
 //!   (through `Control::write`) and a bounded wait until the chosen node has done it;
-//! - [`logs`]: `docker logs [-f]` of a container on this node, from its engine.
+//! - [`logs`]: `docker logs [-f]` of a container on this node, from its engine;
+//! - [`networks`]: `docker network create|ls|inspect|rm` (and compose's default network)
+//!   as cluster objects; a node creates a network in its engine when a container on it
+//!   is started there;
+//! - [`images`]: `docker images` and image inspect merged over the nodes (with the nodes
+//!   holding each), pulls streamed as Docker's progress JSON;
+//! - [`events`]: `GET /events` as a stream that stays open (no events yet).
 //!
 //! HTTP/1.1 is served by hyper 1 over any `AsyncRead + AsyncWrite` stream
 //! ([`serve_connection`]): the unix socket `DATA_DIR/docker.sock` (mode 0600,
@@ -22,6 +28,9 @@
 
 mod containers;
 pub mod create;
+pub mod events;
+pub mod images;
+pub mod networks;
 pub mod http;
 pub mod logs;
 pub mod query;
@@ -197,6 +206,25 @@ impl DockerApi {
             Endpoint::ContainerDelete(key) => self.remove(&key, &query).await,
             Endpoint::ContainerWait(key) => self.clone().wait(&key, &query).await,
             Endpoint::ContainerLogs(key) => self.clone().logs(&key, &query).await,
+            Endpoint::NetworkList => self.network_list(&query).await,
+            Endpoint::NetworkCreate => {
+                let body = http::read_body(req.into_body()).await?;
+                self.network_create(&body).await
+            }
+            Endpoint::NetworkInspect(key) => self.network_inspect(&key).await,
+            Endpoint::NetworkDelete(key) => self.network_remove(&key).await,
+            Endpoint::NetworkConnect(key) => {
+                let body = http::read_body(req.into_body()).await?;
+                self.network_connect(&key, &body, true).await
+            }
+            Endpoint::NetworkDisconnect(key) => {
+                let body = http::read_body(req.into_body()).await?;
+                self.network_connect(&key, &body, false).await
+            }
+            Endpoint::ImageList => self.image_list(&query).await,
+            Endpoint::ImageInspect(name) => self.image_inspect(&name).await,
+            Endpoint::ImageCreate => self.image_pull(&query).await,
+            Endpoint::Events => events::events(&query),
         }
     }
 

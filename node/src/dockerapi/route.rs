@@ -55,13 +55,23 @@ pub enum Endpoint {
     ContainerWait(String),
     ContainerLogs(String),
     ContainerDelete(String),
+    NetworkList,
+    NetworkCreate,
+    NetworkInspect(String),
+    NetworkDelete(String),
+    NetworkConnect(String),
+    NetworkDisconnect(String),
+    ImageList,
+    ImageInspect(String),
+    ImageCreate,
+    Events,
 }
 
 impl Endpoint {
     /// Long streams are not bound by the request timeout (they end when the container
     /// does, or when the client goes).
     pub fn is_stream(&self) -> bool {
-        matches!(self, Endpoint::ContainerWait(_) | Endpoint::ContainerLogs(_))
+        matches!(self, Endpoint::ContainerWait(_) | Endpoint::ContainerLogs(_) | Endpoint::ImageCreate | Endpoint::Events)
     }
 }
 
@@ -108,6 +118,18 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
         (Method::POST, ["containers", c, "wait"]) => Some(Endpoint::ContainerWait(id(c))),
         (Method::GET, ["containers", c, "logs"]) => Some(Endpoint::ContainerLogs(id(c))),
         (Method::DELETE, ["containers", c]) => Some(Endpoint::ContainerDelete(id(c))),
+        (Method::GET, ["networks"]) => Some(Endpoint::NetworkList),
+        (Method::POST, ["networks", "create"]) => Some(Endpoint::NetworkCreate),
+        (Method::GET, ["networks", n]) => Some(Endpoint::NetworkInspect(id(n))),
+        (Method::DELETE, ["networks", n]) => Some(Endpoint::NetworkDelete(id(n))),
+        (Method::POST, ["networks", n, "connect"]) => Some(Endpoint::NetworkConnect(id(n))),
+        (Method::POST, ["networks", n, "disconnect"]) => Some(Endpoint::NetworkDisconnect(id(n))),
+        (Method::GET, ["images", "json"]) => Some(Endpoint::ImageList),
+        (Method::POST, ["images", "create"]) => Some(Endpoint::ImageCreate),
+        (Method::GET, ["events"]) => Some(Endpoint::Events),
+        // Image names hold slashes (`library/busybox`, `registry:5000/a/b`): everything
+        // between `images/` and the last `/json`.
+        (Method::GET, ["images", name @ .., "json"]) if !name.is_empty() => Some(Endpoint::ImageInspect(name.join("/"))),
         _ => None,
     };
     endpoint.ok_or_else(|| {
@@ -164,6 +186,22 @@ mod tests {
     }
 
     #[test]
+    fn networks_images_and_events() {
+        assert_eq!(route(&Method::GET, "/v1.41/networks"), Ok(Endpoint::NetworkList));
+        assert_eq!(route(&Method::POST, "/networks/create"), Ok(Endpoint::NetworkCreate));
+        assert_eq!(route(&Method::GET, "/networks/p_default"), Ok(Endpoint::NetworkInspect("p_default".into())));
+        assert_eq!(route(&Method::DELETE, "/networks/p_default"), Ok(Endpoint::NetworkDelete("p_default".into())));
+        assert_eq!(route(&Method::POST, "/networks/n/connect"), Ok(Endpoint::NetworkConnect("n".into())));
+        assert_eq!(route(&Method::POST, "/networks/n/disconnect"), Ok(Endpoint::NetworkDisconnect("n".into())));
+        assert_eq!(route(&Method::GET, "/images/json"), Ok(Endpoint::ImageList));
+        assert_eq!(route(&Method::GET, "/images/busybox:1/json"), Ok(Endpoint::ImageInspect("busybox:1".into())));
+        assert_eq!(route(&Method::GET, "/images/reg:5000/a/b:1/json"), Ok(Endpoint::ImageInspect("reg:5000/a/b:1".into())));
+        assert_eq!(route(&Method::POST, "/images/create"), Ok(Endpoint::ImageCreate));
+        assert_eq!(route(&Method::GET, "/events"), Ok(Endpoint::Events));
+        assert!(Endpoint::Events.is_stream() && Endpoint::ImageCreate.is_stream());
+    }
+
+    #[test]
     fn versions_outside_the_range_are_refused_with_dockers_words() {
         let e = route(&Method::GET, "/v1.50/version").expect_err("too new");
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
@@ -178,8 +216,8 @@ mod tests {
         let e = route(&Method::POST, "/v1.41/containers/abc/attach").expect_err("501");
         assert_eq!(e.status, StatusCode::NOT_IMPLEMENTED);
         assert!(e.message.contains("POST /containers/abc/attach"), "{}", e.message);
-        let e = route(&Method::GET, "/networks").expect_err("501");
-        assert!(e.message.contains("GET /networks"), "{}", e.message);
+        let e = route(&Method::POST, "/networks/prune").expect_err("501");
+        assert!(e.message.contains("POST /networks/prune"), "{}", e.message);
         // A wrong method on a known path is unsupported too.
         assert_eq!(route(&Method::POST, "/info").expect_err("501").status, StatusCode::NOT_IMPLEMENTED);
         // Not a version: an ordinary (unknown) path.

@@ -105,6 +105,16 @@ pub struct Entry {
     /// The node it runs (or last ran) on.
     pub node: Option<NodeRef>,
     pub status: Status,
+    /// The networks of the cluster it is attached to.
+    pub networks: Vec<EntryNetwork>,
+}
+
+/// A container's network, as inspect shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryNetwork {
+    pub name: String,
+    pub id: String,
+    pub aliases: Vec<String>,
 }
 
 impl Entry {
@@ -175,6 +185,14 @@ impl ClusterView<'_> {
             created_ms: c.created_ms,
             node,
             status,
+            networks: c
+                .networks
+                .iter()
+                .filter_map(|a| {
+                    let n = self.state.networks.get(&a.network)?;
+                    Some(EntryNetwork { name: n.name.clone(), id: n.id.clone(), aliases: a.aliases.clone() })
+                })
+                .collect(),
         })
     }
 
@@ -205,6 +223,7 @@ impl ClusterView<'_> {
             created_ms: t.created_ms,
             node,
             status,
+            networks: Vec::new(),
         }
     }
 
@@ -453,13 +472,38 @@ fn restart_json(p: RestartPolicy) -> serde_json::Value {
     }
 }
 
-fn network_mode(e: &Entry) -> &'static str {
-    // The engine adapter gives a container without published ports no network at all.
-    if e.ports.is_empty() {
-        "none"
+fn network_mode(e: &Entry) -> String {
+    // The engine adapter gives a container without published ports (and no network of
+    // the cluster) no network at all.
+    if let Some(n) = e.networks.first() {
+        n.name.clone()
+    } else if e.ports.is_empty() {
+        "none".to_string()
     } else {
-        "default"
+        "default".to_string()
     }
+}
+
+/// `NetworkSettings.Networks`: each network with the container's aliases.
+fn networks_json(e: &Entry) -> serde_json::Value {
+    let map: serde_json::Map<String, serde_json::Value> = e
+        .networks
+        .iter()
+        .map(|n| {
+            (n.name.clone(), serde_json::json!({
+                "IPAMConfig": null,
+                "Links": null,
+                "Aliases": n.aliases,
+                "NetworkID": n.id,
+                "EndpointID": "",
+                "Gateway": "",
+                "IPAddress": "",
+                "IPPrefixLen": 0,
+                "MacAddress": "",
+            }))
+        })
+        .collect();
+    serde_json::Value::Object(map)
 }
 
 /// One row of `GET /containers/json`.
@@ -482,7 +526,7 @@ pub fn list_json(e: &Entry) -> serde_json::Value {
         "State": e.status.state.as_str(),
         "Status": e.status.text,
         "HostConfig": {"NetworkMode": network_mode(e)},
-        "NetworkSettings": {"Networks": {}},
+        "NetworkSettings": {"Networks": networks_json(e)},
         "Mounts": [],
     })
 }
@@ -496,6 +540,14 @@ pub fn inspect_json(e: &Entry) -> serde_json::Value {
     for p in &e.ports {
         bindings.insert(port_key(p), serde_json::json!([{"HostIp": "", "HostPort": p.host_port.to_string()}]));
         exposed.insert(port_key(p), serde_json::json!({}));
+    }
+    // What is published while it runs (compose's `ps` shows these).
+    let mut published = serde_json::Map::new();
+    if e.status.state == State::Running {
+        let ip = e.node.as_ref().map_or_else(|| "0.0.0.0".to_string(), |n| n.addr.ip().to_string());
+        for p in &e.ports {
+            published.insert(port_key(p), serde_json::json!([{"HostIp": ip, "HostPort": p.host_port.to_string()}]));
+        }
     }
     let node = e.node.as_ref().map(|n| {
         serde_json::json!({
@@ -565,7 +617,7 @@ pub fn inspect_json(e: &Entry) -> serde_json::Value {
             "WorkingDir": "",
             "User": "",
         },
-        "NetworkSettings": {"Networks": {}, "Ports": {}},
+        "NetworkSettings": {"Networks": networks_json(e), "Ports": published},
         "Mounts": [],
         "Node": node,
         "Shoal": origin,
@@ -722,7 +774,7 @@ pub fn version_json() -> serde_json::Value {
 }
 
 /// This machine's architecture in Go's words (what Docker reports).
-fn go_arch() -> &'static str {
+pub(super) fn go_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
