@@ -93,6 +93,14 @@ fn exit_mark(state: &ClusterState, c: &ContainerRecord) -> Option<(Mark, i64, Op
     }
 }
 
+/// The exit code of a removed container's last task, if its run had ended.
+fn removed_exit_code(t: &TaskRecord) -> Option<i64> {
+    match &t.observed {
+        Some(TaskState::Exited { code }) => Some(*code),
+        _ => t.last_exit_code,
+    }
+}
+
 impl DockerApi {
     /// Commits `cmd`, with the refusal in Docker's terms.
     async fn commit(&self, cmd: Command) -> Result<Applied, ApiError> {
@@ -101,7 +109,7 @@ impl DockerApi {
 
     /// The container of the Docker API that `key` names (id, name, `node/name`, id
     /// prefix). A task of a `shoal service` is refused: it is changed through its service.
-    fn docker_container(&self, snap: &Snapshot, key: &str) -> Result<ContainerRecord, ApiError> {
+    pub(super) fn docker_container(&self, snap: &Snapshot, key: &str) -> Result<ContainerRecord, ApiError> {
         let entry = snap.view().find(key)?;
         match entry.origin {
             super::view::Origin::Container { .. } => snap.state.containers.get(&entry.id).cloned().ok_or_else(|| no_such(key)),
@@ -294,7 +302,14 @@ impl DockerApi {
                 }
                 let Ok(snap) = api.snapshot().await else { continue };
                 let done = match snap.state.containers.get(&c.id) {
-                    None => true,
+                    None => {
+                        // Removed (by `rm`, or by AutoRemove right after its run ended): the
+                        // exit code of its last run, as its tasks still tell it.
+                        if let Some(code) = snap.state.container_task(&c).and_then(removed_exit_code) {
+                            last.0 = code;
+                        }
+                        true
+                    }
                     Some(now) => match exit_mark(&snap.state, now) {
                         Some((mark, code, err)) => {
                             last = (code, err);

@@ -9,20 +9,30 @@
 //!   `ContainerDef`, pure;
 //! - `containers`: the endpoints that change containers, one replicated command each
 //!   (through `Control::write`) and a bounded wait until the chosen node has done it;
-//! - [`logs`]: `docker logs [-f]` of a container on this node, from its engine.
+//! - [`logs`]: `docker logs [-f]` of a container on this node, from its engine;
+//! - [`attach`]: `docker run` without `-d` and `docker attach`: the container's output
+//!   from its start until it exits, on a hijacked connection;
+//! - [`exec`]: `docker exec [-i] [-t]` through the engine of the container's node;
+//! - [`proxy`]: requests about a container on another node (logs, attach, exec) are
+//!   forwarded to it over node-to-node mutual TLS (ALPN `shoal-docker/1`), where the same
+//!   API answers in "this node only" mode.
 //!
 //! HTTP/1.1 is served by hyper 1 over any `AsyncRead + AsyncWrite` stream
-//! ([`serve_connection`]); today only the unix socket `DATA_DIR/docker.sock` (mode 0600)
-//! is served ([`serve_unix`]), later the node's TCP port under ALPN `http/1.1`.
+//! ([`serve_connection`]): the unix socket `DATA_DIR/docker.sock` (mode 0600,
+//! [`serve_unix`]) and, for forwarded requests, the node's TCP port
+//! ([`proxy::PeerService`]).
 //! Limits: [`MAX_CONNECTIONS`] at once, request headers within [`HEADER_TIMEOUT`] and
 //! [`MAX_HEADER_BYTES`], bodies within [`http::MAX_BODY_BYTES`], and every request answered
-//! within [`REQUEST_TIMEOUT`] except long streams (`wait`, `logs`), which end with the
-//! container or when the client goes away.
+//! within [`REQUEST_TIMEOUT`] except long streams (`wait`, `logs`, hijacked attach and exec
+//! sessions), which end with the container (or exec) or when the client goes away.
 
+pub mod attach;
 mod containers;
 pub mod create;
+pub mod exec;
 pub mod http;
 pub mod logs;
+pub mod proxy;
 pub mod query;
 pub mod route;
 pub mod view;
@@ -74,11 +84,19 @@ pub async fn bind(data_dir: &Path) -> Result<UnixListener> {
 /// The API of one node; cheap to share.
 pub struct DockerApi {
     ctl: Control,
+    /// Requests about containers on other nodes are forwarded there (the API clients
+    /// reach); `false` for requests that other nodes forwarded here (never forwarded again).
+    forward: bool,
 }
 
 impl DockerApi {
     pub fn new(ctl: Control) -> Arc<Self> {
-        Arc::new(Self { ctl })
+        Arc::new(Self { ctl, forward: true })
+    }
+
+    /// The same API in "this node only" mode, for requests forwarded by other nodes.
+    pub fn local_only(&self) -> Arc<Self> {
+        Arc::new(Self { ctl: self.ctl.clone(), forward: false })
     }
 }
 
@@ -195,7 +213,12 @@ impl DockerApi {
             Endpoint::ContainerKill(key) => self.kill(&key, &query).await,
             Endpoint::ContainerDelete(key) => self.remove(&key, &query).await,
             Endpoint::ContainerWait(key) => self.clone().wait(&key, &query).await,
-            Endpoint::ContainerLogs(key) => self.clone().logs(&key, &query).await,
+            Endpoint::ContainerLogs(key) => self.clone().logs(&key, &query, req).await,
+            Endpoint::ContainerAttach(key) => self.clone().attach(&key, &query, req).await,
+            Endpoint::ExecCreate(key) => self.exec_create(&key, req).await,
+            Endpoint::ExecStart(key) => self.exec_start(&key, req).await,
+            Endpoint::ExecInspect(key) => self.exec_inspect(&key, req).await,
+            Endpoint::ExecResize(key) => self.exec_resize(&key, &query, req).await,
         }
     }
 
