@@ -37,7 +37,7 @@ const ENGINE_POLL: Duration = Duration::from_millis(100);
 pub struct AttachOptions {
     pub stdout: bool,
     pub stderr: bool,
-    /// The client sends input (it half-closes when its input ends).
+    /// The client sends input (read and dropped: shoal's containers have no open stdin).
     pub stdin: bool,
 }
 
@@ -109,8 +109,10 @@ impl DockerApi {
             tokio::select! {
                 () = tokio::time::sleep(PLACEMENT_POLL) => {}
                 n = input.read(&mut buf), if input_open => match n {
-                    Ok(0) | Err(_) if !opts.stdin => return,
-                    Ok(0) | Err(_) => input_open = false,
+                    // The CLI half-closes even without stdin: the end of input is not the
+                    // end of the client, a failed read is.
+                    Ok(0) => input_open = false,
+                    Err(_) => return,
                     Ok(_) => {}
                 },
             }
@@ -188,8 +190,8 @@ impl DockerApi {
                     None => break, // the container exited
                 },
                 n = input.read(&mut buf), if input_open => match n {
-                    Ok(0) | Err(_) if !opts.stdin => return,
-                    Ok(0) | Err(_) => input_open = false,
+                    Ok(0) => input_open = false,
+                    Err(_) => return,
                     Ok(_) => {} // no container of shoal reads stdin (-i is refused)
                 },
             }
