@@ -5,10 +5,11 @@
 //! over the nodes' mutual TLS (ALPN `shoal-docker/1`):
 //!
 //! 1. `docker logs` of a container on n3 (stdout and stderr apart, in order), `--tail 1`,
-//!    and the same through n2;
+//!    the same through n2, and `docker logs -f` streamed until the container ends;
 //! 2. `docker run --rm IMAGE sh -c 'echo hi; exit 3'` without `-d`, on n3 and on n1 itself:
 //!    prints `hi`, exits 3, and the container is gone afterwards (AutoRemove);
 //! 3. `docker exec talker sh -c 'echo hi; echo oops >&2; exit 4'`: prints both, exits 4;
+//!    through n2 too; `docker exec -i` passes stdin on (and its end);
 //! 4. after SIGKILL of n3, `docker logs talker` through n1 answers at once (never a hang),
 //!    and once gossip sees n3 down it says `talker runs on n3, which is down`.
 //!
@@ -36,7 +37,19 @@ struct World {
 impl World {
     /// `docker ARGS` against node `i`'s endpoint.
     fn docker(&self, i: usize, args: &[&str]) -> Output {
-        let mut cmd = Command::new("docker");
+        self.docker_with_input(i, args, None)
+    }
+
+    /// Like [`Self::docker`], with `input` on its stdin (through a shell pipe).
+    fn docker_with_input(&self, i: usize, args: &[&str], input: Option<&str>) -> Output {
+        let mut cmd = match input {
+            None => Command::new("docker"),
+            Some(text) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", "printf '%s' \"$0\" | docker \"$@\"", text]);
+                sh
+            }
+        };
         cmd.args(args)
             .env("DOCKER_HOST", format!("unix://{}", self.c.node(i).data_dir.join("docker.sock").display()))
             .env("DOCKER_CONFIG", self.config.path())
@@ -133,6 +146,13 @@ fn logs_run_rm_and_exec_reach_a_container_on_another_node_and_a_dead_node_is_nam
     let via_n2 = w.docker_ok(1, &["logs", "talker"]);
     assert_eq!((via_n2.stdout.as_str(), via_n2.stderr.as_str()), ("line 1\nline 2\nline 3\n", "oops\n"), "the same through n2");
 
+    // `logs -f` streams through n1 as the container writes, and ends with it.
+    let ticker = "for i in 1 2 3 4; do echo tick $i; sleep 0.5; done";
+    w.docker_ok(0, &["run", "-d", "--name", "ticker", "-e", "constraint:node==n3", &image, "sh", "-c", ticker]);
+    let t = Instant::now();
+    assert_eq!(w.docker_ok(0, &["logs", "-f", "ticker"]).stdout, "tick 1\ntick 2\ntick 3\ntick 4\n", "docker logs -f through n1");
+    assert!(t.elapsed() >= Duration::from_millis(700), "docker logs -f returned before ticker ended ({:?})", t.elapsed());
+
     // ---- 2. docker run --rm without -d: output streamed, exit code passed on, gone after.
     for (node, name) in [("n3", "once3"), ("n1", "once1")] {
         let t = Instant::now();
@@ -149,6 +169,9 @@ fn logs_run_rm_and_exec_reach_a_container_on_another_node_and_a_dead_node_is_nam
     assert_eq!((out.stdout.as_str(), out.stderr.as_str(), out.status.code()), ("hi\n", "oops\n", Some(4)), "docker exec: {out:?}");
     let out = w.docker(1, &["exec", "talker", "/bin/busybox", "cat", "/proc/1/cmdline"]);
     assert!(out.status.success() && out.stdout.contains("trap"), "docker exec through n2 sees the container's process 1: {out:?}");
+
+    let out = w.docker_with_input(0, &["exec", "-i", "talker", "sh", "-c", "read x; echo got $x; exit 5"], Some("there\n"));
+    assert_eq!((out.stdout.as_str(), out.status.code()), ("got there\n", Some(5)), "docker exec -i passes stdin on: {out:?}");
 
     // ---- 4. n3 dies: a clear error at once, never a hang.
     w.c.node_mut(2).kill();
