@@ -31,6 +31,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// container on its node.
 const PLACEMENT_POLL: Duration = Duration::from_millis(200);
 const ENGINE_POLL: Duration = Duration::from_millis(100);
+/// How long an attach waits for its container to start (and reach its engine) before it
+/// gives up: the client may be gone without a word (a half-closed connection cannot tell).
+pub const START_WAIT: Duration = Duration::from_secs(600);
 
 /// What an attach streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +91,12 @@ impl DockerApi {
         let (mut input, mut output) = tokio::io::split(io);
         let mut input_open = true;
         let mut buf = vec![0u8; 8192];
+        let deadline = tokio::time::Instant::now() + START_WAIT;
         let (task, node) = loop {
+            if tokio::time::Instant::now() >= deadline {
+                let _ = output.write_all(&stderr_line(&format!("container {name} did not start within {START_WAIT:?}; attach again once it runs"))).await;
+                return;
+            }
             let Ok(snap) = self.snapshot().await else { return };
             let Some(c) = snap.state.containers.get(&id) else { return };
             if let Some(t) = snap.state.container_live_task(c) {
@@ -149,7 +157,12 @@ impl DockerApi {
         };
         let filter = LabelFilter { node: self.ctl.id().to_string(), service: None, task: Some(task) };
         let mut polls = 0u32;
+        let deadline = tokio::time::Instant::now() + START_WAIT;
         let engine_id = loop {
+            if tokio::time::Instant::now() >= deadline {
+                let _ = output.write_all(&stderr_line(&format!("container {name} did not start within {START_WAIT:?}"))).await;
+                return;
+            }
             if let Ok(found) = engine.list(&filter).await {
                 if let Some(info) = found.into_iter().find(|i| !matches!(i.state, ContainerState::Created)) {
                     break info.id;

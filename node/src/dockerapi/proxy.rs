@@ -170,6 +170,16 @@ impl crate::port::Service for PeerService {
             let Some(tls) = api.ctl.running().map(|r| r.docker_tls()) else { return };
             match tls.accept_started(start).await {
                 Ok((stream, peer)) => {
+                    // A certificate of the cluster CA is not enough: only registered nodes
+                    // forward (not, say, a client certificate).
+                    let registered = match api.snapshot().await {
+                        Ok(snap) => snap.state.nodes.contains_key(&peer),
+                        Err(_) => false,
+                    };
+                    if !registered {
+                        tracing::debug!(%peer_addr, peer = %peer.short(), "forwarded docker api connection refused: not a registered node");
+                        return;
+                    }
                     tracing::debug!(%peer_addr, peer = %peer.short(), "forwarded docker api connection");
                     super::serve_connection(stream, api).await;
                 }
