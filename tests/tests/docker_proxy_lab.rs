@@ -7,7 +7,9 @@
 //! 1. `docker logs` of a container on n3 (stdout and stderr apart, in order), `--tail 1`,
 //!    the same through n2, and `docker logs -f` streamed until the container ends;
 //! 2. `docker run --rm IMAGE sh -c 'echo hi; exit 3'` without `-d`, on n3 and on n1 itself:
-//!    prints `hi`, exits 3, and the container is gone afterwards (AutoRemove);
+//!    prints `hi`, exits 3, and the container is gone afterwards (AutoRemove); without
+//!    `--rm` it stays, exited with 3; `docker attach` of a running container streams its
+//!    new output until it ends;
 //! 3. `docker exec talker sh -c 'echo hi; echo oops >&2; exit 4'`: prints both, exits 4;
 //!    through n2 too; `docker exec -i` passes stdin on (and its end);
 //! 4. after SIGKILL of n3, `docker logs talker` through n1 answers at once (never a hang),
@@ -163,6 +165,17 @@ fn logs_run_rm_and_exec_reach_a_container_on_another_node_and_a_dead_node_is_nam
         assert!(!w.names(0).iter().any(|n| n.ends_with(name)), "{name} is gone after docker run --rm");
         println!("docker run --rm on {node} through n1: {:.1?}", t.elapsed());
     }
+
+    // Without --rm (through n2): the same output and code, and the container stays, exited.
+    let out = w.docker(1, &["run", "--name", "kept", "-e", "constraint:node==n3", &image, "sh", "-c", "echo hi; exit 3"]);
+    assert_eq!((out.stdout.as_str(), out.status.code()), ("hi\n", Some(3)), "docker run without --rm: {out:?}");
+    let state = w.docker_ok(0, &["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}} {{.HostConfig.AutoRemove}}", "kept"]);
+    assert_eq!(state.stdout.trim(), "exited 3 false", "kept stays, exited with 3");
+    // `docker attach` to a container that already runs gets what it writes from then on.
+    let late = "echo early; sleep 3; echo late 1; echo late 2";
+    w.docker_ok(0, &["run", "-d", "--name", "late", "-e", "constraint:node==n3", &image, "sh", "-c", late]);
+    let out = w.docker(0, &["attach", "--no-stdin", "late"]);
+    assert_eq!(out.stdout, "late 1\nlate 2\n", "docker attach streams new output until the container ends: {out:?}");
 
     // ---- 3. docker exec in the container on n3.
     let out = w.docker(0, &["exec", "talker", "sh", "-c", "echo hi; echo oops >&2; exit 4"]);

@@ -6,9 +6,11 @@
 //! container once its start is replicated and its node's runner has run it; a fast command
 //! may be over by then. So an attach is not the engine's attach: the node that runs the
 //! container follows the engine's logs from the container's very beginning until it exits,
-//! and no output is lost. Whichever node the client asked first waits for the container
-//! to be placed, then serves it itself or relays to the node that runs it (over the
-//! forwarded Docker API, which answers the same way). Stdin is not passed on: shoal
+//! and no output is lost. An attach that comes once the container runs (`docker attach`)
+//! gets only what it writes from then on, as with Docker. Whichever node the client asked
+//! first decides which of the two it is, waits for the container to be placed, then serves
+//! it itself or relays to the node that runs it (over the forwarded Docker API, told with
+//! [`FROM_PARAM`]). Stdin is not passed on: shoal
 //! refuses an open stdin (`-i`) at create, so no container reads one; input from the
 //! client is read and dropped (its end is the client's half-close).
 
@@ -35,11 +37,18 @@ const ENGINE_POLL: Duration = Duration::from_millis(100);
 /// gives up: the client may be gone without a word (a half-closed connection cannot tell).
 pub const START_WAIT: Duration = Duration::from_secs(600);
 
+/// Query parameter a front node adds to a forwarded attach: `start` (all output since the
+/// container began) or `now` (only new output). Read only on forwarded requests.
+pub const FROM_PARAM: &str = "shoal-from";
+
 /// What an attach streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttachOptions {
     pub stdout: bool,
     pub stderr: bool,
+    /// All output since the container began (an attach before the start, as `docker run`
+    /// does), else only what comes from now on.
+    pub from_start: bool,
     /// The client sends input (read and dropped: shoal's containers have no open stdin).
     pub stdin: bool,
 }
@@ -53,7 +62,7 @@ pub fn attach_options(query: &Query) -> Result<AttachOptions, ApiError> {
     if query.get("detachKeys").is_some_and(|k| !k.is_empty()) {
         return Err(ApiError::bad_request("detachKeys are not supported by shoal's Docker API (there is no TTY to detach from)"));
     }
-    Ok(AttachOptions { stdout: query.bool("stdout"), stderr: query.bool("stderr"), stdin: query.bool("stdin") })
+    Ok(AttachOptions { stdout: query.bool("stdout"), stderr: query.bool("stderr"), from_start: true, stdin: query.bool("stdin") })
 }
 
 /// A line on the stderr stream, for what goes wrong after the `101` (no HTTP error can be
@@ -69,9 +78,19 @@ impl DockerApi {
         if !proxy::wants_upgrade(req.headers()) {
             return Err(ApiError::bad_request("attach needs a hijacked connection: send Connection: Upgrade and Upgrade: tcp"));
         }
+        let mut opts = opts;
         let snap = self.snapshot().await?;
         let c = self.docker_container(&snap, key)?;
-        let path = req.uri().path_and_query().map_or_else(|| format!("/containers/{}/attach?stream=1", c.id), |p| p.as_str().to_string());
+        opts.from_start = match query.get(FROM_PARAM).filter(|_| !self.forward) {
+            Some(from) => from != "now",
+            // Running already: this is not the attach of a `docker run`.
+            None => !snap.state.container_live_task(&c).is_some_and(|t| t.observed == Some(TaskState::Running)),
+        };
+        let from = if opts.from_start { "start" } else { "now" };
+        let path = match req.uri().query() {
+            Some(q) => format!("{}?{q}&{FROM_PARAM}={from}", req.uri().path()),
+            None => format!("{}?{FROM_PARAM}={from}", req.uri().path()),
+        };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let api = self.clone();
         tokio::spawn(async move {
@@ -184,7 +203,8 @@ impl DockerApi {
             }
             tokio::time::sleep(ENGINE_POLL).await;
         };
-        let req = LogsRequest { follow: true, stdout: opts.stdout, stderr: opts.stderr, timestamps: false, tail: None, since_s: 0 };
+        let tail = if opts.from_start { None } else { Some(0) };
+        let req = LogsRequest { follow: true, stdout: opts.stdout, stderr: opts.stderr, timestamps: false, tail, since_s: 0 };
         let mut logs = engine.logs(&engine_id, &req);
         let mut buf = vec![0u8; 8192];
         loop {
@@ -222,7 +242,7 @@ mod tests {
         let q = |text: &str| Query::parse(Some(text)).expect("query");
         assert_eq!(
             attach_options(&q("stream=1&stdout=1&stderr=1")),
-            Ok(AttachOptions { stdout: true, stderr: true, stdin: false })
+            Ok(AttachOptions { stdout: true, stderr: true, from_start: true, stdin: false })
         );
         assert_eq!(attach_options(&q("stream=true&stdin=1&stdout=1")).map(|o| (o.stdin, o.stderr)), Ok((true, false)));
         assert!(attach_options(&q("logs=1&stdout=1")).expect_err("no stream").message.contains("stream=1"));

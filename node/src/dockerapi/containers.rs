@@ -184,7 +184,8 @@ impl DockerApi {
         // The new run is the live task that was not live before.
         let outcome = self
             .wait_for(CHANGE_WAIT, |st| {
-                let Some(c) = st.containers.get(&c.id) else { return Some(Err(no_such(key))) };
+                // Gone already: it ran and ended, and AutoRemove (or an `rm`) took it.
+                let Some(c) = st.containers.get(&c.id) else { return Some(Ok(())) };
                 let t = live_task(st, c).filter(|t| Some(t.id) != before)?;
                 match &t.observed {
                     Some(TaskState::Running | TaskState::Exited { .. }) => Some(Ok(())),
