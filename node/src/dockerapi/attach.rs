@@ -65,6 +65,15 @@ pub fn attach_options(query: &Query) -> Result<AttachOptions, ApiError> {
     Ok(AttachOptions { stdout: query.bool("stdout"), stderr: query.bool("stderr"), from_start: true, stdin: query.bool("stdin") })
 }
 
+/// The path and query of the attach a front node forwards: the client's, with its own
+/// [`FROM_PARAM`] (a client's is dropped).
+fn forwarded_path(path: &str, query: Option<&str>, from: &str) -> String {
+    let mut pairs: Vec<&str> = query.unwrap_or("").split('&').filter(|p| !p.is_empty() && !p.starts_with(FROM_PARAM)).collect();
+    let ours = format!("{FROM_PARAM}={from}");
+    pairs.push(&ours);
+    format!("{path}?{}", pairs.join("&"))
+}
+
 /// A line on the stderr stream, for what goes wrong after the `101` (no HTTP error can be
 /// sent any more).
 fn stderr_line(text: &str) -> Vec<u8> {
@@ -87,10 +96,7 @@ impl DockerApi {
             None => !snap.state.container_live_task(&c).is_some_and(|t| t.observed == Some(TaskState::Running)),
         };
         let from = if opts.from_start { "start" } else { "now" };
-        let path = match req.uri().query() {
-            Some(q) => format!("{}?{q}&{FROM_PARAM}={from}", req.uri().path()),
-            None => format!("{}?{FROM_PARAM}={from}", req.uri().path()),
-        };
+        let path = forwarded_path(req.uri().path(), req.uri().query(), from);
         let on_upgrade = hyper::upgrade::on(&mut req);
         let api = self.clone();
         tokio::spawn(async move {
@@ -247,6 +253,15 @@ mod tests {
         assert_eq!(attach_options(&q("stream=true&stdin=1&stdout=1")).map(|o| (o.stdin, o.stderr)), Ok((true, false)));
         assert!(attach_options(&q("logs=1&stdout=1")).expect_err("no stream").message.contains("stream=1"));
         assert!(attach_options(&q("stream=1&detachKeys=ctrl-p")).is_err());
+    }
+
+    #[test]
+    fn a_forwarded_attach_says_where_its_output_starts() {
+        assert_eq!(
+            forwarded_path("/v1.41/containers/x/attach", Some("stream=1&stdout=1&shoal-from=now"), "start"),
+            "/v1.41/containers/x/attach?stream=1&stdout=1&shoal-from=start"
+        );
+        assert_eq!(forwarded_path("/containers/x/attach", None, "now"), "/containers/x/attach?shoal-from=now");
     }
 
     #[test]
