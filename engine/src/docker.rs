@@ -4,8 +4,10 @@
 //! bollard 0.21 speaks API 1.53 by default; `connect_local` negotiates down to what the
 //! server speaks (e.g. 1.41 for Engine 20.10), otherwise every call would be refused.
 
+mod exec;
 mod images;
 mod logs;
+pub use exec::{ExecRequest, ExecSession, ExecStatus, EXEC_MAX_TEXT_BYTES, EXEC_MAX_WORDS};
 pub use logs::{LogChunk, LogStream, LogsRequest};
 
 use crate::engine::Engine;

@@ -10,6 +10,7 @@
 
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use shoal_engine::conformance::{self, Harness};
+use shoal_engine::docker::{ExecRequest, LogChunk};
 use shoal_engine::testimage::{busybox_context, labelled_context, BUSYBOX_PATH, TEST_IMAGE_LABEL};
 use shoal_engine::*;
 use std::collections::HashMap;
@@ -562,6 +563,45 @@ async fn pulling_an_image_the_registry_does_not_have_is_pull_failed() {
         assert!(requests.iter().any(|r| r.contains("/manifests/1")), "Docker asked our registry for the manifest: {requests:?}");
         assert_eq!(engine.resolve_image(&reference).await.unwrap(), None);
         registry.abort();
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn exec_runs_a_process_in_a_container_with_its_output_stdin_and_exit_code() {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (engine, tag, _guard) = setup("exec").await;
+        let node = format!("t{}-exec-n1", std::process::id());
+        let spec = ContainerSpec { image: tag.clone(), command: sh("trap 'exit 0' TERM; /bin/busybox sleep 3600 & wait"), ..Default::default() };
+        let id = engine.run(&CreateRequest { owner: Owner { node, service: "box".to_string(), task: 1 }, spec }).await.expect("run");
+        // Output on both streams and the exit code.
+        let req = ExecRequest { cmd: sh("echo hi; echo oops >&2; exit 4"), attach_stdout: true, attach_stderr: true, ..Default::default() };
+        let exec = engine.exec_create(&id, &req).await.expect("exec create");
+        assert_eq!(exec.len(), 64, "the engine's exec ids are 64 hex digits: {exec}");
+        let session = engine.exec_start(&exec, false).await.expect("exec start");
+        let chunks: Vec<LogChunk> = session.output.map(|c| c.expect("chunk")).collect().await;
+        let out: Vec<u8> = chunks.iter().filter_map(|c| if let LogChunk::Stdout(p) = c { Some(p.clone()) } else { None }).flatten().collect();
+        let err: Vec<u8> = chunks.iter().filter_map(|c| if let LogChunk::Stderr(p) = c { Some(p.clone()) } else { None }).flatten().collect();
+        assert_eq!((out.as_slice(), err.as_slice()), (&b"hi\n"[..], &b"oops\n"[..]));
+        let status = engine.exec_inspect(&exec).await.expect("inspect");
+        assert_eq!((status.running, status.exit_code), (false, Some(4)));
+        // Stdin reaches the process; closing it ends the input.
+        let req = ExecRequest { cmd: sh("read x; echo got $x"), attach_stdin: true, attach_stdout: true, ..Default::default() };
+        let exec = engine.exec_create(&id, &req).await.expect("exec create");
+        let mut session = engine.exec_start(&exec, false).await.expect("exec start");
+        session.input.write_all(b"there\n").await.expect("stdin");
+        session.input.shutdown().await.expect("close stdin");
+        let chunks: Vec<LogChunk> = session.output.map(|c| c.expect("chunk")).collect().await;
+        assert_eq!(chunks, [LogChunk::Stdout(b"got there\n".to_vec())]);
+        // A missing container and a missing exec are the engine's 404s.
+        let missing = engine.exec_create(&ContainerId("0".repeat(64)), &req).await.expect_err("no container");
+        assert!(matches!(missing, EngineError::Api { status: 404, .. }), "{missing:?}");
+        let missing = engine.exec_inspect(&"0".repeat(64)).await.expect_err("no exec");
+        assert!(matches!(missing, EngineError::Api { status: 404, .. }), "{missing:?}");
+        engine.stop_and_remove(&id).await.expect("remove");
     })
     .await
     .expect("test timed out");

@@ -232,11 +232,15 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         identity.id,
         &identity.key_pem,
         handle.clone(),
-        port,
+        port.clone(),
     )
     .await?;
     let api_task = tokio::spawn(api::serve(listener, ctl.clone()));
-    let docker_task = tokio::spawn(dockerapi::serve_unix(docker_listener, dockerapi::DockerApi::new(ctl.clone())));
+    let docker_api = dockerapi::DockerApi::new(ctl.clone());
+    // Requests other nodes forward about containers on this one (mutual TLS, node
+    // certificates only; refused until this node holds its certificate).
+    port.route(dockerapi::proxy::DOCKER_ALPN, dockerapi::proxy::PeerService::new(&docker_api));
+    let docker_task = tokio::spawn(dockerapi::serve_unix(docker_listener, docker_api));
     let founded_here = cfg.token_origin != crate::config::TokenOrigin::Given;
     if cfg.token_origin == crate::config::TokenOrigin::Created {
         announce_founding(&cfg);
@@ -258,6 +262,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             Err(_) => tracing::warn!("graceful leave timed out"),
         }
     }
+    port.unroute(dockerapi::proxy::DOCKER_ALPN);
     ctl.shutdown().await;
     if let Some(m) = mdns {
         m.stop();

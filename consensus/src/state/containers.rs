@@ -43,6 +43,11 @@ pub const MAX_CONTAINER_LABEL_KEY_LEN: usize = 256;
 /// bound (`MAX_SPEC_TEXT_BYTES`) a `CreateContainer` stays under the command limit.
 pub const MAX_CONTAINER_LABEL_BYTES: usize = 16 * 1024;
 
+/// Label that marks a container created with Docker's `AutoRemove` (`docker run --rm`):
+/// once its run ends, the leader removes it ([`ClusterState::auto_remove_due`]). A label,
+/// so the replicated layout of containers stays as it is.
+pub const AUTO_REMOVE_LABEL: &str = "shoal.auto-remove";
+
 /// A container of the Docker API, as the cluster keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -168,6 +173,32 @@ impl ClusterState {
     /// not ended (starting, running, or not placed yet).
     pub fn container_is_running(&self, c: &ContainerRecord) -> bool {
         self.container_wants_to_run(c) && !self.live_task_ended(c)
+    }
+
+    /// Whether the container was created with `AutoRemove`.
+    pub fn container_auto_removes(c: &ContainerRecord) -> bool {
+        c.labels.get(AUTO_REMOVE_LABEL).is_some_and(|v| v == "true")
+    }
+
+    /// The `AutoRemove` containers whose run is over, to be removed (record, service and
+    /// so the engine's container): started once, and now either ended by themselves
+    /// (their live task exited or failed) or stopped with no task still up.
+    pub fn auto_remove_due(&self) -> Vec<String> {
+        self.containers
+            .values()
+            .filter(|c| Self::container_auto_removes(c) && c.started_ms.is_some())
+            .filter(|c| {
+                if self.container_wants_to_run(c) {
+                    self.live_task_ended(c)
+                } else {
+                    !self.container_tasks(c).any(|t| {
+                        t.is_live()
+                            || matches!(t.observed, Some(TaskState::Running | TaskState::Starting))
+                    })
+                }
+            })
+            .map(|c| c.id.clone())
+            .collect()
     }
 
     pub(super) fn create_container(&mut self, def: ContainerDef, now_ms: u64) -> Response {

@@ -555,4 +555,36 @@ fn format_3_snapshots_decode_without_networks_and_reencode_as_format_4() {
     let again = codec::encode_snapshot(&decoded).expect("encode");
     assert_eq!(again[0], 4);
     assert_eq!(codec::decode_snapshot(&again).expect("decode"), s);
+fn auto_remove_containers_are_due_once_their_run_is_over() {
+    let mut s = with_node();
+    let mut def = container(1, "once");
+    def.labels.insert(AUTO_REMOVE_LABEL.into(), "true".into());
+    s.apply(Command::CreateContainer { container: def, now_ms: T0 }).expect("create");
+    let kept = create(&mut s, 2, "kept");
+    let id = cid(1);
+    assert!(s.auto_remove_due().is_empty(), "created, never started");
+    s.apply(run(&id, true, false)).expect("start");
+    s.apply(run(&kept, true, false)).expect("start");
+    assert!(s.auto_remove_due().is_empty(), "started, not placed");
+    let t = place(&mut s, "once");
+    let k = place(&mut s, "kept");
+    report(&mut s, t, TaskState::Running);
+    assert!(s.auto_remove_due().is_empty(), "running");
+    report(&mut s, t, TaskState::Exited { code: 3 });
+    report(&mut s, k, TaskState::Exited { code: 3 });
+    assert_eq!(s.auto_remove_due(), [id.clone()], "ended; the container without AutoRemove stays");
+    s.apply(Command::RemoveContainer { id: id.clone(), force: true, now_ms: T0 + 40 }).expect("remove");
+    assert!(s.auto_remove_due().is_empty());
+
+    // Stopped through the API: due once its task is down.
+    let mut def = container(3, "stopped");
+    def.labels.insert(AUTO_REMOVE_LABEL.into(), "true".into());
+    s.apply(Command::CreateContainer { container: def, now_ms: T0 }).expect("create");
+    s.apply(run(&cid(3), true, false)).expect("start");
+    let t = place(&mut s, "stopped");
+    report(&mut s, t, TaskState::Running);
+    s.apply(run(&cid(3), false, false)).expect("stop");
+    assert!(s.auto_remove_due().is_empty(), "still up on its node");
+    report(&mut s, t, TaskState::Shutdown);
+    assert_eq!(s.auto_remove_due(), [cid(3)]);
 }

@@ -128,6 +128,19 @@ impl LeaderDuties {
         }
     }
 
+    /// Removes the containers created with `AutoRemove` (`docker run --rm`) whose run is
+    /// over (`ClusterState::auto_remove_due`); their nodes then remove the engine's
+    /// containers like those of any removed service.
+    pub(super) async fn auto_remove(&mut self, running: &Running, state: &ClusterState) {
+        for id in state.auto_remove_due() {
+            let name = state.containers.get(&id).map(|c| c.name.clone()).unwrap_or_default();
+            match running.write(Command::RemoveContainer { id, force: true, now_ms: now_ms() }).await {
+                Ok(_) => tracing::info!(container = %name, "removed a container whose run ended (AutoRemove)"),
+                Err(e) => tracing::warn!(container = %name, error = %e, "could not remove a container whose run ended (AutoRemove); will retry"),
+            }
+        }
+    }
+
     async fn change(&self, running: &Running, change: ChangeMembers<RaftNodeId, ShoalNode>, retain: bool) {
         match tokio::time::timeout(CHANGE_TIMEOUT, running.raft.change_membership(change, retain)).await {
             Ok(Ok(_)) => {}

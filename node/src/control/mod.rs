@@ -146,6 +146,9 @@ pub struct Running {
     pub raft: Raft,
     /// Mutual TLS with the other nodes for the image protocol (`crate::images`).
     pub image_tls: MutualTls,
+    /// Mutual TLS with the other nodes for forwarded Docker API requests
+    /// (`crate::dockerapi::proxy`).
+    pub docker_tls: MutualTls,
     pub network: RaftNetwork,
     pub creds: Arc<NodeCredentials>,
     pub revoked: Revocations,
@@ -410,11 +413,13 @@ impl Control {
             .context("cannot start Raft")?;
         let port = self.inner.port.lock().unwrap_or_else(PoisonError::into_inner).clone().ok_or_else(|| anyhow!("shutting down"))?;
         let image_tls = tls.with_alpn(crate::images::IMAGE_ALPN);
+        let docker_tls = tls.with_alpn(crate::dockerapi::proxy::DOCKER_ALPN);
         port.route(crate::images::IMAGE_ALPN, crate::images::service::ImageService::new(image_tls.clone(), self.inner.images.clone()));
         port.route(RAFT_ALPN, RaftService::new(tls, Arc::new(raft.clone()), ServerConfig { revoked: Some(revoked.clone()), ..ServerConfig::default() }));
         let running = Arc::new(Running {
             raft: raft.clone(),
             image_tls,
+            docker_tls,
             network,
             creds: creds.clone(),
             revoked,
@@ -481,6 +486,7 @@ impl Control {
             if metrics.current_leader == Some(RaftNodeId(self.inner.id)) {
                 leader.run(&self, &running, &state, &metrics).await;
                 leader.schedule(&self, &running, &state).await;
+                leader.auto_remove(&running, &state).await;
             } else {
                 leader.reset();
             }
@@ -588,6 +594,11 @@ impl Running {
             .with_state_machine(|sm: &mut StateMachineStore<RedbSnapshots>| Box::pin(async move { sm.state().clone() }))
             .await
             .map_err(|e| anyhow!("Raft stopped: {e}"))
+    }
+
+    /// Mutual TLS for forwarded Docker API requests.
+    pub fn docker_tls(&self) -> MutualTls {
+        self.docker_tls.clone()
     }
 
     /// This node's certificate.

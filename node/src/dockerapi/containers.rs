@@ -94,6 +94,14 @@ fn exit_mark(state: &ClusterState, c: &ContainerRecord) -> Option<(Mark, i64, Op
     }
 }
 
+/// The exit code of a removed container's last task, if its run had ended.
+fn removed_exit_code(t: &TaskRecord) -> Option<i64> {
+    match &t.observed {
+        Some(TaskState::Exited { code }) => Some(*code),
+        _ => t.last_exit_code,
+    }
+}
+
 impl DockerApi {
     /// Commits `cmd`, with the refusal in Docker's terms.
     pub(super) async fn commit(&self, cmd: Command) -> Result<Applied, ApiError> {
@@ -102,7 +110,7 @@ impl DockerApi {
 
     /// The container of the Docker API that `key` names (id, name, `node/name`, id
     /// prefix). A task of a `shoal service` is refused: it is changed through its service.
-    fn docker_container(&self, snap: &Snapshot, key: &str) -> Result<ContainerRecord, ApiError> {
+    pub(super) fn docker_container(&self, snap: &Snapshot, key: &str) -> Result<ContainerRecord, ApiError> {
         let entry = snap.view().find(key)?;
         match entry.origin {
             super::view::Origin::Container { .. } => snap.state.containers.get(&entry.id).cloned().ok_or_else(|| no_such(key)),
@@ -190,7 +198,8 @@ impl DockerApi {
         // The new run is the live task that was not live before.
         let outcome = self
             .wait_for(CHANGE_WAIT, |st| {
-                let Some(c) = st.containers.get(&c.id) else { return Some(Err(no_such(key))) };
+                // Gone already: it ran and ended, and AutoRemove (or an `rm`) took it.
+                let Some(c) = st.containers.get(&c.id) else { return Some(Ok(())) };
                 let t = live_task(st, c).filter(|t| Some(t.id) != before)?;
                 match &t.observed {
                     Some(TaskState::Running | TaskState::Exited { .. }) => Some(Ok(())),
@@ -308,7 +317,14 @@ impl DockerApi {
                 }
                 let Ok(snap) = api.snapshot().await else { continue };
                 let done = match snap.state.containers.get(&c.id) {
-                    None => true,
+                    None => {
+                        // Removed (by `rm`, or by AutoRemove right after its run ended): the
+                        // exit code of its last run, as its tasks still tell it.
+                        if let Some(code) = snap.state.container_task(&c).and_then(removed_exit_code) {
+                            last.0 = code;
+                        }
+                        true
+                    }
                     Some(now) => match exit_mark(&snap.state, now) {
                         Some((mark, code, err)) => {
                             last = (code, err);

@@ -13,7 +13,7 @@
 use super::http::ApiError;
 use serde::Deserialize;
 use shoal_cluster::constraint::{Constraint, Field, Op};
-use shoal_consensus::state::{backing_service_name, valid_alias, valid_container_name, ContainerDef, Mode, NetworkAttachment, ServiceDef, MAX_ALIASES};
+use shoal_consensus::state::{backing_service_name, valid_alias, valid_container_name, ContainerDef, Mode, NetworkAttachment, ServiceDef, AUTO_REMOVE_LABEL, MAX_ALIASES};
 use shoal_consensus::ClusterState;
 use shoal_engine::{ContainerSpec, PortMapping, Protocol, RestartPolicy};
 use std::collections::BTreeMap;
@@ -178,9 +178,6 @@ fn check_unsupported(body: &CreateBody) -> Result<(), ApiError> {
         if h.privileged {
             return Err(unsupported("Privileged (--privileged)"));
         }
-        if h.auto_remove {
-            return Err(unsupported("AutoRemove (--rm)"));
-        }
         if h.publish_all_ports {
             return Err(unsupported("PublishAllPorts (-P); publish HOST:CONTAINER with -p"));
         }
@@ -344,7 +341,10 @@ pub fn container_def(body: CreateBody, name: &str, id: &str, state: &ClusterStat
         }
         // `NAME` without `=`: Docker leaves the variable unset.
     }
-    let labels = body.labels.unwrap_or_default();
+    let mut labels = body.labels.unwrap_or_default();
+    if labels.contains_key(AUTO_REMOVE_LABEL) {
+        return Err(ApiError::bad_request(format!("the label {AUTO_REMOVE_LABEL} is shoal's own: use HostConfig.AutoRemove (--rm)")));
+    }
     if let Some(text) = labels.get(CONSTRAINTS_LABEL) {
         let list: Vec<String> = serde_json::from_str(text)
             .map_err(|e| ApiError::bad_request(format!("label {CONSTRAINTS_LABEL} must be a JSON array of strings: {e}")))?;
@@ -368,6 +368,13 @@ pub fn container_def(body: CreateBody, name: &str, id: &str, state: &ClusterStat
             )))
         }
     };
+    let restart = restart_policy(host.restart_policy.as_ref())?;
+    if host.auto_remove {
+        if restart != RestartPolicy::Never {
+            return Err(ApiError::bad_request("conflicting options: AutoRemove (--rm) and a restart policy (--restart)"));
+        }
+        labels.insert(AUTO_REMOVE_LABEL.to_string(), "true".to_string());
+    }
     let service = ServiceDef {
         name: backing_service_name(name, id),
         spec: ContainerSpec {
@@ -383,7 +390,7 @@ pub fn container_def(body: CreateBody, name: &str, id: &str, state: &ClusterStat
         constraints,
         reserve_cpu_millis: 0,
         reserve_memory_bytes: 0,
-        restart: restart_policy(host.restart_policy.as_ref())?,
+        restart,
     };
     Ok(ContainerDef { id: id.to_string(), name: name.to_string(), labels, service })
 }
@@ -527,6 +534,15 @@ mod tests {
     }
 
     #[test]
+    fn auto_remove_is_kept_as_shoals_label() {
+        let st = three_nodes();
+        let def = container_def(body(serde_json::json!({"Image": "x", "HostConfig": {"AutoRemove": true}})), "c1", ID, &st).expect("--rm");
+        assert_eq!(def.labels.get(AUTO_REMOVE_LABEL).map(String::as_str), Some("true"));
+        let def = container_def(body(serde_json::json!({"Image": "x"})), "c1", ID, &st).expect("plain");
+        assert!(!def.labels.contains_key(AUTO_REMOVE_LABEL));
+    }
+
+    #[test]
     fn what_cannot_be_honoured_is_refused_by_name() {
         let st = three_nodes();
         for (json, says) in [
@@ -534,7 +550,8 @@ mod tests {
             (serde_json::json!({"Image": "x", "Entrypoint": ["/bin/sh"]}), "Entrypoint"),
             (serde_json::json!({"Image": "x", "HostConfig": {"Binds": ["/a:/b"]}}), "Volumes"),
             (serde_json::json!({"Image": "x", "Volumes": {"/data": {}}}), "Volumes"),
-            (serde_json::json!({"Image": "x", "HostConfig": {"AutoRemove": true}}), "--rm"),
+            (serde_json::json!({"Image": "x", "HostConfig": {"AutoRemove": true, "RestartPolicy": {"Name": "always"}}}), "conflicting options"),
+            (serde_json::json!({"Image": "x", "Labels": {"shoal.auto-remove": "true"}}), "shoal's own"),
             (serde_json::json!({"Image": "x", "HostConfig": {"NetworkMode": "host"}}), "NetworkMode"),
             (serde_json::json!({"Image": "x", "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": ""}]}}}), "random host ports"),
             (serde_json::json!({"Image": "x", "HostConfig": {"PortBindings": {"80/sctp": [{"HostPort": "80"}]}}}), "tcp and udp"),

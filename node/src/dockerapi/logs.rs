@@ -1,15 +1,16 @@
 //! `GET /containers/{id}/logs` for a container that runs on the node serving the request:
 //! the node's own engine streams the output, framed as Docker frames it without a TTY
 //! (`[stream, 0, 0, 0, size as big-endian u32]` then the bytes; 1 stdout, 2 stderr),
-//! chunked and flushed as it comes, and stopped when the client goes. A container on
-//! another node is refused with where it runs (proxying between nodes is a later step).
+//! chunked and flushed as it comes, and stopped when the client goes. A request about a
+//! container on another node is forwarded to that node (see [`super::proxy`]).
 
 use super::http::{ApiError, Body};
 use super::query::Query;
 use super::view::Origin;
+use super::proxy::{self, Target};
 use super::DockerApi;
 use futures_util::StreamExt;
-use hyper::{Response, StatusCode};
+use hyper::Response;
 use shoal_engine::docker::{LogChunk, LogsRequest};
 use shoal_engine::{ContainerId, DockerConfig, DockerEngine};
 use std::sync::Arc;
@@ -59,7 +60,7 @@ pub fn logs_request(query: &Query) -> Result<LogsRequest, ApiError> {
 
 impl DockerApi {
     /// This node's engine, as the agent's runner reaches it.
-    async fn engine(&self) -> Result<DockerEngine, ApiError> {
+    pub(super) async fn engine(&self) -> Result<DockerEngine, ApiError> {
         let cfg = DockerConfig::default();
         let connected = match &self.ctl.config().docker_socket {
             Some(path) => DockerEngine::connect_unix(&path.to_string_lossy(), cfg).await,
@@ -68,7 +69,7 @@ impl DockerApi {
         connected.map_err(|e| ApiError::internal(format!("cannot reach this node's Docker Engine: {e}")))
     }
 
-    pub(super) async fn logs(self: Arc<Self>, key: &str, query: &Query) -> Result<Response<Body>, ApiError> {
+    pub(super) async fn logs(self: Arc<Self>, key: &str, query: &Query, http_req: hyper::Request<hyper::body::Incoming>) -> Result<Response<Body>, ApiError> {
         let req = logs_request(query)?;
         let snap = self.snapshot().await?;
         let entry = snap.view().find(key)?;
@@ -90,15 +91,10 @@ impl DockerApi {
             // Never started: nothing was written yet.
             return Ok(Response::new(Body::empty()));
         };
-        if task.node != self.ctl.id() {
-            let node = entry.node.as_ref().map_or_else(|| task.node.short(), |n| n.name.clone());
-            return Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                format!(
-                    "{} runs on {node}; shoal does not forward logs between nodes yet: run docker logs against {node}'s docker.sock (DOCKER_HOST=unix://DATA_DIR/docker.sock on {node})",
-                    entry.name
-                ),
-            ));
+        let down = crate::services::down_nodes(&snap.state, self.ctl.id(), &snap.members, snap.now_ms);
+        let what = format!("container {}", entry.name);
+        if let Target::Peer(peer) = proxy::target(&snap.state, &down, self.ctl.id(), self.forward, &what, task.node)? {
+            return self.forward(&peer, &what, http_req).await;
         }
         let Some(engine_id) = task.container.clone().filter(|_| task.observed != Some(shoal_engine::TaskState::Shutdown)) else {
             if task.observed.is_none() {
@@ -138,6 +134,7 @@ impl DockerApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::StatusCode;
 
     #[test]
     fn chunks_are_framed_as_docker_frames_them() {

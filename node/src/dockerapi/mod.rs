@@ -16,23 +16,33 @@
 //! - [`images`]: `docker images` and image inspect merged over the nodes (with the nodes
 //!   holding each), pulls streamed as Docker's progress JSON;
 //! - [`events`]: `GET /events` as a stream that stays open (no events yet).
+//! - [`attach`]: `docker run` without `-d` and `docker attach`: the container's output
+//!   from its start until it exits, on a hijacked connection;
+//! - [`exec`]: `docker exec [-i] [-t]` through the engine of the container's node;
+//! - [`proxy`]: requests about a container on another node (logs, attach, exec) are
+//!   forwarded to it over node-to-node mutual TLS (ALPN `shoal-docker/1`), where the same
+//!   API answers in "this node only" mode.
 //!
 //! HTTP/1.1 is served by hyper 1 over any `AsyncRead + AsyncWrite` stream
 //! ([`serve_connection`]): the unix socket `DATA_DIR/docker.sock` (mode 0600,
-//! [`serve_unix`]) and the node's TCP port under ALPN `http/1.1` or none, for client
-//! certificates (`crate::remote`).
+//! [`serve_unix`]), the node's TCP port under ALPN `http/1.1` or none, for client
+//! certificates (`crate::remote`), and, for forwarded requests, the node's TCP port under
+//! `shoal-docker/1` ([`proxy::PeerService`]).
 //! Limits: [`MAX_CONNECTIONS`] at once, request headers within [`HEADER_TIMEOUT`] and
 //! [`MAX_HEADER_BYTES`], bodies within [`http::MAX_BODY_BYTES`], and every request answered
-//! within [`REQUEST_TIMEOUT`] except long streams (`wait`, `logs`), which end with the
-//! container or when the client goes away.
+//! within [`REQUEST_TIMEOUT`] except long streams (`wait`, `logs`, hijacked attach and exec
+//! sessions), which end with the container (or exec) or when the client goes away.
 
+pub mod attach;
 mod containers;
 pub mod create;
 pub mod events;
 pub mod images;
 pub mod networks;
+pub mod exec;
 pub mod http;
 pub mod logs;
+pub mod proxy;
 pub mod query;
 pub mod route;
 pub mod view;
@@ -84,11 +94,19 @@ pub async fn bind(data_dir: &Path) -> Result<UnixListener> {
 /// The API of one node; cheap to share.
 pub struct DockerApi {
     ctl: Control,
+    /// Requests about containers on other nodes are forwarded there (the API clients
+    /// reach); `false` for requests that other nodes forwarded here (never forwarded again).
+    forward: bool,
 }
 
 impl DockerApi {
     pub fn new(ctl: Control) -> Arc<Self> {
-        Arc::new(Self { ctl })
+        Arc::new(Self { ctl, forward: true })
+    }
+
+    /// The same API in "this node only" mode, for requests forwarded by other nodes.
+    pub fn local_only(&self) -> Arc<Self> {
+        Arc::new(Self { ctl: self.ctl.clone(), forward: false })
     }
 }
 
@@ -205,7 +223,7 @@ impl DockerApi {
             Endpoint::ContainerKill(key) => self.kill(&key, &query).await,
             Endpoint::ContainerDelete(key) => self.remove(&key, &query).await,
             Endpoint::ContainerWait(key) => self.clone().wait(&key, &query).await,
-            Endpoint::ContainerLogs(key) => self.clone().logs(&key, &query).await,
+            Endpoint::ContainerLogs(key) => self.clone().logs(&key, &query, req).await,
             Endpoint::NetworkList => self.network_list(&query).await,
             Endpoint::NetworkCreate => {
                 let body = http::read_body(req.into_body()).await?;
@@ -225,6 +243,11 @@ impl DockerApi {
             Endpoint::ImageInspect(name) => self.image_inspect(&name).await,
             Endpoint::ImageCreate => self.image_pull(&query).await,
             Endpoint::Events => events::events(&query),
+            Endpoint::ContainerAttach(key) => self.clone().attach(&key, &query, req).await,
+            Endpoint::ExecCreate(key) => self.exec_create(&key, req).await,
+            Endpoint::ExecStart(key) => self.exec_start(&key, req).await,
+            Endpoint::ExecInspect(key) => self.exec_inspect(&key, req).await,
+            Endpoint::ExecResize(key) => self.exec_resize(&key, &query, req).await,
         }
     }
 

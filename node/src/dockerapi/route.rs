@@ -65,13 +65,23 @@ pub enum Endpoint {
     ImageInspect(String),
     ImageCreate,
     Events,
+    ContainerAttach(String),
+    /// `POST /containers/{id}/exec`.
+    ExecCreate(String),
+    /// `/exec/{id}/…`: the exec's id.
+    ExecStart(String),
+    ExecInspect(String),
+    ExecResize(String),
 }
 
 impl Endpoint {
     /// Long streams are not bound by the request timeout (they end when the container
     /// does, or when the client goes).
     pub fn is_stream(&self) -> bool {
-        matches!(self, Endpoint::ContainerWait(_) | Endpoint::ContainerLogs(_) | Endpoint::ImageCreate | Endpoint::Events)
+        matches!(
+            self,
+            Endpoint::ContainerWait(_) | Endpoint::ContainerLogs(_) | Endpoint::ContainerAttach(_) | Endpoint::ExecStart(_) | Endpoint::ImageCreate | Endpoint::Events
+        )
     }
 }
 
@@ -118,6 +128,11 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
         (Method::POST, ["containers", c, "wait"]) => Some(Endpoint::ContainerWait(id(c))),
         (Method::GET, ["containers", c, "logs"]) => Some(Endpoint::ContainerLogs(id(c))),
         (Method::DELETE, ["containers", c]) => Some(Endpoint::ContainerDelete(id(c))),
+        (Method::POST, ["containers", c, "attach"]) => Some(Endpoint::ContainerAttach(id(c))),
+        (Method::POST, ["containers", c, "exec"]) => Some(Endpoint::ExecCreate(id(c))),
+        (Method::POST, ["exec", e, "start"]) => Some(Endpoint::ExecStart(id(e))),
+        (Method::GET, ["exec", e, "json"]) => Some(Endpoint::ExecInspect(id(e))),
+        (Method::POST, ["exec", e, "resize"]) => Some(Endpoint::ExecResize(id(e))),
         (Method::GET, ["networks"]) => Some(Endpoint::NetworkList),
         (Method::POST, ["networks", "create"]) => Some(Endpoint::NetworkCreate),
         (Method::GET, ["networks", n]) => Some(Endpoint::NetworkInspect(id(n))),
@@ -183,6 +198,11 @@ mod tests {
         assert_eq!(route(&Method::DELETE, "/containers/hello"), Ok(Endpoint::ContainerDelete("hello".into())));
         assert_eq!(route(&Method::POST, "/v1.41/containers/create"), Ok(Endpoint::ContainerCreate));
         assert_eq!(route(&Method::GET, "/containers/a%2Db/json"), Ok(Endpoint::ContainerInspect("a-b".into())));
+        assert_eq!(route(&Method::POST, "/v1.41/containers/hello/attach"), Ok(Endpoint::ContainerAttach("hello".into())));
+        assert_eq!(route(&Method::POST, "/v1.41/containers/hello/exec"), Ok(Endpoint::ExecCreate("hello".into())));
+        assert_eq!(route(&Method::POST, "/v1.41/exec/ab12/start"), Ok(Endpoint::ExecStart("ab12".into())));
+        assert_eq!(route(&Method::GET, "/exec/ab12/json"), Ok(Endpoint::ExecInspect("ab12".into())));
+        assert_eq!(route(&Method::POST, "/exec/ab12/resize"), Ok(Endpoint::ExecResize("ab12".into())));
     }
 
     #[test]
@@ -213,9 +233,9 @@ mod tests {
 
     #[test]
     fn unsupported_endpoints_are_501_and_named() {
-        let e = route(&Method::POST, "/v1.41/containers/abc/attach").expect_err("501");
+        let e = route(&Method::POST, "/v1.41/containers/abc/export").expect_err("501");
         assert_eq!(e.status, StatusCode::NOT_IMPLEMENTED);
-        assert!(e.message.contains("POST /containers/abc/attach"), "{}", e.message);
+        assert!(e.message.contains("POST /containers/abc/export"), "{}", e.message);
         let e = route(&Method::POST, "/networks/prune").expect_err("501");
         assert!(e.message.contains("POST /networks/prune"), "{}", e.message);
         // A wrong method on a known path is unsupported too.

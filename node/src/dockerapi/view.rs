@@ -594,7 +594,7 @@ pub fn inspect_json(e: &Entry) -> serde_json::Value {
             "NetworkMode": network_mode(e),
             "PortBindings": bindings,
             "RestartPolicy": restart_json(e.restart),
-            "AutoRemove": false,
+            "AutoRemove": e.labels.get(shoal_consensus::state::AUTO_REMOVE_LABEL).is_some_and(|v| v == "true"),
             "Memory": e.memory_bytes,
             "NanoCpus": e.cpu_millis.saturating_mul(1_000_000),
             "Binds": null,
