@@ -576,7 +576,7 @@ async fn exec_runs_a_process_in_a_container_with_its_output_stdin_and_exit_code(
         let (engine, tag, _guard) = setup("exec").await;
         let node = format!("t{}-exec-n1", std::process::id());
         let spec = ContainerSpec { image: tag.clone(), command: sh("trap 'exit 0' TERM; /bin/busybox sleep 3600 & wait"), ..Default::default() };
-        let id = engine.run(&CreateRequest { owner: Owner { node, service: "box".to_string(), task: 1 }, spec }).await.expect("run");
+        let id = engine.run(&CreateRequest { owner: Owner { node, service: "box".to_string(), task: 1 }, spec, network: None }).await.expect("run");
         // Output on both streams and the exit code.
         let req = ExecRequest { cmd: sh("echo hi; echo oops >&2; exit 4"), attach_stdout: true, attach_stderr: true, ..Default::default() };
         let exec = engine.exec_create(&id, &req).await.expect("exec create");

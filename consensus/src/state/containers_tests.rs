@@ -555,6 +555,9 @@ fn format_3_snapshots_decode_without_networks_and_reencode_as_format_4() {
     let again = codec::encode_snapshot(&decoded).expect("encode");
     assert_eq!(again[0], 4);
     assert_eq!(codec::decode_snapshot(&again).expect("decode"), s);
+}
+
+#[test]
 fn auto_remove_containers_are_due_once_their_run_is_over() {
     let mut s = with_node();
     let mut def = container(1, "once");
