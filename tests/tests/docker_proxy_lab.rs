@@ -11,7 +11,8 @@
 //!    `--rm` it stays, exited with 3; `docker attach` of a running container streams its
 //!    new output until it ends;
 //! 3. `docker exec talker sh -c 'echo hi; echo oops >&2; exit 4'`: prints both, exits 4;
-//!    through n2 too; `docker exec -i` passes stdin on (and its end);
+//!    through n2 too; `docker exec -i` passes stdin on (and its end); `docker exec -it`
+//!    under a pseudo-terminal gets a TTY and passes the exit code on;
 //! 4. after SIGKILL of n3, `docker logs talker` through n1 answers at once (never a hang),
 //!    and once gossip sees n3 down it says `talker runs on n3, which is down`.
 //!
@@ -70,6 +71,23 @@ impl World {
             out.stdout,
             if out.stderr.is_empty() { String::new() } else { format!("(stderr) {}", out.stderr) }
         );
+        out
+    }
+
+    /// `docker ARGS` under a pseudo-terminal (util-linux `script`), as from a terminal:
+    /// what `docker exec -it` needs. Returns the command's own exit code (`script -e`).
+    fn docker_tty(&self, i: usize, args: &str) -> Output {
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &format!("docker {args}"), "/dev/null"])
+            .env("DOCKER_HOST", format!("unix://{}", self.c.node(i).data_dir.join("docker.sock").display()))
+            .env("DOCKER_CONFIG", self.config.path())
+            .env("TERM", "xterm")
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .env_remove("DOCKER_API_VERSION");
+        let out = run(&mut cmd, DOCKER_TIMEOUT).unwrap_or_else(|e| panic!("script docker {args}: {e}\n{}", self.c.report()));
+        println!("$ docker {args}   # under a pty, via {}, {}\n{}", self.c.node(i).name(), out.status, out.stdout);
         out
     }
 
@@ -185,6 +203,14 @@ fn logs_run_rm_and_exec_reach_a_container_on_another_node_and_a_dead_node_is_nam
 
     let out = w.docker_with_input(0, &["exec", "-i", "talker", "sh", "-c", "read x; echo got $x; exit 5"], Some("there\n"));
     assert_eq!((out.stdout.as_str(), out.status.code()), ("got there\n", Some(5)), "docker exec -i passes stdin on: {out:?}");
+    // `docker exec -it` from a terminal: the process gets a TTY of its own (raw stream).
+    if run(Command::new("script").arg("--version"), Duration::from_secs(5)).is_ok_and(|o| o.status.success()) {
+        let out = w.docker_tty(0, "exec -it talker sh -c 'tty; exit 6'");
+        assert_eq!(out.status.code(), Some(6), "docker exec -it passes the exit code on: {out:?}");
+        assert!(out.stdout.contains("/dev/pts/"), "docker exec -it gives the process a terminal: {out:?}");
+    } else {
+        println!("skipped docker exec -it: no `script` (util-linux) for a pseudo-terminal");
+    }
 
     // ---- 4. n3 dies: a clear error at once, never a hang.
     w.c.node_mut(2).kill();
