@@ -201,7 +201,7 @@ fn count_frame_error(stats: &JoinStats, e: &FrameError) {
         FrameError::Truncated { .. } => &stats.frames_truncated,
         FrameError::Idle(_) | FrameError::SlowFrame(_) => &stats.timeouts,
         FrameError::Undecodable(_) => &stats.frames_undecodable,
-        FrameError::Unencodable(_) | FrameError::Revoked | FrameError::Io(_) => &stats.errors,
+        FrameError::Unencodable(_) | FrameError::Revoked | FrameError::Refused(_) | FrameError::Io(_) => &stats.errors,
     };
     JoinStats::bump(counter);
 }

@@ -125,6 +125,8 @@ pub enum FrameError {
     SlowFrame(Duration),
     #[error("the peer's node id was revoked")]
     Revoked,
+    #[error("refused: {0}")]
+    Refused(#[from] super::authz::Refusal),
     #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
 }

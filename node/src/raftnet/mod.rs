@@ -30,6 +30,7 @@
 //! (and [`RaftNetwork::close_all`]); a revoked voter is expected to leave the membership.
 
 
+pub mod authz;
 pub mod client;
 pub mod frame;
 pub mod server;
@@ -78,6 +79,9 @@ pub struct NetStats {
     pub timeouts: AtomicU64,
     /// Server: open connections closed because their peer was revoked since its handshake.
     pub revoked: AtomicU64,
+    /// Server: connections closed for a request its peer may not send (`authz`: speaking
+    /// as another node, or running for leader without being a voter).
+    pub refused: AtomicU64,
     /// Requests answered (server) or RPCs that got an answer (client).
     pub rpcs_ok: AtomicU64,
     /// Client: RPCs that failed (unreachable, timeout, protocol error).
@@ -95,6 +99,7 @@ pub struct NetStatsSnapshot {
     pub frames_undecodable: u64,
     pub timeouts: u64,
     pub revoked: u64,
+    pub refused: u64,
     pub rpcs_ok: u64,
     pub rpcs_failed: u64,
 }
@@ -115,6 +120,7 @@ impl NetStats {
             frames_undecodable: get(&self.frames_undecodable),
             timeouts: get(&self.timeouts),
             revoked: get(&self.revoked),
+            refused: get(&self.refused),
             rpcs_ok: get(&self.rpcs_ok),
             rpcs_failed: get(&self.rpcs_failed),
         }

@@ -20,6 +20,7 @@ use shoal_consensus::openraft::storage::RaftStateMachine;
 use shoal_consensus::types::{ShoalRaft, Snapshot, SnapshotData};
 use shoal_consensus::TypeConfig;
 use shoal_wire::NodeId;
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -68,6 +69,9 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// every [`ShoalRaft`]; tests can put a double behind it.
 pub trait RaftRpc: Send + Sync + 'static {
     fn handle(&self, request: Request) -> BoxFuture<'_, Response>;
+    /// The voters of this node's current membership config (joint: of both configs);
+    /// empty while it knows none. What [`super::authz::check`] checks requests against.
+    fn voters(&self) -> BTreeSet<NodeId>;
 }
 
 impl<SM> RaftRpc for ShoalRaft<SM>
@@ -93,6 +97,13 @@ where
                 Request::Forward(cmd) => Response::Forwarded(propose_forwarded(self, cmd).await),
             }
         })
+    }
+
+    fn voters(&self) -> BTreeSet<NodeId> {
+        use shoal_consensus::openraft::async_runtime::WatchReceiver;
+        let metrics = self.metrics();
+        let m = metrics.borrow_watched();
+        m.membership_config.membership().voter_ids().map(|id| id.0).collect()
     }
 }
 
@@ -245,6 +256,7 @@ fn count(stats: &NetStats, e: &FrameError) {
         FrameError::Undecodable(_) => &stats.frames_undecodable,
         FrameError::Idle(_) | FrameError::SlowFrame(_) => &stats.timeouts,
         FrameError::Revoked => &stats.revoked,
+        FrameError::Refused(_) => &stats.refused,
         FrameError::Unencodable(_) | FrameError::Io(_) => return,
     };
     NetStats::bump(counter);
@@ -295,6 +307,10 @@ where
         drop(body);
         if config.revoked.as_ref().is_some_and(|r| r.contains(&peer)) {
             break Err(FrameError::Revoked);
+        }
+        if let Err(refusal) = super::authz::check(peer, &request, &raft.voters()) {
+            tracing::warn!(%peer, "raft request refused, closing the connection: {refusal}");
+            break Err(refusal.into());
         }
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break Ok(()) };
         let (raft, answers, stats) = (raft.clone(), answers.clone(), stats.clone());

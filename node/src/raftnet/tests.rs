@@ -208,6 +208,15 @@ async fn vote_to(network: &RaftNetwork, from: RaftNodeId, target: &Node) -> Resu
     client.vote(stale_vote(from), rpc_option()).await.map(|r| r.is_granted_to(&Vote::new(0, from)))
 }
 
+/// A request any cluster certificate may send: a forwarded write the state machine refuses
+/// (a node record with an empty name), so nothing changes. `Ok` when `target` answered
+/// (committed and refused, or "not the leader"), `Err` when the connection was refused.
+async fn probe(network: &RaftNetwork, target: &Node) -> Result<(), String> {
+    let record = shoal_consensus::NodeRecord { name: String::new(), addr: target.addr, labels: Default::default() };
+    let cmd = shoal_consensus::Command::RegisterNode { id: shoal_wire::NodeId([0xee; 16]), record };
+    network.forward(target.id, &ShoalNode::new("t", target.addr), cmd, Duration::from_secs(5)).await.map(drop)
+}
+
 #[test]
 fn frame_limit_fits_the_length_prefix_and_a_batch_of_commands() {
     assert!(u32::try_from(MAX_RPC_BYTES).is_ok());
@@ -304,7 +313,8 @@ async fn strangers_without_a_cluster_certificate_are_refused() {
         let refused = misdirected.vote(stale_vote(member_id), rpc_option()).await;
         assert!(matches!(refused, Err(RPCError::Unreachable(_))), "{refused:?}");
         assert_eq!(member.stats().handshakes_failed, 1);
-        assert!(!vote_to(&member, member_id, &nodes[1]).await.expect("the right name is served"));
+        probe(&member, &nodes[1]).await.expect("the right name is served");
+        let _ = member_id;
 
         // The cluster did not notice.
         let leader = leader_of(&nodes, None).await;
@@ -322,27 +332,57 @@ async fn a_revoked_node_is_refused() {
         let target = &nodes[2];
         let (key, cert) = ca.issue();
         let (dave, dave_id, _) = outsider(ca.ca_der(), cert, &key);
-        // With a valid certificate the Raft port answers (a stale vote is refused by Raft, not TLS).
-        let granted = vote_to(&dave, dave_id, target).await.expect("answered before revocation");
-        assert!(!granted);
+        // With a valid certificate the Raft port answers.
+        probe(&dave, target).await.expect("answered before revocation");
         for node in &nodes {
             node.revoked.revoke(dave_id.node_id());
         }
         // Dave's connection opened before the revocation is cut at its next request, and
         // the client's redial is refused at the handshake.
-        let refused = vote_to(&dave, dave_id, target).await;
-        assert!(matches!(refused, Err(RPCError::Unreachable(_))), "{refused:?}");
+        let refused = probe(&dave, target).await;
+        assert!(refused.is_err(), "{refused:?}");
         assert_eq!(target.server.stats().revoked, 1);
         // TLS 1.3: the client may see the alert before the server task counts it.
         eventually(|| target.server.stats().handshakes_failed >= 1).await;
         assert!(target.server.stats().handshakes_failed >= 1);
         // A fresh connection is refused too.
         dave.close_all();
-        let refused = vote_to(&dave, dave_id, target).await;
-        assert!(matches!(refused, Err(RPCError::Unreachable(_))), "{refused:?}");
+        let refused = probe(&dave, target).await;
+        assert!(refused.is_err(), "{refused:?}");
         // Members are unaffected.
         let leader = leader_of(&nodes, None).await;
         write_everywhere(&nodes, leader, 4).await;
+        shutdown(nodes).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_non_voter_cannot_run_for_leader_nor_speak_as_another_node() {
+    bounded(async {
+        let ca = Ca::live(6);
+        let (nodes, _) = start_cluster(&ca).await;
+        let target = &nodes[1];
+        let (key, cert) = ca.issue();
+        let (mallory, mallory_id, _) = outsider(ca.ca_der(), cert, &key);
+        let before = target.server.stats();
+        // A worker's certificate asking for votes as itself: not a voter.
+        let refused = vote_to(&mallory, mallory_id, target).await;
+        assert!(matches!(refused, Err(RPCError::Unreachable(_))), "{refused:?}");
+        eventually(|| target.server.stats().refused >= before.refused + 1).await;
+        // Speaking as a voter (the leader's id) over its own certificate.
+        mallory.close_all();
+        let refused = vote_to(&mallory, nodes[0].id, target).await;
+        assert!(matches!(refused, Err(RPCError::Unreachable(_))), "{refused:?}");
+        eventually(|| target.server.stats().refused >= before.refused + 2).await;
+        assert_eq!(target.server.stats().refused, before.refused + 2, "both refusals counted");
+        assert_eq!(target.server.stats().handshakes_failed, before.handshakes_failed, "refused by role, not by TLS");
+        // It may still forward a write (a user's command through a worker), and the
+        // cluster did not notice.
+        mallory.close_all();
+        probe(&mallory, target).await.expect("a forwarded write is answered");
+        let leader = leader_of(&nodes, None).await;
+        write_everywhere(&nodes, leader, 6).await;
         shutdown(nodes).await;
     })
     .await;
@@ -377,7 +417,7 @@ async fn bad_frames_close_that_connection_and_nothing_else() {
         let (tls, _) = endpoint(ca.ca_der(), cert.clone(), &key);
         let (eve, eve_id, _) = outsider(ca.ca_der(), cert, &key);
         // A well-behaved connection, open before and kept across the bad ones.
-        assert!(!vote_to(&eve, eve_id, target).await.expect("answered"));
+        probe(&eve, target).await.expect("answered");
         let before = target.server.stats();
 
         // Garbage: a plausible length, a body that is no request.
@@ -410,7 +450,7 @@ async fn bad_frames_close_that_connection_and_nothing_else() {
 
         // The well-behaved connection still works and was not reopened.
         let eve_before = eve.stats().connections;
-        assert!(!vote_to(&eve, eve_id, target).await.expect("still answered"));
+        probe(&eve, target).await.expect("still answered");
         assert_eq!(eve.stats().connections, eve_before, "the good connection survived");
         // And the cluster keeps replicating.
         let leader = leader_of(&nodes, None).await;

@@ -1,0 +1,120 @@
+//! Who may send which Raft request, checked on the server before openraft sees it (pure,
+//! unit-tested). The TLS handshake proved the peer's node id; a request that speaks *as* a
+//! node — an AppendEntries or a snapshot from a leader, a (pre-)vote request from a
+//! candidate, a leadership transfer — must speak as that same node: no certificate holder
+//! can make a node believe another node leads or asks for its vote. A (pre-)vote request
+//! must also come from a voter of this node's membership config (when it knows one), so a
+//! worker's certificate cannot run for leader. Forwarded writes carry no such claim.
+//!
+//! Deliberately *not* checked here: that an AppendEntries or a snapshot comes from a
+//! voter. A follower's view of the membership can be behind (it learns a change only
+//! from the leader's entries), so a follower that missed a worker's promotion would refuse
+//! the new leader's entries for good. Refusing a vote is safe by contrast: it only costs
+//! that candidate a vote (with one voter down and the other lagging behind a promotion, an
+//! election waits for the down voter). Binding leadership to the certificate's role is the
+//! "Least privilege" issue's part.
+
+use super::frame::Request;
+use shoal_wire::NodeId;
+use std::collections::BTreeSet;
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("a {kind} request speaking as node {claimed} came over the connection of node {peer}")]
+    NotSender { kind: &'static str, claimed: NodeId, peer: NodeId },
+    #[error("a {kind} request from node {peer}, which is not a voter (only voters run for leader)")]
+    NotVoter { kind: &'static str, peer: NodeId },
+}
+
+/// The node a request speaks as, if it speaks as one.
+pub fn claimed_sender(request: &Request) -> Option<NodeId> {
+    let id = match request {
+        Request::AppendEntries(rpc) => &rpc.vote,
+        Request::Vote(rpc) | Request::PreVote(rpc) => &rpc.vote,
+        Request::FullSnapshot { vote, .. } => vote,
+        Request::TransferLeader(rpc) => rpc.from_leader(),
+        Request::Forward(_) => return None,
+    };
+    Some(id.leader_id().voted_for.0)
+}
+
+/// Checks `request` from the authenticated `peer` against this node's current `voters`
+/// (empty: this node knows no membership yet).
+pub fn check(peer: NodeId, request: &Request, voters: &BTreeSet<NodeId>) -> Result<(), Refusal> {
+    let Some(claimed) = claimed_sender(request) else { return Ok(()) };
+    let kind = request.kind();
+    if claimed != peer {
+        return Err(Refusal::NotSender { kind, claimed, peer });
+    }
+    let campaigns = matches!(request, Request::Vote(_) | Request::PreVote(_));
+    if campaigns && !voters.is_empty() && !voters.contains(&peer) {
+        return Err(Refusal::NotVoter { kind, peer });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_consensus::openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+    use shoal_consensus::types::Vote;
+    use shoal_consensus::RaftNodeId;
+
+    fn id(n: u8) -> NodeId {
+        NodeId([n; 16])
+    }
+
+    fn vote_of(n: u8) -> Vote {
+        Vote::new(3, RaftNodeId(id(n)))
+    }
+
+    fn append_from(n: u8) -> Request {
+        Request::AppendEntries(AppendEntriesRequest { vote: vote_of(n), prev_log_id: None, entries: vec![], leader_commit: None })
+    }
+
+    fn voters(ids: &[u8]) -> BTreeSet<NodeId> {
+        ids.iter().map(|n| id(*n)).collect()
+    }
+
+    #[test]
+    fn a_voter_speaking_as_itself_passes() {
+        let v = voters(&[1, 2, 3]);
+        assert_eq!(check(id(1), &append_from(1), &v), Ok(()));
+        assert_eq!(check(id(2), &Request::Vote(VoteRequest::new(vote_of(2), None)), &v), Ok(()));
+        assert_eq!(check(id(2), &Request::PreVote(VoteRequest::new(vote_of(2), None)), &v), Ok(()));
+        assert_eq!(check(id(3), &Request::TransferLeader(TransferLeaderRequest::new(vote_of(3), RaftNodeId(id(1)), None)), &v), Ok(()));
+    }
+
+    #[test]
+    fn speaking_as_another_node_is_refused() {
+        let v = voters(&[1, 2, 3]);
+        // A worker (or any peer) claiming the leader's id, or a candidate's.
+        assert_eq!(check(id(9), &append_from(1), &v), Err(Refusal::NotSender { kind: "append_entries", claimed: id(1), peer: id(9) }));
+        let e = check(id(2), &Request::Vote(VoteRequest::new(vote_of(1), None)), &v).expect_err("vote as another");
+        assert!(matches!(e, Refusal::NotSender { claimed, peer, .. } if claimed == id(1) && peer == id(2)));
+        // Even before this node knows any voters.
+        assert!(check(id(9), &append_from(1), &BTreeSet::new()).is_err());
+    }
+
+    #[test]
+    fn a_non_voter_may_not_run_for_leader() {
+        let v = voters(&[1, 2, 3]);
+        for request in [Request::Vote(VoteRequest::new(vote_of(9), None)), Request::PreVote(VoteRequest::new(vote_of(9), None))] {
+            assert!(matches!(check(id(9), &request, &v), Err(Refusal::NotVoter { .. })), "{request:?}");
+            // A node that knows no membership yet cannot tell.
+            assert_eq!(check(id(9), &request, &BTreeSet::new()), Ok(()));
+        }
+        // Entries from a leader this node does not know as a voter are taken (its view of
+        // the membership may be behind a promotion it can only learn from those entries).
+        assert_eq!(check(id(9), &append_from(9), &v), Ok(()));
+        assert_eq!(check(id(9), &append_from(9), &BTreeSet::new()), Ok(()));
+    }
+
+    #[test]
+    fn forwarded_writes_make_no_claim() {
+        let cmd = shoal_consensus::Command::Revoke { node: id(1) };
+        assert_eq!(claimed_sender(&Request::Forward(cmd.clone())), None);
+        assert_eq!(check(id(9), &Request::Forward(cmd), &voters(&[1, 2, 3])), Ok(()));
+    }
+}
