@@ -213,14 +213,33 @@ pub fn membership_step(
     }
 }
 
-/// Why `node rm` of `id` must be refused now, if it must: the cluster's only voter cannot be
-/// removed (nothing could commit again once it is switched off). Found by the simulator's
-/// whole-node mode: an operator removing the founder before autopilot promoted anyone.
-pub fn removal_refusal(raft: &RaftView, id: &NodeId) -> Option<String> {
-    if raft.voters.contains(id) && raft.voters.len() == 1 {
+/// Why `node rm` of `id` must be refused now, if it must:
+/// - the cluster's only voter cannot be removed (nothing could commit again once it is
+///   switched off). Found by the simulator's whole-node mode: an operator removing the
+///   founder before autopilot promoted anyone;
+/// - a voter whose revocation would leave fewer unrevoked voters than a majority of the
+///   voters Raft has now: a revoked node's connections are refused at once, before the
+///   leader has taken it out of Raft, so revoking two of three voters in a row would leave
+///   one voter that can never commit the change (quorum lost for good). Revoked voters are
+///   taken out of Raft within seconds; the second removal waits until then.
+///
+/// `revoked` is the replicated revoked set.
+pub fn removal_refusal(raft: &RaftView, revoked: &BTreeSet<NodeId>, id: &NodeId) -> Option<String> {
+    if !raft.voters.contains(id) {
+        return None;
+    }
+    if raft.voters.len() == 1 {
         return Some(format!(
             "node {} is the cluster's only manager (Raft voter); start more machines and wait until `shoal status` shows other voters, then remove it",
             id.short()
+        ));
+    }
+    let left = raft.voters.iter().filter(|v| *v != id && !revoked.contains(v)).count();
+    if left * 2 <= raft.voters.len() {
+        return Some(format!(
+            "removing node {} now would leave {left} of the {} managers (Raft voters) able to vote, too few to ever agree again; wait until the managers removed before are out of Raft (`shoal status` lists the voters), then remove it",
+            id.short(),
+            raft.voters.len()
         ));
     }
     None

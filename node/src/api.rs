@@ -357,7 +357,8 @@ async fn node_rm(ctl: &Control, prefix: &str) -> Result<String> {
     }
     if let Some(running) = ctl.running() {
         let raft = shoal_consensus::duties::RaftView::from_metrics(&running.metrics());
-        if let Some(why) = shoal_consensus::duties::removal_refusal(&raft, &id) {
+        let revoked = running.state().await?.revoked;
+        if let Some(why) = shoal_consensus::duties::removal_refusal(&raft, &revoked, &id) {
             bail!("refusing: {why}");
         }
     }

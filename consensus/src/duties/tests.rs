@@ -187,7 +187,23 @@ fn reports_already_recorded_or_about_other_nodes_tasks_are_not_sent() {
 
 #[test]
 fn the_only_voter_cannot_be_removed_but_one_of_three_can() {
-    assert!(removal_refusal(&raft(&[1], &[2, 3]), &id(1)).is_some_and(|r| r.contains("only manager")));
-    assert_eq!(removal_refusal(&raft(&[1], &[2, 3]), &id(2)), None);
-    assert_eq!(removal_refusal(&raft(&[1, 2, 3], &[]), &id(1)), None);
+    let none = BTreeSet::new();
+    assert!(removal_refusal(&raft(&[1], &[2, 3]), &none, &id(1)).is_some_and(|r| r.contains("only manager")));
+    assert_eq!(removal_refusal(&raft(&[1], &[2, 3]), &none, &id(2)), None);
+    assert_eq!(removal_refusal(&raft(&[1, 2, 3], &[]), &none, &id(1)), None);
+}
+
+#[test]
+fn a_second_voter_is_not_revoked_before_the_first_is_out_of_raft() {
+    // 3 voters, one revoked and still in Raft: revoking another would leave 1 of 3.
+    let revoked = BTreeSet::from([id(1)]);
+    let why = removal_refusal(&raft(&[1, 2, 3], &[4]), &revoked, &id(2)).expect("refused");
+    assert!(why.contains("1 of the 3"), "{why}");
+    // A learner may go; once the first is out of Raft, the second voter may go too.
+    assert_eq!(removal_refusal(&raft(&[1, 2, 3], &[4]), &revoked, &id(4)), None);
+    assert_eq!(removal_refusal(&raft(&[2, 3, 4], &[]), &revoked, &id(2)), None);
+    // 5 voters: two may be revoked before they leave Raft (3 of 5 remain), not three.
+    let two = BTreeSet::from([id(1), id(2)]);
+    assert_eq!(removal_refusal(&raft(&[1, 2, 3, 4, 5], &[]), &BTreeSet::from([id(1)]), &id(2)), None);
+    assert!(removal_refusal(&raft(&[1, 2, 3, 4, 5], &[]), &two, &id(3)).is_some());
 }

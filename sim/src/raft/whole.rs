@@ -632,7 +632,13 @@ impl Driver {
             for attempt in 0..60u64 {
                 let via = (attempt as usize + slot + 1) % nodes;
                 // `shoal node rm`'s own check, on the node the operator asks.
-                let refused = world.raft(via).and_then(|r| duties::removal_refusal(&RaftView::from_metrics(&r.metrics().borrow_watched()), &whole_id(slot)));
+                let refused = match world.raft(via) {
+                    Some(r) => {
+                        let revoked = read_state(&r).await.map(|s| s.revoked).unwrap_or_default();
+                        duties::removal_refusal(&RaftView::from_metrics(&r.metrics().borrow_watched()), &revoked, &whole_id(slot))
+                    }
+                    None => None,
+                };
                 if let Some(why) = refused {
                     world.trace("operator", || format!("node rm n{slot} refused by n{via}: {why}"));
                 } else if via != slot {
