@@ -23,6 +23,7 @@
 use super::cert::node_id_of_cert;
 use super::client::{holder_of_cert, Holder};
 use super::{node_dns_name, node_id_from_dns_name, NODE_DNS_SUFFIX};
+use super::PkiError;
 use rcgen::KeyPair;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, Resumption, WebPkiServerVerifier};
@@ -161,14 +162,23 @@ fn other_error(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Err
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
 
-/// Server side: the WebPKI client verifier (cluster CA only), then the node id rules.
+/// Server side: the WebPKI client verifier (cluster CA only), then `holder`'s rules on the
+/// certificate, whose id must not be revoked. Node-to-node endpoints take
+/// [`node_id_of_cert`] (a node's certificate only: a client's is refused), the user-facing
+/// ones [`holder_id`] (a node's or a client's).
 #[derive(Debug)]
-struct NodeClientVerifier {
+struct CheckedClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     revoked: Revocations,
+    holder: fn(&[u8]) -> Result<NodeId, PkiError>,
 }
 
-impl ClientCertVerifier for NodeClientVerifier {
+/// The id of a node's or a user's client certificate.
+fn holder_id(der: &[u8]) -> Result<NodeId, PkiError> {
+    holder_of_cert(der).map(|h| h.id())
+}
+
+impl ClientCertVerifier for CheckedClientVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
@@ -188,67 +198,8 @@ impl ClientCertVerifier for NodeClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        let id = node_id_of_cert(end_entity).map_err(other_error)?;
+        let id = (self.holder)(end_entity).map_err(other_error)?;
         if self.revoked.contains(&id) {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
-        }
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// Server side of the user-facing endpoints (Docker API, shoal API): the WebPKI client
-/// verifier (cluster CA only, client-auth usage), then the holder (a node or a client
-/// certificate) must not be revoked.
-#[derive(Debug)]
-struct UserClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    revoked: Revocations,
-}
-
-impl ClientCertVerifier for UserClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        let holder = holder_of_cert(end_entity).map_err(other_error)?;
-        if self.revoked.contains(&holder.id()) {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
         Ok(verified)
@@ -291,7 +242,7 @@ pub fn user_server_config(
     let inner = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone()).build()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(UserClientVerifier { inner, revoked }))
+        .with_client_cert_verifier(Arc::new(CheckedClientVerifier { inner, revoked, holder: holder_id }))
         .with_cert_resolver(credentials);
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
@@ -400,7 +351,7 @@ pub fn server_config(
     let inner = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone()).build()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(NodeClientVerifier { inner, revoked }))
+        .with_client_cert_verifier(Arc::new(CheckedClientVerifier { inner, revoked, holder: node_id_of_cert }))
         .with_cert_resolver(credentials);
     // No resumption: every session verifies the certificate against the revoked set.
     config.session_storage = Arc::new(NoServerSessionStorage {});
