@@ -9,10 +9,9 @@
 //! The `docker` CLI is the client in both columns, so its own start-up is in both.
 //! Run: `cargo bench -p shoal-tests --bench docker_api`.
 
-use shoal_tests::cluster::{in_cluster, leader_of, statuses};
 use shoal_tests::engines::engines_unavailable;
 use shoal_tests::services::{docker_unavailable, image_tag, Docker, DockerCleanup};
-use shoal_tests::{every, netns_unavailable, run, summary, token_new, Cluster, Lab, TempDir};
+use shoal_tests::{netns_unavailable, run, summary, Lab, TempDir};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -93,19 +92,7 @@ fn main() {
     let lab = Lab::with_engines(3).unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
     lab.load_images(&[&image]).unwrap_or_else(|e| panic!("{e}"));
     let engine_socket = lab.docker_socket(0).map(Path::to_path_buf).expect("n1's engine socket");
-    let token = token_new();
-    let specs: Vec<_> = (0..3).map(|i| lab.agent_spec(i, &token, &["--bootstrap-expect", "3"])).collect();
-    let mut c = Cluster::in_lab("dapibench", lab);
-    for s in specs {
-        c.add(s);
-    }
-    let all = [0, 1, 2];
-    for i in all {
-        c.node_mut(i).start();
-    }
-    c.wait_until(Duration::from_secs(60), "3 nodes form one cluster", || {
-        statuses(&c, &all).is_some_and(|s| every(&s, |s| in_cluster(s) && s.voters.len() == 3) && leader_of(&s).is_some())
-    });
+    let (c, _) = shoal_tests::cluster::form_lab_cluster("dapibench", lab, Duration::from_secs(60));
     let config = TempDir::new("dapibench-docker-config");
     let shoal_socket = c.node(0).data_dir.join("docker.sock");
 

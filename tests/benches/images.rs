@@ -9,10 +9,9 @@
 //! plus 50 MB of random bytes, built on the host's engine and removed at the end.
 //! Run: `cargo bench -p shoal-tests --bench images`.
 
-use shoal_tests::cluster::{in_cluster, leader_of, statuses};
 use shoal_tests::engines::engines_unavailable;
 use shoal_tests::services::{cli_ok, docker_unavailable, image_tag, Docker, DockerCleanup};
-use shoal_tests::{every, netns_unavailable, run, summary, token_new, Cluster, Lab, TempDir};
+use shoal_tests::{netns_unavailable, run, summary, Lab, TempDir};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -47,20 +46,8 @@ fn main() {
     run(Command::new("docker").args(["save", "-o"]).arg(&file).arg(&big), Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
     let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
     docker_on(&lab, 0, &["load", "-q", "-i", &file.display().to_string()]).unwrap_or_else(|e| panic!("load into n1: {e}"));
-    let token = token_new();
-    let specs: Vec<_> = (0..3).map(|i| lab.agent_spec(i, &token, &["--bootstrap-expect", "3"])).collect();
     let lab = std::sync::Arc::new(lab);
-    let mut c = Cluster::in_lab("ibench", lab.clone());
-    for s in specs {
-        c.add(s);
-    }
-    let all = [0, 1, 2];
-    for i in all {
-        c.node_mut(i).start();
-    }
-    c.wait_until(Duration::from_secs(60), "3 nodes form one cluster", || {
-        statuses(&c, &all).is_some_and(|s| every(&s, |s| in_cluster(s) && s.voters.len() == 3) && leader_of(&s).is_some())
-    });
+    let (c, _) = shoal_tests::cluster::form_lab_cluster("ibench", lab.clone(), Duration::from_secs(60));
     let n1_socket = lab.docker_socket(0).map(|p| p.display().to_string()).unwrap_or_default();
     let targets: Vec<String> = (1..3).filter_map(|i| lab.docker_socket(i).map(|p| p.display().to_string())).collect();
     let clear = || {

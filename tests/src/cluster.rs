@@ -92,3 +92,28 @@ pub fn free_agent_ports(n: usize) -> Vec<u16> {
     assert_eq!(out.len(), n, "could not find {n} free ports (UDP and TCP)");
     out
 }
+
+/// Starts an agent on every machine of `lab` (each with its machine's own spec and
+/// `--bootstrap-expect 3`, one token) and waits up to `timeout` until they form one
+/// cluster: every node in it, 3 voters (or every node, below 3), one agreed leader. Returns
+/// the cluster and the node ids in machine order. The shared start of the lab stories.
+pub fn form_lab_cluster(label: &str, lab: impl Into<std::sync::Arc<crate::Lab>>, timeout: Duration) -> (Cluster, Vec<String>) {
+    let lab = lab.into();
+    let token = crate::token_new();
+    let n = lab.hosts.len();
+    let specs: Vec<_> = (0..n).map(|i| lab.agent_spec(i, &token, &["--bootstrap-expect", "3"])).collect();
+    let mut c = Cluster::in_lab(label, lab);
+    for s in specs {
+        c.add(s);
+    }
+    let all: Vec<usize> = (0..n).collect();
+    for &i in &all {
+        c.node_mut(i).start();
+    }
+    let voters = n.min(3);
+    c.wait_until(timeout, &format!("{n} nodes form one cluster"), || {
+        statuses(&c, &all).is_some_and(|s| crate::every(&s, |s| in_cluster(s) && s.voters.len() == voters) && leader_of(&s).is_some())
+    });
+    let ids = statuses(&c, &all).unwrap_or_else(|| panic!("a node stopped answering\n{}", c.report())).into_iter().map(|s| s.node).collect();
+    (c, ids)
+}

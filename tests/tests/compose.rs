@@ -21,10 +21,9 @@
 //! Needs network namespaces, `dockerd`, `docker`, `docker-compose` and `/bin/busybox`;
 //! skipped with a printed reason when one is missing.
 
-use shoal_tests::cluster::{in_cluster, leader_of, statuses};
 use shoal_tests::engines::engines_unavailable;
 use shoal_tests::services::{docker_unavailable, image_tag, Docker, DockerCleanup};
-use shoal_tests::{every, require_netns, run, token_new, Cluster, Lab, Output, TempDir};
+use shoal_tests::{require_netns, run, Cluster, Lab, Output, TempDir};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -172,19 +171,7 @@ fn docker_compose_up_ps_logs_scale_down_and_docker_networks_and_images() {
     host.build_busybox(&image).unwrap_or_else(|e| panic!("{e}"));
     let lab = std::sync::Arc::new(Lab::with_engines(3).unwrap_or_else(|e| panic!("cannot build the lab with engines: {e}")));
     lab.load_images(&[&image]).unwrap_or_else(|e| panic!("{e}"));
-    let token = token_new();
-    let specs: Vec<_> = (0..3).map(|i| lab.agent_spec(i, &token, &["--bootstrap-expect", "3"])).collect();
-    let mut c = Cluster::in_lab("compose", lab.clone());
-    for s in specs {
-        c.add(s);
-    }
-    let all = [0, 1, 2];
-    for i in all {
-        c.node_mut(i).start();
-    }
-    c.wait_until(Duration::from_secs(60), "3 nodes form one cluster", || {
-        statuses(&c, &all).is_some_and(|s| every(&s, |s| in_cluster(s) && s.voters.len() == 3) && leader_of(&s).is_some())
-    });
+    let (c, _) = shoal_tests::cluster::form_lab_cluster("compose", lab.clone(), Duration::from_secs(60));
     let w = World { c, config: TempDir::new("compose-config"), project_dir: TempDir::new("compose-project") };
     std::fs::write(w.project_dir.path().join("docker-compose.yml"), compose_file(&image)).expect("write the compose file");
     println!("cluster formed after {:.1?}", began.elapsed());
@@ -204,7 +191,7 @@ fn docker_compose_up_ps_logs_scale_down_and_docker_networks_and_images() {
     println!("the project runs on {} (lab machine {home})", nodes[0]);
     let nets = w.networks(1);
     assert_eq!(nets, ["proj_default bridge"], "the network is a cluster object, seen through any node");
-    for i in all {
+    for i in 0..3 {
         let on_engine = engine_networks(&lab, i);
         if i == home {
             assert_eq!(on_engine, ["proj_default"], "created lazily on the project's node");

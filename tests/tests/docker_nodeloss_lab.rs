@@ -13,10 +13,10 @@
 //! Needs network namespaces, the `docker` CLI, a Docker Engine socket (to build the test
 //! image) and dockerd; skipped with a printed reason when one is missing.
 
-use shoal_tests::cluster::{in_cluster, leader_of, statuses};
+use shoal_tests::cluster::{leader_of, statuses};
 use shoal_tests::engines::engines_unavailable;
 use shoal_tests::services::{docker_unavailable, image_tag, is_running, Docker, DockerCleanup, EngineSet};
-use shoal_tests::{every, require_netns, run, token_new, Cluster, Lab, Output, TempDir};
+use shoal_tests::{require_netns, run, Cluster, Lab, Output, TempDir};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -98,22 +98,8 @@ fn a_dead_machines_always_container_moves_with_its_id_and_the_others_are_lost_wi
     let lab = Lab::with_engines(3).unwrap_or_else(|e| panic!("cannot build the lab with engines: {e}"));
     lab.load_images(&[&image]).unwrap_or_else(|e| panic!("{e}"));
     let mut engines = EngineSet::of_lab(&lab).unwrap_or_else(|e| panic!("{e}"));
-    let token = token_new();
-    let specs: Vec<_> = (0..3).map(|i| lab.agent_spec(i, &token, &["--bootstrap-expect", "3"])).collect();
-    let mut c = Cluster::in_lab("nodeloss", lab);
-    for s in specs {
-        c.add(s);
-    }
-    let all = [0, 1, 2];
-    for i in all {
-        c.node_mut(i).start();
-    }
-    c.wait_until(Duration::from_secs(60), "3 nodes form one cluster", || {
-        statuses(&c, &all).is_some_and(|s| every(&s, |s| in_cluster(s) && s.voters.len() == 3) && leader_of(&s).is_some())
-    });
-    let st = statuses(&c, &all).unwrap_or_default();
-    let ids: Vec<String> = st.iter().map(|s| s.node.clone()).collect();
-    let leader = leader_of(&st).unwrap_or_default();
+    let (mut c, ids) = shoal_tests::cluster::form_lab_cluster("nodeloss", lab, Duration::from_secs(60));
+    let leader = statuses(&c, &[0, 1, 2]).and_then(|st| leader_of(&st)).unwrap_or_default();
     engines.assign(&ids);
     let config = TempDir::new("nodeloss-docker-config");
 

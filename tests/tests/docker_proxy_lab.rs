@@ -19,10 +19,9 @@
 //! Needs network namespaces, `dockerd`, the `docker` CLI and `/bin/busybox`; skipped with a
 //! printed reason otherwise.
 
-use shoal_tests::cluster::{in_cluster, leader_of, statuses};
 use shoal_tests::engines::engines_unavailable;
 use shoal_tests::services::{docker_unavailable, image_tag, Docker, DockerCleanup};
-use shoal_tests::{every, require_netns, run, token_new, Cluster, Lab, Output, TempDir};
+use shoal_tests::{require_netns, run, Cluster, Lab, Output, TempDir};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -132,19 +131,7 @@ fn logs_run_rm_and_exec_reach_a_container_on_another_node_and_a_dead_node_is_nam
     host.build_busybox(&image).unwrap_or_else(|e| panic!("{e}"));
     let lab = Lab::with_engines(3).unwrap_or_else(|e| panic!("cannot build the lab with engines: {e}"));
     lab.load_images(&[&image]).unwrap_or_else(|e| panic!("{e}"));
-    let token = token_new();
-    let specs: Vec<_> = (0..3).map(|i| lab.agent_spec(i, &token, &["--bootstrap-expect", "3"])).collect();
-    let mut c = Cluster::in_lab("dproxy", lab);
-    for s in specs {
-        c.add(s);
-    }
-    let all = [0, 1, 2];
-    for i in all {
-        c.node_mut(i).start();
-    }
-    c.wait_until(FORM_TIMEOUT, "3 nodes form one cluster", || {
-        statuses(&c, &all).is_some_and(|s| every(&s, |s| in_cluster(s) && s.voters.len() == 3) && leader_of(&s).is_some())
-    });
+    let (c, _) = shoal_tests::cluster::form_lab_cluster("dproxy", lab, FORM_TIMEOUT);
     let mut w = World { c, config: TempDir::new("dproxy-docker-config") };
     println!("cluster formed in {:.1?}", began.elapsed());
 

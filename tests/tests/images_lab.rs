@@ -9,13 +9,12 @@
 //! 3. `shoal image push` from n2 puts an image only n2 had on n1 and n3; pushing again says
 //!    it is already there.
 
-use shoal_tests::cluster::{in_cluster, leader_of, statuses};
 use shoal_tests::engines::engines_unavailable;
 use shoal_tests::services::{
     cli_ok, docker_unavailable, image_tag, is_running, of_service, service_ps, Docker, DockerCleanup, EngineSet, LONG_RUNNING,
     SERVICE_CLI_TIMEOUT,
 };
-use shoal_tests::{every, require_netns, run, token_new, Cluster, Lab, TempDir};
+use shoal_tests::{require_netns, run, Cluster, Lab, TempDir};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -78,21 +77,8 @@ fn images_reach_every_node_by_fetch_and_push_and_a_missing_one_fails_with_the_re
     assert!(engine_has(&lab, 0, &image) && !engine_has(&lab, 1, &image) && !engine_has(&lab, 2, &image), "only n1 has {image}");
     let mut engines = EngineSet::of_lab(&lab).unwrap_or_else(|e| panic!("{e}"));
 
-    let token = token_new();
-    let specs: Vec<_> = (0..3).map(|i| lab.agent_spec(i, &token, &["--bootstrap-expect", "3"])).collect();
     let lab_for_checks = std::sync::Arc::new(lab);
-    let mut c = Cluster::in_lab("images", lab_for_checks.clone());
-    for s in specs {
-        c.add(s);
-    }
-    let all = [0, 1, 2];
-    for i in all {
-        c.node_mut(i).start();
-    }
-    c.wait_until(FORM_TIMEOUT, "3 nodes form one cluster", || {
-        statuses(&c, &all).is_some_and(|s| every(&s, |s| in_cluster(s) && s.voters.len() == 3) && leader_of(&s).is_some())
-    });
-    let ids: Vec<String> = statuses(&c, &all).unwrap_or_default().into_iter().map(|s| s.node).collect();
+    let (c, ids) = shoal_tests::cluster::form_lab_cluster("images", lab_for_checks.clone(), FORM_TIMEOUT);
     engines.assign(&ids);
     let lab = lab_for_checks;
 

@@ -4,10 +4,9 @@
 //! reason naming port 8080 (the create's wait ends once the 3 run, saying so, instead of
 //! waiting out its timeout); `scale web=3` then converges with nothing pending.
 
-use shoal_tests::cluster::{in_cluster, leader_of, statuses};
 use shoal_tests::engines::engines_unavailable;
 use shoal_tests::services::{cli_ok, docker_unavailable, image_tag, is_running, of_service, service_ps, Docker, DockerCleanup, EngineSet, SERVICE_CLI_TIMEOUT};
-use shoal_tests::{every, require_netns, run, token_new, Cluster, Lab};
+use shoal_tests::{require_netns, run, Cluster, Lab};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -46,20 +45,7 @@ fn replicas_publishing_one_host_port_get_one_node_each_and_the_rest_pend_naming_
     lab.load_images(&[&image]).unwrap_or_else(|e| panic!("{e}"));
     let mut engines = EngineSet::of_lab(&lab).unwrap_or_else(|e| panic!("{e}"));
     let addrs: Vec<(String, String)> = lab.hosts.iter().map(|h| (h.ns.clone(), h.ip.to_string())).collect();
-    let token = token_new();
-    let specs: Vec<_> = (0..3).map(|i| lab.agent_spec(i, &token, &["--bootstrap-expect", "3"])).collect();
-    let mut c = Cluster::in_lab("ports", lab);
-    for s in specs {
-        c.add(s);
-    }
-    let all = [0, 1, 2];
-    for i in all {
-        c.node_mut(i).start();
-    }
-    c.wait_until(Duration::from_secs(60), "3 nodes form one cluster", || {
-        statuses(&c, &all).is_some_and(|s| every(&s, |s| in_cluster(s) && s.voters.len() == 3) && leader_of(&s).is_some())
-    });
-    let ids: Vec<String> = statuses(&c, &all).unwrap_or_default().into_iter().map(|s| s.node).collect();
+    let (c, ids) = shoal_tests::cluster::form_lab_cluster("ports", lab, Duration::from_secs(60));
     engines.assign(&ids);
 
     // The create waits for what can run, then says what cannot be placed instead of waiting
