@@ -64,7 +64,15 @@ fn name_of(m: &MemberView) -> String {
 /// The other members in the cluster that are alive.
 async fn others(ctl: &Control) -> Result<Vec<MemberView>> {
     let members = ctl.membership().members().await.map_err(|_| anyhow!("the agent is shutting down"))?;
-    Ok(members.into_iter().filter(|m| !m.is_self && m.in_cluster).collect())
+    // In the cluster: what the member gossips, or what the replicated state says (a node
+    // registered and not revoked), whichever is known first: right after a node joins, its
+    // gossiped fact can be a moment behind the state this node already holds.
+    let state = match ctl.running() {
+        Some(running) => running.state().await.ok(),
+        None => None,
+    };
+    let registered = |m: &MemberView| state.as_ref().is_some_and(|s| s.nodes.contains_key(&m.id) && !s.revoked.contains(&m.id));
+    Ok(members.into_iter().filter(|m| !m.is_self && (m.in_cluster || registered(m))).collect())
 }
 
 /// Every image of every reachable node.
