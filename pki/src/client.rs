@@ -14,12 +14,9 @@
 //! Pure: `now` and the rng are parameters, like the rest of the issuer.
 
 use super::ca::{random_serial, ClusterCa};
-use super::{from_unix_secs, is_supported_key, node_id_of_public_key, to_asn1_time, unix_secs, PkiError};
-use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
-    PublicKeyData, SanType,
-};
-use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
+use super::{from_unix_secs, node_id_of_public_key, to_asn1_time, unix_secs, PkiError};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
+use rustls::pki_types::CertificateDer;
 use shoal_discovery::ClusterId;
 use shoal_wire::NodeId;
 use std::collections::BTreeSet;
@@ -175,12 +172,7 @@ pub fn issue_client(
     if lifetime < Duration::from_secs(3600) || lifetime > MAX_CLIENT_LIFETIME {
         return Err(PkiError::BadPolicy("a client certificate lives 1 hour to 10 years"));
     }
-    let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-        .map_err(|e| PkiError::BadCsr(e.to_string()))?;
-    if !is_supported_key(csr.public_key.algorithm()) {
-        return Err(PkiError::UnsupportedKey);
-    }
-    let id = node_id_of_public_key(csr.public_key.der_bytes());
+    let (csr, id) = super::checked_csr(csr_der)?;
     if revoked.contains(&id) {
         return Err(PkiError::Revoked(id));
     }

@@ -15,12 +15,9 @@
 
 use super::ca::{random_serial, ClusterCa, CLOCK_SKEW_ALLOWANCE};
 use super::join::{JoinKey, JoinRequest, JoinResponse};
-use super::{is_supported_key, node_dns_name, node_id_of_public_key, to_asn1_time, unix_secs, NodeRole, PkiError};
-use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
-    PublicKeyData, SanType,
-};
-use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
+use super::{node_dns_name, to_asn1_time, unix_secs, NodeRole, PkiError};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
+use rustls::pki_types::CertificateDer;
 use shoal_discovery::{ClusterId, JoinSecret};
 use shoal_wire::NodeId;
 use std::collections::BTreeSet;
@@ -158,12 +155,7 @@ impl Issuer {
         if grant.addresses.len() > MAX_ADDRESSES || grant.names.len() > MAX_ADDRESSES {
             return Err(PkiError::BadPolicy("more than 32 addresses or names in one certificate"));
         }
-        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-            .map_err(|e| PkiError::BadCsr(e.to_string()))?;
-        if !is_supported_key(csr.public_key.algorithm()) {
-            return Err(PkiError::UnsupportedKey);
-        }
-        let actual = node_id_of_public_key(csr.public_key.der_bytes());
+        let (csr, actual) = super::checked_csr(csr_der)?;
         if actual != node_id {
             return Err(PkiError::NodeIdMismatch { claimed: node_id, actual });
         }

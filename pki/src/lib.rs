@@ -54,6 +54,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const NODE_DNS_SUFFIX: &str = "node.shoal";
 
 /// The one curve shoal uses for node and CA keys (what `identity.rs` generates).
+/// A certificate request (DER) that parses, for a supported key, and the id of its key:
+/// the first checks of every certificate the cluster issues (node or client).
+pub(crate) fn checked_csr(csr_der: &[u8]) -> Result<(rcgen::CertificateSigningRequestParams, NodeId), PkiError> {
+    use rcgen::PublicKeyData;
+    let csr = rcgen::CertificateSigningRequestParams::from_der(&rustls::pki_types::CertificateSigningRequestDer::from(csr_der))
+        .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+    if !is_supported_key(csr.public_key.algorithm()) {
+        return Err(PkiError::UnsupportedKey);
+    }
+    let id = node_id_of_public_key(csr.public_key.der_bytes());
+    Ok((csr, id))
+}
+
 pub(crate) fn is_supported_key(alg: &rcgen::SignatureAlgorithm) -> bool {
     alg == &rcgen::PKCS_ECDSA_P256_SHA256
 }
