@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub dead_voter_after: Duration,
     pub reschedule_after: Duration,
     pub docker_socket: Option<PathBuf>,
+    /// A bug planted on purpose (tests only).
+    pub planted: Option<shoal_control::PlantedBug>,
 }
 
 /// How long a graceful leave may take before the process exits anyway.
@@ -228,6 +230,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             dead_voter_after: cfg.dead_voter_after,
             reschedule_after: cfg.reschedule_after,
             docker_socket: cfg.docker_socket.clone(),
+            planted: cfg.planted,
         },
         identity.id,
         &identity.key_pem,

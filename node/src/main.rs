@@ -233,6 +233,17 @@ struct AgentArgs {
     /// node takes no tasks; it keeps retrying.
     #[arg(long, value_name = "PATH")]
     docker_socket: Option<PathBuf>,
+    /// Test-only: run with a bug planted on purpose in the controller, to show that tests
+    /// catch it (skip-join-check, grant-manager-to-learners). Never for real use.
+    #[arg(long, hide = true, value_name = "BUG", env = "SHOAL_PLANTED_BUG", value_parser = parse_planted_bug)]
+    planted_bug: Option<shoal_control::PlantedBug>,
+}
+
+fn parse_planted_bug(text: &str) -> Result<shoal_control::PlantedBug, String> {
+    shoal_control::PlantedBug::parse(text).ok_or_else(|| {
+        let names: Vec<&str> = shoal_control::PlantedBug::ALL.iter().map(|b| b.name()).collect();
+        format!("no planted bug is called `{text}` (there are: {})", names.join(", "))
+    })
 }
 
 fn parse_voters(text: &str) -> Result<usize, String> {
@@ -531,5 +542,6 @@ fn agent_config(args: AgentArgs) -> Result<agent::AgentConfig> {
         dead_voter_after: args.replace_dead_manager_after,
         reschedule_after: args.reschedule_after,
         docker_socket: args.docker_socket,
+        planted: args.planted_bug,
     })
 }

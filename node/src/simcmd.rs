@@ -48,7 +48,8 @@ pub struct SimArgs {
     /// every fault kind (leave removes a node with `node rm`). At most 10 nodes.
     #[arg(long, conflicts_with_all = ["services", "raft"])]
     whole: bool,
-    /// Test-only: a planted bug in the Raft or whole mode (unsynced-flush, skip-join-check).
+    /// Test-only: a planted bug in the Raft or whole mode (unsynced-flush, skip-join-check,
+    /// grant-manager-to-learners).
     #[arg(long, hide = true, value_name = "BUG")]
     planted_raft_bug: Option<String>,
 }
@@ -86,7 +87,7 @@ fn options(args: &SimArgs, seed: u64) -> Result<SimOptions> {
             None => None,
             Some(_) if !(args.raft || args.whole) => bail!("--planted-raft-bug needs --raft or --whole"),
             Some(name) => Some(
-                shoal_sim::raft::RaftBug::parse(name).ok_or_else(|| anyhow!("unknown planted raft bug `{name}`: unsynced-flush or skip-join-check"))?,
+                shoal_sim::raft::RaftBug::parse(name).ok_or_else(|| anyhow!("unknown planted raft bug `{name}`: {}", shoal_sim::raft::RaftBug::names()))?,
             ),
         },
         ..SimOptions::new(seed)

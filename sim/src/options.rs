@@ -407,7 +407,7 @@ impl SimOptions {
                 }
                 "--planted-raft-bug" => {
                     let bug = crate::raft::RaftBug::parse(&value);
-                    opts.planted_raft_bug = Some(bug.ok_or_else(|| bad(format!("unknown planted raft bug `{value}`: unsynced-flush or skip-join-check")))?);
+                    opts.planted_raft_bug = Some(bug.ok_or_else(|| bad(format!("unknown planted raft bug `{value}`: {}", crate::raft::RaftBug::names())))?);
                 }
                 other => return Err(bad(format!("unknown flag `{other}`"))),
             }

@@ -7,7 +7,7 @@
 //!   joins, intruder attempts, reschedules and removals it counts did happen;
 //! - a planted bug (`skip-join-check`: a member issues a certificate though the join check
 //!   failed) is caught by the certificate invariant, and the printed replay command
-//!   reproduces it.
+//!   reproduces it; so is one planted in the shared controller (`grant-manager-to-learners`).
 
 use shoal_sim::raft::{run, RaftBug, RaftReport};
 use shoal_sim::{FaultSet, SimOptions};
@@ -146,4 +146,31 @@ fn planted_skip_join_check_is_caught_and_replayed() {
     let replay = run(&SimOptions::from_command_line(cmd).expect("the replay command parses"));
     assert_eq!(replay.violations, buggy.violations);
     assert_eq!(replay.whole, buggy.whole);
+}
+
+/// A bug planted in the shared controller (`shoal_control`, which the node runs too): a
+/// join answer grants the manager role to a node that is not a Raft voter. The whole-mode
+/// sweep catches it in every seed (the role-grant check on each certificate a joiner
+/// receives), and the printed replay command reproduces it. The node's side of the same
+/// switch is `tests/tests/planted_netns.rs`.
+#[test]
+fn planted_grant_manager_to_learners_is_caught_by_the_sweep_and_replayed() {
+    let seeds = 1..=8u64;
+    let clean = shoal_sim::sweep(seeds.clone(), |seed| run(&whole(seed, Some(5), 2 * 60_000, "all")));
+    for r in &clean {
+        assert!(r.passed(), "fails without the planted bug:\n{}", r.summary());
+    }
+    let bug = RaftBug::GrantManagerToLearners;
+    let buggy = shoal_sim::sweep(seeds, |seed| run(&SimOptions { planted_raft_bug: Some(bug), ..whole(seed, Some(5), 2 * 60_000, "all") }));
+    for r in &buggy {
+        let summary = r.summary();
+        assert!(!r.passed(), "the planted bug went unnoticed:\n{summary}");
+        assert!(r.violations.iter().any(|v| v.contains("granted the manager role") && v.contains("not a Raft voter")), "{summary}");
+    }
+    let summary = buggy[0].summary();
+    let cmd = summary.lines().find_map(|l| l.strip_prefix("replay with: ")).expect("a replay command");
+    assert!(cmd.starts_with("shoal sim --whole --seed 1 ") && cmd.ends_with("--planted-raft-bug grant-manager-to-learners"), "{cmd}");
+    let replay = run(&SimOptions::from_command_line(cmd).expect("the replay command parses"));
+    assert_eq!(replay.violations, buggy[0].violations);
+    assert_eq!(replay.whole, buggy[0].whole);
 }

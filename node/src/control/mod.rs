@@ -35,13 +35,14 @@ use crate::raftnet::{ClientConfig, RaftNetwork, RaftService, ServerConfig};
 use anyhow::{anyhow, Context, Result};
 use files::{StoredCert, TrustFiles};
 use rustls::pki_types::CertificateDer;
-use shoal_cluster::bootstrap::{self, BootstrapDecision, BootstrapInput, Candidate};
+use shoal_cluster::bootstrap::BootstrapDecision;
+use shoal_control::{BootstrapCore, PlantedBug};
 use shoal_consensus::openraft::Config;
 use shoal_consensus::runtime::{os_seed, with_seed};
 use shoal_consensus::store::disk::RedbSnapshots;
 use shoal_consensus::types::ShoalRaft;
-use shoal_consensus::{Applied, ClusterState, Command, NodeRecord, RaftNodeId, RedbStore, ShoalNode, StateMachineStore};
-use shoal_discovery::{JoinSecret, MemberState, MemberView, MembershipHandle};
+use shoal_consensus::{Applied, ClusterState, Command, RaftNodeId, RedbStore, ShoalNode, StateMachineStore};
+use shoal_discovery::{JoinSecret, MemberView, MembershipHandle};
 use shoal_wire::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -107,6 +108,8 @@ pub struct ControlConfig {
     pub reschedule_after: Duration,
     /// The Docker Engine's unix socket; `None`: `DOCKER_HOST` or `/var/run/docker.sock`.
     pub docker_socket: Option<std::path::PathBuf>,
+    /// A bug planted on purpose in the shared controller (tests only: `--planted-bug`).
+    pub planted: Option<PlantedBug>,
 }
 
 /// Where the node is on its way into the cluster.
@@ -139,6 +142,8 @@ struct Inner {
     port: Mutex<Option<Arc<PortServer>>>,
     /// This node's engine as an image store (the image service, the runner, the API).
     images: Arc<crate::images::docker_store::LocalDocker>,
+    /// A bug planted on purpose (tests only).
+    planted: Option<PlantedBug>,
 }
 
 /// The running half: Raft, its network and servers, the credentials.
@@ -187,6 +192,7 @@ impl Control {
         let key = Arc::new(rcgen::KeyPair::from_pem(key_pem).context("cannot load the node key")?);
         let files = TrustFiles::new(&cfg.data_dir);
         let cfg_socket = cfg.docker_socket.clone();
+        let cfg_planted = cfg.planted;
         let store = RedbStore::open(&files.raft_dir()).context("cannot open the Raft store")?;
         let inner = Arc::new(Inner {
             cfg,
@@ -198,7 +204,11 @@ impl Control {
             phase: Mutex::new(Phase::Bootstrapping("starting".into())),
             port: Mutex::new(Some(port)),
             images: crate::images::docker_store::LocalDocker::new(cfg_socket),
+            planted: cfg_planted,
         });
+        if let Some(bug) = cfg_planted {
+            tracing::error!(bug = bug.name(), "this node runs with a bug planted on purpose (--planted-bug, {}), for tests; never use it for real", PlantedBug::ENV);
+        }
         let ctl = Control { inner };
         match ctl.inner.files.load_cert()? {
             Some(stored) if stored.info.node_id == id => {
@@ -281,9 +291,7 @@ impl Control {
     }
 
     async fn bootstrap_loop(self) {
-        let started = SystemTime::now();
-        let mut last_set: BTreeSet<NodeId> = BTreeSet::new();
-        let mut last_change = started;
+        let mut core = BootstrapCore::new(self.inner.id, self.inner.cfg.bootstrap_expect, BOOTSTRAP_SETTLE.as_millis() as u64, now_ms());
         let mut last_logged = String::new();
         loop {
             tokio::time::sleep(BOOTSTRAP_TICK).await;
@@ -291,24 +299,7 @@ impl Control {
                 return;
             }
             let Ok(members) = self.inner.membership.members().await else { return };
-            let alive: Vec<&MemberView> = members.iter().filter(|m| m.state == MemberState::Alive).collect();
-            let set: BTreeSet<NodeId> = alive.iter().map(|m| m.id).collect();
-            if set != last_set {
-                last_set = set;
-                last_change = SystemTime::now();
-            }
-            let candidates: Vec<Candidate> =
-                alive.iter().map(|m| Candidate { id: m.id, in_cluster: m.in_cluster && !m.is_self }).collect();
-            let decision = bootstrap::decide(&BootstrapInput {
-                self_id: self.inner.id,
-                expect: self.inner.cfg.bootstrap_expect,
-                self_in_cluster: false,
-                candidates: &candidates,
-                now_ms: now_ms(),
-                started_ms: epoch_ms(started),
-                last_change_ms: epoch_ms(last_change),
-                settle_ms: BOOTSTRAP_SETTLE.as_millis() as u64,
-            });
+            let decision = core.step(&members, now_ms());
             let result = match decision {
                 BootstrapDecision::Initialize { voters } => {
                     tracing::info!(expected = voters.len(), "this node has the lowest id of the expected members: creating the cluster");
@@ -362,7 +353,8 @@ impl Control {
             self.set_phase(Phase::Joining(format!("asking {} at {addr} for a certificate", id.short())));
             match joinnet::request_certificate(addr, &self.inner.cfg.secret, &self.inner.key, JOIN_TIMEOUT).await {
                 Ok(granted) => {
-                    tracing::info!(via = %id.short(), %addr, "received a certificate from the cluster");
+                    let role = granted.info.role.map_or("none", |r| r.as_str());
+                    tracing::info!(via = %id.short(), %addr, role, "received a certificate from the cluster");
                     self.inner.files.save_cert(&granted.cert_der, &granted.ca_der)?;
                     let stored = StoredCert { cert: granted.cert_der, ca: granted.ca_der, info: granted.info };
                     return self.start_running(stored, None, false).await;
@@ -376,7 +368,7 @@ impl Control {
     /// What this node grants itself (its own certificate and renewals): its advertised IP
     /// and its name as SANs.
     fn own_grant(&self, role: NodeRole) -> NodeGrant {
-        NodeGrant { role, addresses: vec![self.inner.cfg.advertise.ip()], names: pki::node_names(&self.inner.cfg.name) }
+        shoal_control::own_grant(role, self.inner.cfg.advertise, &self.inner.cfg.name)
     }
 
     fn issue_policy(&self) -> IssuePolicy {
@@ -447,20 +439,20 @@ impl Control {
         }
         self.set_phase(Phase::Running(running.clone()));
         tracing::info!(port = %port.local_addr(), "serving Raft and joins (TLS) on the node's TCP port");
+        tokio::spawn(leader::run(self.clone(), running.clone()));
         let c = self.clone();
         tokio::spawn(async move { c.watch_loop(running).await });
         Ok(())
     }
 
-    /// Keeps TLS's revoked set, the `in_cluster` fact and the leader's duties in step with
-    /// the replicated state; renews the certificate.
+    /// Keeps TLS's revoked set and the `in_cluster` fact in step with the replicated state;
+    /// renews the certificate. (The leader's duties run on their own task, `leader::run`.)
     async fn watch_loop(self, running: Arc<Running>) {
         let mut announced = false;
         let mut revoked_logged = false;
         // Checked at the first tick (an expired certificate is renewed at once), then
         // periodically.
         let mut last_renew_check: Option<tokio::time::Instant> = None;
-        let mut leader = leader::LeaderDuties::new();
         let mut seen = None;
         loop {
             // At once when a new entry is applied (a start, a report: the scheduler places
@@ -482,14 +474,6 @@ impl Control {
                 tracing::error!("this node was removed from the cluster (`shoal node rm`); its certificate is refused everywhere. Wipe its data dir to join again as a new node.");
                 revoked_logged = true;
             }
-            let metrics = running.metrics();
-            if metrics.current_leader == Some(RaftNodeId(self.inner.id)) {
-                leader.run(&self, &running, &state, &metrics).await;
-                leader.schedule(&self, &running, &state).await;
-                leader.auto_remove(&running, &state).await;
-            } else {
-                leader.reset();
-            }
             let period = RENEW_CHECK_MAX.min(self.inner.cfg.cert_lifetime / 30);
             if last_renew_check.is_none_or(|t| t.elapsed() >= period) {
                 last_renew_check = Some(tokio::time::Instant::now());
@@ -502,30 +486,21 @@ impl Control {
 
     async fn renew_if_due(&self, running: &Running, state: &ClusterState) -> Result<()> {
         let info = running.cert.lock().unwrap_or_else(PoisonError::into_inner).info.clone();
-        let me = RaftNodeId(self.inner.id);
-        let membership = running.metrics().membership_config.membership().clone();
-        let role = if membership.voter_ids().any(|v| v == me) { NodeRole::Manager } else { NodeRole::Worker };
-        let in_raft = membership.nodes().any(|(id, _)| *id == me);
-        let role_changed = in_raft && info.role != Some(role);
-        // A certificate without this node's current names and addresses (issued by an
-        // earlier build, or before the address changed) is reissued too, so `docker
-        // --tlsverify` accepts the node under them.
-        let grant = self.own_grant(role);
-        let sans_changed = info.addresses != grant.addresses || info.dns_names != grant.names;
-        if !info.needs_renewal(SystemTime::now()) && !role_changed && !sans_changed {
+        let raft = shoal_consensus::duties::RaftView::from_metrics(&running.metrics());
+        let cfg = &self.inner.cfg;
+        let Some(grant) = shoal_control::renewal_due(&info, &raft, self.inner.id, cfg.advertise, &cfg.name, SystemTime::now()) else {
             return Ok(());
-        }
+        };
         if state.ca.is_none() {
             return Ok(()); // nothing can issue before the CA is committed
         }
-        tracing::info!(expires = ?info.not_after, role = %role, role_changed, sans_changed, "renewing this node's certificate");
+        tracing::info!(expires = ?info.not_after, role = %grant.role, "renewing this node's certificate");
         // Issued here, from this node's copy of the replicated CA: renewal needs no leader (after
         // a long power cut every certificate may have expired, and no leader can be elected
         // until they are renewed). The cluster records it below, when a leader is reachable.
         let issuer = running.issuer(state).map_err(|e| anyhow!("{e}"))?;
         let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
         let request = JoinRequest::new(&self.inner.cfg.secret, &self.inner.key, &mut rng)?;
-        let grant = self.own_grant(role);
         let response = issuer.answer_join(&request, &grant, &state.revoked, SystemTime::now(), &mut rng)?;
         let granted = response.verify(&self.inner.cfg.secret, &request, &self.inner.key)?;
         self.inner.files.save_cert(&granted.cert_der, &granted.ca_der)?;
@@ -694,17 +669,12 @@ impl Running {
             return Ok(issuer);
         }
         let ctl = self.ctl.upgrade().ok_or_else(|| Refusal::Unavailable("shutting down".into()))?;
-        let (cert_pem, sealed) = match (&state.ca, self.pending_ca()) {
-            (Some(ca), _) => {
-                let sealed = shoal_wire::decode::<pki::SealedCaKey, { shoal_consensus::state::MAX_SEALED_KEY_LEN }>(&ca.sealed_key)
-                    .map_err(|_| Refusal::Unavailable("the replicated CA key does not decode".into()))?;
-                (ca.cert_pem.clone(), sealed)
-            }
-            (None, Some(pending)) => pending,
-            (None, None) => return Err(Refusal::Unavailable("the cluster CA is not known here yet; retry".into())),
-        };
-        let ca = ClusterCa::unseal(&cert_pem, &sealed, &ctl.cfg.secret)?;
-        let issuer = Arc::new(Issuer::new(ca, &ctl.cfg.secret, IssuePolicy { cert_lifetime: ctl.cfg.cert_lifetime, ..IssuePolicy::default() }));
+        let policy = IssuePolicy { cert_lifetime: ctl.cfg.cert_lifetime, ..IssuePolicy::default() };
+        let issuer = shoal_control::issuer_from_state(state, self.pending_ca().as_ref(), &ctl.cfg.secret, policy).map_err(|e| match e {
+            shoal_control::IssuerError::Pki(e) => Refusal::Pki(e),
+            other => Refusal::Unavailable(other.to_string()),
+        })?;
+        let issuer = Arc::new(issuer);
         if state.ca.is_some() {
             *self.issuer.lock().unwrap_or_else(PoisonError::into_inner) = Some(issuer.clone());
         }
@@ -743,37 +713,20 @@ impl Running {
     /// holds a certificate the cluster does not know about.
     pub async fn answer_join(&self, request: &JoinRequest, state: &ClusterState) -> Result<pki::JoinResponse, Refusal> {
         let ctl = self.ctl.upgrade().ok_or_else(|| Refusal::Unavailable("shutting down".into()))?;
-        if state.revoked.contains(&request.node_id) {
-            return Err(Refusal::Pki(pki::PkiError::Revoked(request.node_id)));
-        }
         let issuer = self.issuer(state)?;
         let members = ctl.membership.members().await.map_err(|_| Refusal::Unavailable("shutting down".into()))?;
-        let member = members.iter().find(|m| m.id == request.node_id).ok_or_else(|| {
-            Refusal::Unavailable("the joining node is not visible in gossip here yet (same token? reachable UDP?); retry".into())
-        })?;
-        let metrics = self.metrics();
-        let is_voter = metrics.membership_config.membership().voter_ids().any(|v| v.0 == request.node_id);
-        let grant = NodeGrant {
-            role: if is_voter { NodeRole::Manager } else { NodeRole::Worker },
-            addresses: vec![member.addr.ip()],
-            names: member.name.as_deref().map(pki::node_names).unwrap_or_default(),
-        };
+        let voters = shoal_consensus::duties::RaftView::from_metrics(&self.metrics()).voters;
+        let ctx = shoal_control::JoinContext { issuer: &issuer, state, members: &members, voters: &voters, planted: ctl.planted };
         let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
-        let response = issuer.answer_join(request, &grant, &state.revoked, SystemTime::now(), &mut rng)?;
-        let info = pki::CertInfo::parse(&response.cert_der)?;
-        if !state.nodes.contains_key(&request.node_id) {
-            let addr = member.addr;
-            let name = member.name.clone().unwrap_or_else(|| format!("node-{}", request.node_id.short()));
-            let record = NodeRecord { name, addr, labels: member.labels.clone() };
-            self.write(Command::RegisterNode { id: request.node_id, record })
-                .await
-                .map_err(|e| Refusal::Unavailable(format!("cannot register the node: {e}")))?;
+        let answer = shoal_control::answer_join(&ctx, request, SystemTime::now(), &mut rng).map_err(|e| match e {
+            shoal_control::JoinRefusal::Pki(e) => Refusal::Pki(e),
+            other => Refusal::Unavailable(other.to_string()),
+        })?;
+        for command in answer.writes {
+            let what = if matches!(command, Command::RegisterNode { .. }) { "register the node" } else { "record the certificate" };
+            self.write(command).await.map_err(|e| Refusal::Unavailable(format!("cannot {what}: {e}")))?;
         }
-        let cert = shoal_consensus::IssuedCert { serial: info.serial.clone(), not_after: pki::unix_secs(info.not_after) };
-        self.write(Command::RecordIssued { node: request.node_id, cert })
-            .await
-            .map_err(|e| Refusal::Unavailable(format!("cannot record the certificate: {e}")))?;
-        Ok(response)
+        Ok(answer.response)
     }
 }
 

@@ -1,15 +1,11 @@
 //! Runs this node's tasks (design step 6): whenever the replicated state changes, and every
-//! [`RUN_TICK`] anyway, the tasks the replicated state
-//! assigns to this node are reconciled with the local Docker Engine through the pure
-//! `shoal_engine::Reconciler` (containers labelled `shoal.node`/`shoal.service`/`shoal.task`),
-//! and what changed is reported to the leader in batches.
+//! [`RUN_TICK`] anyway, the shared agent step (`shoal_control::AgentCore`, which the
+//! simulator runs on its fake engines) reconciles the tasks the replicated state assigns to
+//! this node with the local Docker Engine (containers labelled
+//! `shoal.node`/`shoal.service`/`shoal.task`), and what changed is reported to the leader
+//! in batches. The agent's rules (wait for the state and a leader, report only what the
+//! state does not record) are the core's; this driver adds the node's own I/O:
 //!
-//! Rules:
-//! - nothing is done before this node holds the cluster state and knows a leader: a node
-//!   that just booted, or is cut off, does not act on a state it cannot know is current
-//!   (it would remove containers whose tasks it has not heard of yet);
-//! - reports are compared with what the state already records, so a lost write is simply
-//!   sent again on the next pass and nothing is sent when nothing changed;
 //! - Docker not reachable: the node says so in its gossiped facts (`engine_ok`), so the
 //!   scheduler gives it no tasks, and it reconnects on later passes;
 //! - a task whose image the engine lacks is held back from the reconciler while the image
@@ -26,9 +22,9 @@ use super::{now_ms, Control};
 use crate::images::acquire::{self, Acquisitions, Holder};
 use crate::images::proto::Peer;
 use crate::images::ImageStore;
-use shoal_consensus::duties;
+use shoal_control::AgentCore;
 use shoal_discovery::MemberState;
-use shoal_engine::{Desired, DockerConfig, DockerEngine, Reconciler, ReconcilerConfig, TaskReport, TaskState};
+use shoal_engine::{DockerConfig, DockerEngine};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -52,7 +48,7 @@ const SETTLE_PASSES: u32 = 10;
 pub async fn run_tasks(ctl: Control) {
     let socket = ctl.config().docker_socket.clone();
     let me = ctl.id();
-    let mut reconciler = Reconciler::new(me.to_string(), ReconcilerConfig::default());
+    let mut agent = AgentCore::new(me);
     let mut engine: Option<DockerEngine> = None;
     let mut engine_warned = false;
     let mut images = Acquisitions::new();
@@ -105,10 +101,9 @@ pub async fn run_tasks(ctl: Control) {
             continue;
         }
         let Ok(state) = running.state().await else { continue };
-        if state.ca.is_none() || !state.nodes.contains_key(&me) {
+        if !agent.ready(&state, metrics.current_leader.is_some()) {
             continue;
         }
-        let mut assigned = state.tasks_for_node(&me);
         let now = now_ms();
         while let Ok((image, result)) = done_rx.try_recv() {
             match &result {
@@ -120,18 +115,13 @@ pub async fn run_tasks(ctl: Control) {
         let store = ctl.images();
         // Only tasks not yet seen running need their image checked (a running container
         // has its image): a converged node asks its engine nothing about images.
-        let needs: Vec<(u64, String)> = assigned
-            .iter()
-            .filter(|t| t.desired == Desired::Running)
-            .filter(|t| !matches!(state.tasks.get(&t.id).and_then(|r| r.observed.as_ref()), Some(TaskState::Running)))
-            .map(|t| (t.id, t.spec.image.clone()))
-            .collect();
-        let mut present = BTreeSet::new();
-        for image in needs.iter().map(|(_, i)| i).collect::<BTreeSet<_>>() {
+        let needs = agent.image_needs(&state);
+        let mut present: BTreeSet<String> = BTreeSet::new();
+        for image in needs.iter().map(|(_, i)| i).collect::<BTreeSet<&String>>() {
             // An engine error here shows again in the reconcile below; count it as present so
             // the reconciler, not a transfer, reports it.
             if !matches!(store.resolve(image).await, Ok(None)) {
-                present.insert(image.clone());
+                present.insert(image.to_string());
             }
         }
         let plan = images.plan(now, &needs, &present);
@@ -146,35 +136,19 @@ pub async fn run_tasks(ctl: Control) {
                 });
             }
         }
-        assigned.retain(|t| !plan.waiting.contains(&t.id));
-        match shoal_engine::reconcile_once(docker, &mut reconciler, now, &assigned).await {
-            Ok(_) => {}
+        let outcome = match agent.pass(docker, &state, now, &plan.waiting, plan.failed).await {
+            Ok(outcome) => outcome,
             Err(e) => {
                 tracing::warn!(error = %e, "the local Docker Engine stopped answering; reconnecting");
                 let _ = ctl.membership().set_engine_ok(false).await;
                 engine = None;
                 continue;
             }
-        }
-        let unsettled = assigned.iter().any(|t| {
-            let observed = state.tasks.get(&t.id).and_then(|r| r.observed.as_ref());
-            match t.desired {
-                Desired::Running => matches!(observed, None | Some(TaskState::Starting)),
-                Desired::Shutdown => matches!(observed, Some(TaskState::Running | TaskState::Starting)),
-            }
-        });
-        settling = if unsettled { settling.saturating_add(1) } else { 0 };
+        };
+        settling = if outcome.unsettled { settling.saturating_add(1) } else { 0 };
         known_networks.extend(state.networks.keys().cloned());
         prune_networks(docker, &state, &mut known_networks).await;
-        let mut reports = reconciler.last_reports();
-        reports.extend(plan.failed.into_iter().map(|(task, reason)| TaskReport {
-            task,
-            state: TaskState::Failed { reason },
-            restarts: 0,
-            last_exit_code: None,
-            container: None,
-        }));
-        for cmd in duties::unrecorded_reports(&state, me, reports, now) {
+        for cmd in outcome.commands {
             if let Err(e) = running.write(cmd).await {
                 tracing::debug!(error = %e, "could not report task states yet; will resend");
             }

@@ -84,23 +84,43 @@ pub enum RaftBug {
     /// The log store invokes openraft's flush callback for a batch, but the batch reaches
     /// the disk only when the *next* batch is synced: a power cut loses acknowledged entries.
     UnsyncedFlush,
-    /// Whole mode: a member answers join requests without the join check (gossip visibility
-    /// and the secret's HMAC), so the intruder gets a certificate.
+    /// Whole mode, in the shared controller (`shoal_control::PlantedBug::SkipJoinCheck`):
+    /// a member answers join requests without the join check (gossip visibility and the
+    /// secret's HMAC), so the intruder gets a certificate.
     SkipJoinCheck,
+    /// Whole mode, in the shared controller
+    /// (`shoal_control::PlantedBug::GrantManagerToLearners`): a join answer grants the
+    /// manager role to a node that is not a Raft voter.
+    GrantManagerToLearners,
 }
 
 impl RaftBug {
-    pub const ALL: [RaftBug; 2] = [RaftBug::UnsyncedFlush, RaftBug::SkipJoinCheck];
+    pub const ALL: [RaftBug; 3] = [RaftBug::UnsyncedFlush, RaftBug::SkipJoinCheck, RaftBug::GrantManagerToLearners];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::UnsyncedFlush => "unsynced-flush",
             Self::SkipJoinCheck => "skip-join-check",
+            Self::GrantManagerToLearners => "grant-manager-to-learners",
         }
     }
 
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// The names, for error messages.
+    pub fn names() -> String {
+        Self::ALL.map(Self::name).join(", ")
+    }
+
+    /// The controller's planted bug this is, if it is one.
+    pub fn planted(self) -> Option<shoal_control::PlantedBug> {
+        match self {
+            Self::UnsyncedFlush => None,
+            Self::SkipJoinCheck => Some(shoal_control::PlantedBug::SkipJoinCheck),
+            Self::GrantManagerToLearners => Some(shoal_control::PlantedBug::GrantManagerToLearners),
+        }
     }
 }
 
@@ -126,7 +146,8 @@ fn config() -> Arc<Config> {
 }
 
 fn node_info(slot: usize) -> ShoalNode {
-    ShoalNode::new(format!("n{slot}"), ([10, 1, 0, slot as u8], 7481).into())
+    // The node's one port (gossip over UDP, Raft and joins over TCP), as in whole mode.
+    ShoalNode::new(format!("n{slot}"), ([10, 0, 0, slot as u8 + 1], 7946).into())
 }
 
 thread_local! {

@@ -37,22 +37,22 @@ use rand::rngs::StdRng;
 use rand::RngExt;
 use shoal_cluster::constraint::Constraint;
 use shoal_cluster::scheduler::{Decision, Mode, SchedulerConfig};
-use shoal_consensus::duties::{self, DutyConfig, GossipHealth, MembershipStep, RaftView, SchedulerStep};
+use shoal_consensus::duties::{self, DutyConfig, RaftView};
 use shoal_consensus::openraft::async_runtime::WatchReceiver;
 use shoal_consensus::openraft::ChangeMembers;
 use shoal_consensus::openraft::ServerState;
-use shoal_consensus::state::MAX_SEALED_KEY_LEN;
-use shoal_consensus::{Applied, CaRecord, ClusterState, Command, IssuedCert, NodeRecord, RaftNodeId, Rejected, Response, ServiceDef};
+use shoal_consensus::{Applied, ClusterState, Command, IssuedCert, NodeRecord, RaftNodeId, Rejected, Response, ServiceDef};
+use shoal_control::{issuer_from_state, AgentCore, ChangeKind, JoinAnswer, JoinContext, LeaderCore, LeaderEffect, LeaderInput, OwnTrust, WriteWhy};
 use shoal_discovery::membership::{Effect, MemberTimer};
 use shoal_discovery::{JoinSecret, MemberState, Membership, MembershipConfig, NodeFacts, NodeResources, PeerHint, ShoalId};
-use shoal_engine::{ContainerSpec, ContainerState, Engine, FakeEngine, LabelFilter, Reconciler, ReconcilerConfig, RestartPolicy};
-use shoal_pki::{CertInfo, ClusterCa, IssuePolicy, Issuer, JoinRequest, JoinResponse, NodeGrant, NodeRole, SealedCaKey};
+use shoal_engine::{ContainerSpec, ContainerState, Engine, FakeEngine, LabelFilter, RestartPolicy};
+use shoal_pki::{CertInfo, ClusterCa, IssuePolicy, Issuer, JoinRequest, JoinResponse, NodeRole, SealedCaKey};
 use shoal_wire::NodeId;
 
 use super::net::exchange;
 use super::store::SimStateMachine;
 use super::world::{slot_of, Shared};
-use super::{node_info, Action, Driver, Raft, RaftBug};
+use super::{Action, Driver, Raft, RaftBug};
 use crate::harness::{ceil_ms, EPOCH_MS};
 use crate::rng::{stream, Stream};
 use crate::services::{poll_ready, ServicesPlan};
@@ -122,8 +122,10 @@ fn labels(slot: usize) -> BTreeMap<String, String> {
     BTreeMap::from([("sim.slot".to_string(), slot.to_string())])
 }
 
+/// Machine `slot`'s own record (what the node registers for itself: its name, its one
+/// advertised address, its labels).
 fn record(slot: usize) -> NodeRecord {
-    NodeRecord { name: format!("n{slot}"), addr: node_info(slot).addr, labels: labels(slot) }
+    NodeRecord { name: format!("n{slot}"), addr: gossip_addr(slot), labels: labels(slot) }
 }
 
 
@@ -161,8 +163,10 @@ pub(crate) struct Machine {
     pub epoch: u32,
     pub boots: u16,
     pub engine: FakeEngine,
-    pub reconciler: Option<Reconciler>,
-    pub health: GossipHealth,
+    /// The shared controller's agent step (its reconciler), per boot.
+    pub agent: Option<AgentCore>,
+    /// The shared controller's leader bookkeeping.
+    pub leader: LeaderCore,
     /// Holds a certificate of the cluster (on disk).
     pub cert: Option<IssuedCert>,
     /// Revoked and switched off for good.
@@ -210,8 +214,8 @@ impl Whole {
                     epoch: 0,
                     boots: 0,
                     engine,
-                    reconciler: None,
-                    health: GossipHealth::new(),
+                    agent: None,
+                    leader: LeaderCore::new(duty_config(slot)),
                     cert: None,
                     removed: false,
                     duty_busy: None,
@@ -308,7 +312,7 @@ impl Driver {
             // n0 holds its own certificate from the start (the initializer self-issues).
             let issuer = Issuer::new(ca, &wh.secret, IssuePolicy::default());
             let req = JoinRequest::new(&wh.secret, &key(0), &mut rng).expect("n0's join request");
-            let grant = NodeGrant { role: NodeRole::Manager, addresses: vec![gossip_addr(0).ip()], names: Vec::new() };
+            let grant = shoal_control::own_grant(NodeRole::Manager, gossip_addr(0), "n0");
             let resp = issuer.answer_join(&req, &grant, &BTreeSet::new(), system_time(now), &mut rng).expect("n0's certificate");
             let info = CertInfo::parse(&resp.cert_der).expect("n0's certificate parses");
             wh.machines[0].cert = Some(IssuedCert { serial: info.serial, not_after: shoal_pki::unix_secs(info.not_after) });
@@ -373,8 +377,8 @@ impl Driver {
             }
             let effects = core.start(now);
             m.core = Some(core);
-            m.reconciler = Some(Reconciler::new(m.id.to_string(), ReconcilerConfig::default()));
-            m.health.reset();
+            m.agent = Some(AgentCore::new(m.id));
+            m.leader.reset();
             effects
         };
         self.gossip_effects(slot, effects);
@@ -387,7 +391,7 @@ impl Driver {
         let Some(wh) = w.whole.as_mut() else { return };
         let m = &mut wh.machines[slot];
         m.core = None;
-        m.reconciler = None;
+        m.agent = None;
         m.epoch += 1;
         if power_cut {
             m.engine.set_now_ms(now);
@@ -512,7 +516,7 @@ impl Driver {
                 let Some(wh) = w.whole.as_mut() else { return };
                 let m = &mut wh.machines[slot];
                 if !leads {
-                    m.health.reset();
+                    m.leader.reset();
                     false
                 } else if m.duty_busy == Some(m.epoch) {
                     false
@@ -797,127 +801,131 @@ impl Driver {
 }
 
 
-/// One pass of the leader's duties on `slot` (the node's `LeaderDuties::run` + `schedule`).
+/// One pass of the leader's duties on `slot`: the shared `LeaderCore` (as the node's
+/// `control::leader`), its effects carried out on the simulated Raft.
 async fn duties_pass(world: &Shared, slot: usize) {
     let Some(raft) = world.raft(slot) else { return };
     let metrics = raft.metrics().borrow_watched().clone();
-    if metrics.current_leader != Some(RaftNodeId(whole_id(slot))) {
+    let me = whole_id(slot);
+    if metrics.current_leader != Some(RaftNodeId(me)) {
         return;
     }
     let Some(state) = read_state(&raft).await else { return };
-    let me = whole_id(slot);
-    // Trust first: the CA, this node's record, its certificate.
-    if state.ca.is_none() {
-        let pending = with_whole(world, |wh| wh.pending_ca.clone()).flatten();
-        let Some((cert_pem, sealed)) = pending else { return };
-        let Ok(sealed_key) = shoal_wire::encode::<_, MAX_SEALED_KEY_LEN>(&sealed) else { return };
-        match write_local(&raft, Command::SetCa(CaRecord { cert_pem, sealed_key })).await {
-            Ok(Ok(_)) | Ok(Err(Rejected::CaAlreadySet)) => {
-                with_whole(world, |wh| wh.pending_ca = None);
-                world.trace(&format!("n{slot}"), || "committed the cluster CA".into());
-            }
-            _ => {}
-        }
-        return;
-    }
-    if !state.nodes.contains_key(&me) {
-        if !state.revoked.contains(&me) {
-            let _ = write_local(&raft, Command::RegisterNode { id: me, record: record(slot) }).await;
-        }
-        return;
-    }
-    let cert = with_whole(world, |wh| wh.machines[slot].cert.clone()).flatten();
-    if let Some(cert) = cert {
-        if state.issued.get(&me).is_none_or(|c| c.not_after < cert.not_after) {
-            let _ = write_local(&raft, Command::RecordIssued { node: me, cert }).await;
-            return;
-        }
-    }
     let now = abs_ms(world);
-    let cfg = duty_config(slot);
     let raft_view = RaftView::from_metrics(&metrics);
-    let steps = with_whole(world, |wh| {
+    let own_record = record(slot);
+    let effects = with_whole(world, |wh| {
+        // Only n0 created a CA (the initializer's `ca.pending`).
+        let pending = if slot == 0 { wh.pending_ca.clone() } else { None };
         let m = &mut wh.machines[slot];
         let members = m.core.as_ref().map(|c| c.members()).unwrap_or_default();
-        let advertised: BTreeMap<NodeId, SocketAddr> = members
-            .iter()
-            .filter(|v| v.state == MemberState::Alive)
-            .filter_map(|v| whole_slot(&v.id).map(|s| (v.id, node_info(s).addr)))
-            .collect();
-        let membership = duties::membership_step(&cfg, &state, &raft_view, &members, &advertised, &mut m.health, now);
-        let scheduler = duties::scheduler_step(&cfg, &state, &members, &mut m.health, now);
-        (membership, scheduler)
+        let cert = m.cert.clone();
+        let input = LeaderInput {
+            state: &state,
+            raft: &raft_view,
+            members: &members,
+            advertise: gossip_addr(slot),
+            own: OwnTrust { me, record: &own_record, cert: cert.as_ref(), pending_ca: pending.as_ref() },
+            now_ms: now,
+        };
+        m.leader.pass(&input)
     });
-    let Some((membership, scheduler)) = steps else { return };
+    for effect in effects.unwrap_or_default() {
+        carry_out(world, slot, &raft, effect).await;
+    }
+}
+
+fn names(set: &BTreeSet<RaftNodeId>) -> String {
+    set.iter().map(|id| whole_slot(&id.0).map_or_else(|| id.0.short(), |s| format!("n{s}"))).collect::<Vec<_>>().join(",")
+}
+
+/// What a membership change does, for the trace.
+fn change_text(change: &ChangeMembers<RaftNodeId, shoal_consensus::ShoalNode>, kind: &ChangeKind) -> String {
+    match (change, kind) {
+        (ChangeMembers::ReplaceAllVoters(v), ChangeKind::FinishJoint) => format!("finish joint change to {}", names(v)),
+        (ChangeMembers::ReplaceAllVoters(v), _) => format!("autopilot: voters {}", names(v)),
+        (ChangeMembers::RemoveVoters(v), _) => format!("remove revoked voters {}", names(v)),
+        (ChangeMembers::RemoveNodes(v), _) => format!("remove revoked learners {}", names(v)),
+        (ChangeMembers::SetNodes(n), _) => format!("move {}", n.values().map(|n| n.name.clone()).collect::<Vec<_>>().join(",")),
+        (other, _) => format!("{other:?}"),
+    }
+}
+
+/// Carries out one effect of the leader's pass on `slot` (the node's `leader::carry_out`,
+/// on the simulated Raft, with the run's counters and trace).
+async fn carry_out(world: &Shared, slot: usize, raft: &Raft, effect: LeaderEffect) {
     let who = format!("n{slot}");
-    let ids = |set: BTreeSet<NodeId>| -> BTreeSet<RaftNodeId> { set.into_iter().map(RaftNodeId).collect() };
-    let names = |set: &BTreeSet<NodeId>| -> String { set.iter().map(|id| whole_slot(id).map_or_else(|| id.short(), |s| format!("n{s}"))).collect::<Vec<_>>().join(",") };
-    let change = match membership {
-        MembershipStep::Keep | MembershipStep::QuorumLost { .. } => None,
-        MembershipStep::FinishJoint { voters } => Some((format!("finish joint change to {}", names(&voters)), ChangeMembers::ReplaceAllVoters(ids(voters)), true)),
-        MembershipStep::AddLearner { id, node } => {
+    match effect {
+        LeaderEffect::Write { command, why } => {
+            let written = write_local(raft, command).await;
+            match (why, written) {
+                (WriteWhy::CommitCa, Ok(Ok(_)) | Ok(Err(Rejected::CaAlreadySet))) => {
+                    with_whole(world, |wh| wh.pending_ca = None);
+                    world.trace(&who, || "committed the cluster CA".into());
+                }
+                (WriteWhy::Schedule { acting }, Ok(Ok(_))) => {
+                    let placed = acting.iter().filter(|d| matches!(d, Decision::Place { .. })).count() as u64;
+                    let shut = acting.iter().filter(|d| matches!(d, Decision::Shutdown { .. })).count() as u64;
+                    with_whole(world, |wh| {
+                        wh.counts.scheduler_commits += 1;
+                        wh.counts.placements += placed;
+                        wh.counts.shutdowns += shut;
+                    });
+                    if placed + shut > 0 {
+                        world.trace(&who, || format!("scheduler: {placed} placed, {shut} shut down"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        LeaderEffect::ClearPendingCa => {
+            with_whole(world, |wh| wh.pending_ca = None);
+        }
+        LeaderEffect::AddLearner { id, node } => {
             world.trace(&who, || format!("add learner {}", node.name));
             let added = tokio::time::timeout(OP_TIMEOUT, raft.add_learner(RaftNodeId(id), node, false)).await;
             if matches!(added, Ok(Ok(_))) {
                 with_whole(world, |wh| wh.counts.learners_added += 1);
             }
-            None
         }
-        MembershipStep::Moved { id, node, .. } => Some((format!("move {}", node.name), ChangeMembers::SetNodes(BTreeMap::from([(RaftNodeId(id), node)])), true)),
-        MembershipStep::RemoveVoters(set) => Some((format!("remove revoked voters {}", names(&set)), ChangeMembers::RemoveVoters(ids(set)), false)),
-        MembershipStep::RemoveNodes(set) => Some((format!("remove revoked learners {}", names(&set)), ChangeMembers::RemoveNodes(ids(set)), false)),
-        MembershipStep::ChangeVoters { voters, .. } => Some((format!("autopilot: voters {}", names(&voters)), ChangeMembers::ReplaceAllVoters(ids(voters)), true)),
-    };
-    if let Some((text, change, retain)) = change {
-        let removal = matches!(change, ChangeMembers::RemoveVoters(_) | ChangeMembers::RemoveNodes(_));
-        let done = tokio::time::timeout(OP_TIMEOUT, raft.change_membership(change, retain)).await;
-        let ok = matches!(done, Ok(Ok(_)));
-        world.trace(&who, || format!("{text}: {}", if ok { "committed" } else { "failed" }));
-        if ok {
-            with_whole(world, |wh| if removal { wh.counts.removals_from_raft += 1 } else { wh.counts.voter_changes += 1 });
-        }
-    }
-    match scheduler {
-        SchedulerStep::Idle => {}
-        SchedulerStep::Commit { command, acting } => {
-            let placed = acting.iter().filter(|d| matches!(d, Decision::Place { .. })).count() as u64;
-            let shut = acting.iter().filter(|d| matches!(d, Decision::Shutdown { .. })).count() as u64;
-            if let Ok(Ok(_)) = write_local(&raft, command).await {
-                with_whole(world, |wh| {
-                    wh.counts.scheduler_commits += 1;
-                    wh.counts.placements += placed;
-                    wh.counts.shutdowns += shut;
-                });
-                if placed + shut > 0 {
-                    world.trace(&who, || format!("scheduler: {placed} placed, {shut} shut down"));
+        LeaderEffect::ChangeMembership { change, retain, kind, then } => {
+            let text = change_text(&change, &kind);
+            let done = tokio::time::timeout(OP_TIMEOUT, raft.change_membership(change, retain)).await;
+            let ok = matches!(done, Ok(Ok(_)));
+            world.trace(&who, || format!("{text}: {}", if ok { "committed" } else { "failed" }));
+            if ok {
+                with_whole(world, |wh| if kind.is_removal() { wh.counts.removals_from_raft += 1 } else { wh.counts.voter_changes += 1 });
+                if let Some(command) = then {
+                    let _ = write_local(raft, command).await;
                 }
             }
         }
-        SchedulerStep::Forget(command) => {
-            let _ = write_local(&raft, command).await;
+        LeaderEffect::QuorumLost { healthy, voters } => {
+            world.trace(&who, || format!("autopilot: {healthy} of {voters} voters healthy; not changing voters"));
+        }
+        LeaderEffect::TrustBroken(why) => {
+            let now = world.now_ms();
+            world.lock().checks.violation(format!("trust n{slot}"), now, why);
         }
     }
 }
 
-/// One agent pass on `slot` (the node's `run_tasks` loop body, on the fake engine).
+/// One agent pass on `slot`: the shared `AgentCore` (as the node's `run_tasks`), on the
+/// machine's fake engine.
 async fn agent_pass(world: &Shared, slot: usize) {
     let Some(raft) = world.raft(slot) else { return };
-    if raft.metrics().borrow_watched().current_leader.is_none() {
-        return;
-    }
+    let leader_known = raft.metrics().borrow_watched().current_leader.is_some();
     let Some(state) = read_state(&raft).await else { return };
-    let me = whole_id(slot);
-    if state.ca.is_none() || !state.nodes.contains_key(&me) {
+    let ready = with_whole(world, |wh| wh.machines[slot].agent.as_ref().is_some_and(|a| a.ready(&state, leader_known)));
+    if ready != Some(true) {
         return;
     }
-    let assigned = state.tasks_for_node(&me);
     let now = abs_ms(world);
     let cmds = with_whole(world, |wh| {
-        let m = &mut wh.machines[slot];
-        let rec = m.reconciler.as_mut()?;
-        m.engine.set_now_ms(now);
-        poll_ready(shoal_engine::reconcile_once(&m.engine, rec, now, &assigned)).ok()?;
-        Some(duties::unrecorded_reports(&state, me, rec.last_reports(), now))
+        let Machine { agent, engine, .. } = &mut wh.machines[slot];
+        let agent = agent.as_mut()?;
+        engine.set_now_ms(now);
+        poll_ready(agent.pass(engine, &state, now, &BTreeSet::new(), Vec::new())).ok().map(|o| o.commands)
     })
     .flatten()
     .unwrap_or_default();
@@ -962,6 +970,18 @@ async fn join(world: &Shared, slot: usize) {
     match answer {
         Ok(resp) => match resp.verify(&secret, &req, &key(slot)) {
             Ok(cert) => {
+                // A certificate's role is the holder's Raft role when it was issued: a
+                // joiner is not a voter, so it gets a worker certificate (it renews as a
+                // manager once autopilot promotes it).
+                let voters = world.raft(member).map(|r| RaftView::from_metrics(&r.metrics().borrow_watched()).voters).unwrap_or_default();
+                if cert.info.role == Some(NodeRole::Manager) && !voters.contains(&whole_id(slot)) {
+                    let now = world.now_ms();
+                    world.lock().checks.violation(
+                        format!("role-grant n{slot}"),
+                        now,
+                        format!("n{member} granted the manager role to n{slot}, which is not a Raft voter"),
+                    );
+                }
                 let issued = IssuedCert { serial: cert.info.serial.clone(), not_after: shoal_pki::unix_secs(cert.info.not_after) };
                 with_whole(world, |wh| {
                     let m = &mut wh.machines[slot];
@@ -985,45 +1005,24 @@ async fn join(world: &Shared, slot: usize) {
     }
 }
 
-/// A member's answer to a join request (the node's `Running::answer_join`): check, issue,
-/// commit the registration and the certificate, answer.
+/// A member's answer to a join request: the shared `shoal_control::answer_join` (as the
+/// node's `Running::answer_join`), its writes forwarded to the leader before answering.
 async fn answer_join(world: &Shared, member: usize, raft: &Raft, req: &JoinRequest) -> Result<JoinResponse, String> {
     let state = read_state(raft).await.ok_or("no state")?;
-    if state.revoked.contains(&req.node_id) {
-        return Err(format!("node {} was removed from the cluster", req.node_id.short()));
-    }
-    let ca = state.ca.as_ref().ok_or("the cluster has no CA yet")?;
-    let sealed = shoal_wire::decode::<SealedCaKey, MAX_SEALED_KEY_LEN>(&ca.sealed_key).map_err(|e| e.to_string())?;
+    let voters = RaftView::from_metrics(&raft.metrics().borrow_watched()).voters;
     let now = abs_ms(world);
-    let answered = with_whole(world, |wh| -> Result<(JoinResponse, bool), String> {
-        let ca = ClusterCa::unseal(&ca.cert_pem, &sealed, &wh.secret).map_err(|e| e.to_string())?;
-        let issuer = Issuer::new(ca, &wh.secret, IssuePolicy::default());
+    let answered = with_whole(world, |wh| -> Result<(JoinAnswer, bool), String> {
+        let issuer = issuer_from_state(&state, None, &wh.secret, IssuePolicy::default()).map_err(|e| e.to_string())?;
         let honest = wh.honest(&req.node_id);
+        let planted = wh.bug.and_then(RaftBug::planted);
         let m = &mut wh.machines[member];
         let members = m.core.as_ref().map(|c| c.members()).unwrap_or_default();
-        let seen = members.iter().find(|v| v.id == req.node_id);
-        let role = NodeRole::Worker;
-        let checked = match seen {
-            Some(v) => {
-                let grant = NodeGrant { role, addresses: vec![v.addr.ip()], names: Vec::new() };
-                issuer.answer_join(req, &grant, &state.revoked, system_time(now), &mut m.rng).map_err(|e| e.to_string())
-            }
-            None => Err("the joining node is not visible in gossip here".to_string()),
-        };
-        let resp = match checked {
-            Ok(resp) => resp,
-            Err(_) if wh.bug == Some(RaftBug::SkipJoinCheck) => {
-                // Planted: a request that fails the join check gets a certificate anyway.
-                let grant = NodeGrant { role, addresses: vec![gossip_addr(INTRUDER_KEY).ip()], names: Vec::new() };
-                let cert = issuer.issue(&req.csr_der, req.node_id, &grant, &state.revoked, system_time(now), &mut m.rng).map_err(|e| e.to_string())?;
-                JoinResponse { cert_der: cert.to_vec(), ca_der: issuer.ca().cert_der().to_vec(), hmac: [0; 32] }
-            }
-            Err(e) => return Err(e),
-        };
-        Ok((resp, honest))
+        let ctx = JoinContext { issuer: &issuer, state: &state, members: &members, voters: &voters, planted };
+        let answer = shoal_control::answer_join(&ctx, req, system_time(now), &mut m.rng).map_err(|e| e.to_string())?;
+        Ok((answer, honest))
     })
     .ok_or("not in whole mode")??;
-    let (resp, honest) = answered;
+    let (answer, honest) = answered;
     if !honest {
         let at = world.now_ms();
         world.lock().checks.violation(
@@ -1032,21 +1031,15 @@ async fn answer_join(world: &Shared, member: usize, raft: &Raft, req: &JoinReque
             format!("n{member} issued a certificate to {}, which does not hold the join secret", req.node_id.short()),
         );
     }
-    let info = CertInfo::parse(&resp.cert_der).map_err(|e| e.to_string())?;
-    if !state.nodes.contains_key(&req.node_id) {
-        let slot = whole_slot(&req.node_id).unwrap_or(INTRUDER_KEY);
-        match forward_write(world, member, Command::RegisterNode { id: req.node_id, record: record(slot) }).await {
+    for command in answer.writes {
+        let what = if matches!(command, Command::RegisterNode { .. }) { "register the node" } else { "record the certificate" };
+        match forward_write(world, member, command).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("cannot register the node: {e}")),
-            Err(e) => return Err(format!("cannot register the node: {e}")),
+            Ok(Err(e)) => return Err(format!("cannot {what}: {e}")),
+            Err(e) => return Err(format!("cannot {what}: {e}")),
         }
     }
-    let cert = IssuedCert { serial: info.serial, not_after: shoal_pki::unix_secs(info.not_after) };
-    match forward_write(world, member, Command::RecordIssued { node: req.node_id, cert }).await {
-        Ok(Ok(_)) => Ok(resp),
-        Ok(Err(e)) => Err(format!("cannot record the certificate: {e}")),
-        Err(e) => Err(format!("cannot record the certificate: {e}")),
-    }
+    Ok(answer.response)
 }
 
 /// The operator creates the seed's services, one per pass, through any node that knows a
