@@ -6,14 +6,14 @@
 //!   driver's agenda, and an mDNS stand-in that hints every reachable machine every 5 s;
 //! - **Raft** (the Raft mode's openraft nodes): n0 creates the CA and initializes the cluster
 //!   alone, as the node's bootstrap does; every other machine **joins** through a member with
-//!   the real join protocol (`shoal_pki`: HMAC request, the member unseals the replicated CA
-//!   and answers with the real `Issuer`, then commits `RegisterNode` and `RecordIssued`);
-//! - **the leader's duties** (`shoal_consensus::duties`, the functions the node calls):
-//!   commit the CA and its own record, add learners, autopilot, take revoked nodes out, and
-//!   the scheduler pass, every 500 ms on whichever node believes it leads;
-//! - **an agent** per machine: the real reconciler (`shoal_engine::reconcile_once`, as the
-//!   node's runner) on that machine's `FakeEngine`, reporting through the leader
-//!   (`duties::unrecorded_reports`), every second;
+//!   the real join protocol, answered by the shared controller (`shoal_control::answer_join`:
+//!   the issuer unsealed from the replicated CA, the role granted, the certificate), whose
+//!   writes (`RegisterNode`, `RecordIssued`) are committed before the answer;
+//! - **the leader's duties**: the shared `shoal_control::LeaderCore` (what the node's
+//!   `control::leader` runs), every 500 ms on whichever node believes it leads; this file
+//!   only carries its effects out on the simulated Raft;
+//! - **an agent** per machine: the shared `shoal_control::AgentCore` (the node's runner
+//!   step) on that machine's `FakeEngine`, reporting through the leader, every second;
 //! - **an operator**: creates the seed's services, and with the `leave` fault revokes one
 //!   machine (`shoal node rm`), which is then switched off for good;
 //! - **an intruder** (with `intruder`): asks members for certificates with a wrong secret,
