@@ -27,7 +27,7 @@ use shoal_wire::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-pub type TaskId = u64;
+pub use shoal_wire::TaskId;
 
 /// How membership sees a node, as far as scheduling cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// A task's id, the same number as `shoal_cluster::scheduler::TaskId`.
-pub type TaskId = shoal_cluster::scheduler::TaskId;
+/// A task's id (`shoal_wire::TaskId`, which the scheduler uses too).
+pub use shoal_wire::TaskId;
 
 /// Label holding the task id (decimal).
 pub const LABEL_TASK: &str = "shoal.task";

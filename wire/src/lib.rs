@@ -6,6 +6,11 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
+/// A task's id: a number the replicated state hands out, unique in a cluster. The
+/// scheduler (`shoal_cluster`) and the engine's reconciler (`shoal_engine`) use this one
+/// type, so neither crate depends on the other for it.
+pub type TaskId = u64;
+
 /// Why bytes could not be turned into a value. Decoding never panics; the caller drops the
 /// input and counts it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
