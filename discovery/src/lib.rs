@@ -19,7 +19,8 @@ pub mod mdns;
 pub mod membership;
 pub mod ports;
 pub mod seal;
-pub mod secret;
+/// The join secret, re-exported from its own base crate (`shoal_secret`).
+pub use shoal_secret as secret;
 
 pub use driver::{spawn, MembershipHandle};
 pub use identity::{NodeFacts, NodeResources, ShoalId};

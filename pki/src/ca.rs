@@ -14,7 +14,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsage
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
-use shoal_discovery::{ClusterId, JoinSecret};
+use shoal_secret::{ClusterId, JoinSecret};
 use std::fmt;
 use std::time::{Duration, SystemTime};
 

@@ -17,7 +17,7 @@ use super::ca::{random_serial, ClusterCa};
 use super::{from_unix_secs, node_id_of_public_key, to_asn1_time, unix_secs, PkiError};
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
 use rustls::pki_types::CertificateDer;
-use shoal_discovery::ClusterId;
+use shoal_secret::ClusterId;
 use shoal_wire::NodeId;
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};

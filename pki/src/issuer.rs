@@ -18,7 +18,7 @@ use super::join::{JoinKey, JoinRequest, JoinResponse};
 use super::{node_dns_name, to_asn1_time, unix_secs, NodeRole, PkiError};
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
 use rustls::pki_types::CertificateDer;
-use shoal_discovery::{ClusterId, JoinSecret};
+use shoal_secret::{ClusterId, JoinSecret};
 use shoal_wire::NodeId;
 use std::collections::BTreeSet;
 use std::net::IpAddr;

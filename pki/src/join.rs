@@ -25,7 +25,7 @@ use hmac::{Hmac, Mac};
 use rcgen::{CertificateParams, DnType, KeyPair};
 use rustls::pki_types::CertificateDer;
 use sha2::Sha256;
-use shoal_discovery::JoinSecret;
+use shoal_secret::JoinSecret;
 use shoal_wire::NodeId;
 
 /// Largest encoded join message. A P-256 CSR is ~250 bytes and a node certificate ~600;

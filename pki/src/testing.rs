@@ -9,7 +9,7 @@ use super::{ClusterCa, NodeRole};
 use rand::SeedableRng;
 use rcgen::KeyPair;
 use rustls::pki_types::CertificateDer;
-use shoal_discovery::JoinSecret;
+use shoal_secret::JoinSecret;
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 

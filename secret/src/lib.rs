@@ -1,4 +1,6 @@
 //! The join secret and what is derived from it: the cluster id (public) and the gossip key.
+//! (Its own base crate: gossip (`shoal_discovery`) and the PKI (`shoal_pki`) both derive
+//! keys from it, and the PKI has no business depending on gossip.)
 //!
 //! The secret itself never leaves this module in any printable form except [`JoinSecret::to_token`],
 //! which only `shoal token new` calls. `Debug` prints a redaction.
