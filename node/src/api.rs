@@ -320,14 +320,14 @@ async fn commit(ctl: &Control, cmd: Command) -> Result<shoal_consensus::Applied>
     Ok(ctl.write(cmd).await?)
 }
 
-async fn cluster_state(ctl: &Control) -> Result<shoal_consensus::ClusterState> {
+async fn cluster_state(ctl: &Control) -> Result<std::sync::Arc<shoal_consensus::ClusterState>> {
     let running = ctl.running().ok_or_else(|| anyhow!("this node is not part of the cluster yet; see `shoal status`"))?;
     running.state().await
 }
 
 /// The replicated state, and the registered nodes gossip sees down here (whose tasks
 /// cannot report, so rows show them unknown).
-async fn with_health(ctl: &Control) -> Result<(shoal_consensus::ClusterState, std::collections::BTreeSet<NodeId>)> {
+async fn with_health(ctl: &Control) -> Result<(std::sync::Arc<shoal_consensus::ClusterState>, std::collections::BTreeSet<NodeId>)> {
     let state = cluster_state(ctl).await?;
     let members = ctl.membership().members().await.map_err(|e| anyhow!("cannot read this node's gossip view: {e}"))?;
     let down = services::down_nodes(&state, ctl.id(), &members, now_ms());
@@ -357,7 +357,7 @@ async fn node_rm(ctl: &Control, prefix: &str) -> Result<String> {
     }
     if let Some(running) = ctl.running() {
         let raft = shoal_consensus::duties::RaftView::from_metrics(&running.metrics());
-        let revoked = running.state().await?.revoked;
+        let revoked = running.state().await?.revoked.clone();
         if let Some(why) = shoal_consensus::duties::removal_refusal(&raft, &revoked, &id) {
             bail!("refusing: {why}");
         }

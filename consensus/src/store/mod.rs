@@ -14,6 +14,7 @@ pub mod disk;
 pub mod mem;
 
 use std::io;
+use std::sync::Arc;
 
 use futures_util::Stream;
 use futures_util::StreamExt;
@@ -41,8 +42,12 @@ pub trait SnapshotStore: Clone + Send + Sync + 'static {
 }
 
 /// The state machine openraft drives: the cluster state in memory, snapshots in `S`.
+///
+/// The state is shared copy-on-write (`Arc`): readers take [`Self::shared`], a cheap clone
+/// of the applied state that stays as it was; applying an entry copies the state only when
+/// a reader still holds the previous one.
 pub struct StateMachineStore<S: SnapshotStore> {
-    state: ClusterState,
+    state: Arc<ClusterState>,
     snapshots: S,
 }
 
@@ -51,7 +56,7 @@ impl<S: SnapshotStore> StateMachineStore<S> {
     /// when the node starts (see the module docs).
     pub fn new(snapshots: S) -> Self {
         Self {
-            state: ClusterState::default(),
+            state: Arc::new(ClusterState::default()),
             snapshots,
         }
     }
@@ -59,6 +64,11 @@ impl<S: SnapshotStore> StateMachineStore<S> {
     /// The current state (read it through `Raft::with_state_machine` while Raft runs).
     pub fn state(&self) -> &ClusterState {
         &self.state
+    }
+
+    /// The applied state as a shared snapshot (a reference count, not a copy).
+    pub fn shared(&self) -> Arc<ClusterState> {
+        Arc::clone(&self.state)
     }
 
     /// The snapshot store.
@@ -69,7 +79,7 @@ impl<S: SnapshotStore> StateMachineStore<S> {
 
 /// Builds a snapshot from a copy of the state taken when openraft asked for it.
 pub struct SnapshotBuilder<S: SnapshotStore> {
-    state: ClusterState,
+    state: Arc<ClusterState>,
     snapshots: S,
 }
 
@@ -112,7 +122,7 @@ impl<S: SnapshotStore> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
     {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
-            let response = self.state.apply_entry(&entry);
+            let response = Arc::make_mut(&mut self.state).apply_entry(&entry);
             if let Some(responder) = responder {
                 responder.send(response);
             }
@@ -122,7 +132,7 @@ impl<S: SnapshotStore> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
-            state: self.state.clone(),
+            state: Arc::clone(&self.state),
             snapshots: self.snapshots.clone(),
         }
     }
@@ -146,7 +156,7 @@ impl<S: SnapshotStore> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
             meta: meta.clone(),
             data: snapshot,
         })?;
-        self.state = state;
+        self.state = Arc::new(state);
         Ok(())
     }
 

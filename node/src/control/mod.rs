@@ -563,10 +563,11 @@ impl Running {
         }
     }
 
-    /// A copy of the replicated state as applied on this node.
-    pub async fn state(&self) -> Result<ClusterState> {
+    /// The replicated state as applied on this node: a shared snapshot (cheap to take, and
+    /// it stays as it was while later entries are applied).
+    pub async fn state(&self) -> Result<Arc<ClusterState>> {
         self.raft
-            .with_state_machine(|sm: &mut StateMachineStore<RedbSnapshots>| Box::pin(async move { sm.state().clone() }))
+            .with_state_machine(|sm: &mut StateMachineStore<RedbSnapshots>| Box::pin(async move { sm.shared() }))
             .await
             .map_err(|e| anyhow!("Raft stopped: {e}"))
     }

@@ -265,7 +265,7 @@ impl DockerApi {
 
 /// What one request reads, taken once.
 struct Snapshot {
-    state: shoal_consensus::ClusterState,
+    state: std::sync::Arc<shoal_consensus::ClusterState>,
     members: Vec<shoal_discovery::MemberView>,
     now_ms: u64,
 }

@@ -365,6 +365,10 @@ impl RaftStateMachine<TypeConfig> for SimStateMachine {
 
 impl SimStateMachine {
     /// The replicated state this node has applied.
+    pub(crate) fn shared(&self) -> std::sync::Arc<shoal_consensus::ClusterState> {
+        self.inner.shared()
+    }
+
     pub(crate) fn state(&self) -> &shoal_consensus::ClusterState {
         self.inner.state()
     }

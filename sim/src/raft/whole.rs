@@ -261,8 +261,8 @@ fn duty_config(slot: usize) -> DutyConfig {
     DutyConfig { me: whole_id(slot), target_voters: 3, dead_voter_after_ms: 30_000, scheduler: SchedulerConfig::default() }
 }
 
-async fn read_state(raft: &Raft) -> Option<ClusterState> {
-    raft.with_state_machine(|sm: &mut SimStateMachine| Box::pin(async move { sm.state().clone() })).await.ok()
+async fn read_state(raft: &Raft) -> Option<std::sync::Arc<ClusterState>> {
+    raft.with_state_machine(|sm: &mut SimStateMachine| Box::pin(async move { sm.shared() })).await.ok()
 }
 
 /// A write on this node's Raft (it believes it leads).
@@ -638,7 +638,7 @@ impl Driver {
                 // `shoal node rm`'s own check, on the node the operator asks.
                 let refused = match world.raft(via) {
                     Some(r) => {
-                        let revoked = read_state(&r).await.map(|s| s.revoked).unwrap_or_default();
+                        let revoked = read_state(&r).await.map(|s| s.revoked.clone()).unwrap_or_default();
                         duties::removal_refusal(&RaftView::from_metrics(&r.metrics().borrow_watched()), &revoked, &whole_id(slot))
                     }
                     None => None,
@@ -1081,7 +1081,7 @@ pub(super) async fn leader_state(world: &Shared, nodes: usize) -> Option<Cluster
     for slot in 0..nodes {
         let Some(raft) = world.raft(slot) else { continue };
         if raft.metrics().borrow_watched().state == ServerState::Leader {
-            return read_state(&raft).await;
+            return read_state(&raft).await.map(std::sync::Arc::unwrap_or_clone);
         }
     }
     None
