@@ -49,29 +49,30 @@ impl AgentCore {
         state.tasks_for_node(&self.me)
     }
 
-    /// The images the tasks not yet seen running need, by task (a running container has
-    /// its image: a converged node asks its engine nothing about images).
-    pub fn image_needs(&self, state: &ClusterState) -> Vec<(u64, String)> {
-        self.assigned(state)
-            .into_iter()
+    /// The images the `assigned` tasks not yet seen running need, by task (a running
+    /// container has its image: a converged node asks its engine nothing about images).
+    pub fn image_needs(state: &ClusterState, assigned: &[AssignedTask]) -> Vec<(u64, String)> {
+        assigned
+            .iter()
             .filter(|t| t.desired == Desired::Running)
             .filter(|t| !matches!(state.tasks.get(&t.id).and_then(|r| r.observed.as_ref()), Some(TaskState::Running)))
-            .map(|t| (t.id, t.spec.image))
+            .map(|t| (t.id, t.spec.image.clone()))
             .collect()
     }
 
-    /// One pass on `engine`. `held`: tasks to leave out (their image is on its way);
+    /// One pass on `engine` over `assigned` (this node's tasks in `state`,
+    /// [`Self::assigned`]). `held`: tasks to leave out (their image is on its way);
     /// `failed`: tasks to report failed, with why. An engine error ends the pass (the
     /// driver reconnects); nothing is reported then.
     pub async fn pass<E: Engine>(
         &mut self,
         engine: &E,
         state: &ClusterState,
+        mut assigned: Vec<AssignedTask>,
         now_ms: u64,
         held: &BTreeSet<u64>,
         failed: Vec<(u64, String)>,
     ) -> Result<AgentOutcome, EngineError> {
-        let mut assigned = self.assigned(state);
         assigned.retain(|t| !held.contains(&t.id));
         shoal_engine::reconcile_once(engine, &mut self.reconciler, now_ms, &assigned).await?;
         let unsettled = assigned.iter().any(|t| {
@@ -127,11 +128,11 @@ mod tests {
         let engine = FakeEngine::new(0);
         engine.add_image("sim/app:1");
         let mut agent = AgentCore::new(id(1));
-        assert_eq!(agent.image_needs(&state).len(), 1);
+        assert_eq!(AgentCore::image_needs(&state, &agent.assigned(&state)).len(), 1);
         // Passes until the state records the task running: each report is written once.
         let mut written = 0;
         for pass in 0..5u64 {
-            let out = agent.pass(&engine, &state, T0_MS + pass * 1_000, &BTreeSet::new(), Vec::new()).now_or_never().expect("ready").expect("engine");
+            let out = agent.pass(&engine, &state, agent.assigned(&state), T0_MS + pass * 1_000, &BTreeSet::new(), Vec::new()).now_or_never().expect("ready").expect("engine");
             let running = matches!(state.tasks.values().next().and_then(|t| t.observed.as_ref()), Some(TaskState::Running));
             assert_eq!(out.unsettled, !running, "pass {pass}");
             for cmd in out.commands {
@@ -141,9 +142,9 @@ mod tests {
         }
         assert!(matches!(state.tasks.values().next().and_then(|t| t.observed.as_ref()), Some(TaskState::Running)));
         assert!((1..=2).contains(&written), "{written} reports for one start");
-        let out = agent.pass(&engine, &state, T0_MS + 9_000, &BTreeSet::new(), Vec::new()).now_or_never().expect("ready").expect("engine");
+        let out = agent.pass(&engine, &state, agent.assigned(&state), T0_MS + 9_000, &BTreeSet::new(), Vec::new()).now_or_never().expect("ready").expect("engine");
         assert!(out.commands.is_empty() && !out.unsettled, "a converged node writes nothing");
-        assert!(agent.image_needs(&state).is_empty(), "a running task needs no image check");
+        assert!(AgentCore::image_needs(&state, &agent.assigned(&state)).is_empty(), "a running task needs no image check");
     }
 
     #[test]
@@ -153,9 +154,9 @@ mod tests {
         let engine = FakeEngine::new(0);
         let task = agent_task(&state);
         let mut agent = AgentCore::new(id(1));
-        let out = agent.pass(&engine, &state, T0_MS, &BTreeSet::from([task]), Vec::new()).now_or_never().expect("ready").expect("engine");
+        let out = agent.pass(&engine, &state, agent.assigned(&state), T0_MS, &BTreeSet::from([task]), Vec::new()).now_or_never().expect("ready").expect("engine");
         assert!(out.commands.is_empty());
-        let out = agent.pass(&engine, &state, T0_MS, &BTreeSet::from([task]), vec![(task, "no such image".into())]).now_or_never().expect("ready").expect("engine");
+        let out = agent.pass(&engine, &state, agent.assigned(&state), T0_MS, &BTreeSet::from([task]), vec![(task, "no such image".into())]).now_or_never().expect("ready").expect("engine");
         let text = format!("{:?}", out.commands);
         assert!(text.contains("no such image"), "{text}");
     }

@@ -44,6 +44,16 @@ pub struct JoinAnswer {
     pub writes: Vec<Command>,
 }
 
+/// What one of [`JoinAnswer::writes`] is for, for the error a joiner is sent when it does
+/// not commit.
+pub fn purpose(write: &Command) -> &'static str {
+    if matches!(write, Command::RegisterNode { .. }) {
+        "register the node"
+    } else {
+        "record the certificate"
+    }
+}
+
 /// The role a join answer grants `id`: manager for a Raft voter, worker otherwise (a
 /// joiner becomes a learner first and renews as a manager once autopilot promotes it).
 pub fn granted_role(voters: &BTreeSet<NodeId>, id: &NodeId, planted: Option<PlantedBug>) -> NodeRole {

@@ -235,7 +235,7 @@ struct AgentArgs {
     docker_socket: Option<PathBuf>,
     /// Test-only: run with a bug planted on purpose in the controller, to show that tests
     /// catch it (skip-join-check, grant-manager-to-learners). Never for real use.
-    #[arg(long, hide = true, value_name = "BUG", env = "SHOAL_PLANTED_BUG", value_parser = parse_planted_bug)]
+    #[arg(long, hide = true, value_name = "BUG", env = shoal_control::PlantedBug::ENV, value_parser = parse_planted_bug)]
     planted_bug: Option<shoal_control::PlantedBug>,
 }
 

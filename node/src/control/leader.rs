@@ -5,7 +5,7 @@
 //! the node's own.
 
 use super::{now_ms, Control, Running, WriteError};
-use shoal_cluster::scheduler::{Decision, SchedulerConfig};
+use shoal_cluster::scheduler::SchedulerConfig;
 use shoal_consensus::duties::{DutyConfig, RaftView};
 use shoal_consensus::{IssuedCert, NodeRecord, RaftNodeId, Rejected};
 use shoal_control::{LeaderCore, LeaderEffect, LeaderInput, OwnTrust, WriteWhy};
@@ -81,7 +81,7 @@ async fn carry_out(ctl: &Control, running: &Running, effect: LeaderEffect) {
                 }
                 (WriteWhy::CommitCa, Err(WriteError::Rejected(Rejected::CaAlreadySet))) => forget_pending_ca(ctl, running),
                 (WriteWhy::Schedule { acting }, Ok(_)) => {
-                    for d in acting.iter().filter(|d| !matches!(d, Decision::Pending { .. })) {
+                    for d in acting {
                         tracing::info!(decision = ?d, "scheduler");
                     }
                 }

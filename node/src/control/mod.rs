@@ -142,8 +142,6 @@ struct Inner {
     port: Mutex<Option<Arc<PortServer>>>,
     /// This node's engine as an image store (the image service, the runner, the API).
     images: Arc<crate::images::docker_store::LocalDocker>,
-    /// A bug planted on purpose (tests only).
-    planted: Option<PlantedBug>,
 }
 
 /// The running half: Raft, its network and servers, the credentials.
@@ -192,7 +190,6 @@ impl Control {
         let key = Arc::new(rcgen::KeyPair::from_pem(key_pem).context("cannot load the node key")?);
         let files = TrustFiles::new(&cfg.data_dir);
         let cfg_socket = cfg.docker_socket.clone();
-        let cfg_planted = cfg.planted;
         let store = RedbStore::open(&files.raft_dir()).context("cannot open the Raft store")?;
         let inner = Arc::new(Inner {
             cfg,
@@ -204,9 +201,8 @@ impl Control {
             phase: Mutex::new(Phase::Bootstrapping("starting".into())),
             port: Mutex::new(Some(port)),
             images: crate::images::docker_store::LocalDocker::new(cfg_socket),
-            planted: cfg_planted,
         });
-        if let Some(bug) = cfg_planted {
+        if let Some(bug) = inner.cfg.planted {
             tracing::error!(bug = bug.name(), "this node runs with a bug planted on purpose (--planted-bug, {}), for tests; never use it for real", PlantedBug::ENV);
         }
         let ctl = Control { inner };
@@ -717,14 +713,14 @@ impl Running {
         let issuer = self.issuer(state)?;
         let members = ctl.membership.members().await.map_err(|_| Refusal::Unavailable("shutting down".into()))?;
         let voters = shoal_consensus::duties::RaftView::from_metrics(&self.metrics()).voters;
-        let ctx = shoal_control::JoinContext { issuer: &issuer, state, members: &members, voters: &voters, planted: ctl.planted };
+        let ctx = shoal_control::JoinContext { issuer: &issuer, state, members: &members, voters: &voters, planted: ctl.cfg.planted };
         let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
         let answer = shoal_control::answer_join(&ctx, request, SystemTime::now(), &mut rng).map_err(|e| match e {
             shoal_control::JoinRefusal::Pki(e) => Refusal::Pki(e),
             other => Refusal::Unavailable(other.to_string()),
         })?;
         for command in answer.writes {
-            let what = if matches!(command, Command::RegisterNode { .. }) { "register the node" } else { "record the certificate" };
+            let what = shoal_control::join::purpose(&command);
             self.write(command).await.map_err(|e| Refusal::Unavailable(format!("cannot {what}: {e}")))?;
         }
         Ok(answer.response)

@@ -115,7 +115,8 @@ pub async fn run_tasks(ctl: Control) {
         let store = ctl.images();
         // Only tasks not yet seen running need their image checked (a running container
         // has its image): a converged node asks its engine nothing about images.
-        let needs = agent.image_needs(&state);
+        let assigned = agent.assigned(&state);
+        let needs = AgentCore::image_needs(&state, &assigned);
         let mut present: BTreeSet<String> = BTreeSet::new();
         for image in needs.iter().map(|(_, i)| i).collect::<BTreeSet<&String>>() {
             // An engine error here shows again in the reconcile below; count it as present so
@@ -136,7 +137,7 @@ pub async fn run_tasks(ctl: Control) {
                 });
             }
         }
-        let outcome = match agent.pass(docker, &state, now, &plan.waiting, plan.failed).await {
+        let outcome = match agent.pass(docker, &state, assigned, now, &plan.waiting, plan.failed).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::warn!(error = %e, "the local Docker Engine stopped answering; reconnecting");

@@ -925,7 +925,8 @@ async fn agent_pass(world: &Shared, slot: usize) {
         let Machine { agent, engine, .. } = &mut wh.machines[slot];
         let agent = agent.as_mut()?;
         engine.set_now_ms(now);
-        poll_ready(agent.pass(engine, &state, now, &BTreeSet::new(), Vec::new())).ok().map(|o| o.commands)
+        let assigned = agent.assigned(&state);
+        poll_ready(agent.pass(engine, &state, assigned, now, &BTreeSet::new(), Vec::new())).ok().map(|o| o.commands)
     })
     .flatten()
     .unwrap_or_default();
@@ -1032,7 +1033,7 @@ async fn answer_join(world: &Shared, member: usize, raft: &Raft, req: &JoinReque
         );
     }
     for command in answer.writes {
-        let what = if matches!(command, Command::RegisterNode { .. }) { "register the node" } else { "record the certificate" };
+        let what = shoal_control::join::purpose(&command);
         match forward_write(world, member, command).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("cannot {what}: {e}")),
