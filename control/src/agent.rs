@@ -13,7 +13,8 @@
 //!   tasks the driver could not prepare are reported failed with the reason.
 
 use shoal_consensus::{duties, ClusterState, Command};
-use shoal_engine::{AssignedTask, Desired, Engine, EngineError, Reconciler, ReconcilerConfig, TaskReport, TaskState};
+use crate::planted::PlantedBug;
+use shoal_engine::{Action, AssignedTask, Desired, Engine, EngineError, LabelFilter, Reconciler, ReconcilerConfig, RemoveReason, TaskReport, TaskState};
 use shoal_wire::NodeId;
 use std::collections::BTreeSet;
 
@@ -21,6 +22,7 @@ use std::collections::BTreeSet;
 pub struct AgentCore {
     me: NodeId,
     reconciler: Reconciler,
+    planted: Option<PlantedBug>,
 }
 
 /// What one pass found.
@@ -35,7 +37,13 @@ pub struct AgentOutcome {
 
 impl AgentCore {
     pub fn new(me: NodeId) -> Self {
-        Self { me, reconciler: Reconciler::new(me.to_string(), ReconcilerConfig::default()) }
+        Self { me, reconciler: Reconciler::new(me.to_string(), ReconcilerConfig::default()), planted: None }
+    }
+
+    /// The same agent with a bug planted on purpose (tests only; [`PlantedBug`]).
+    pub fn with_planted(mut self, planted: Option<PlantedBug>) -> Self {
+        self.planted = planted;
+        self
     }
 
     /// Whether this node may act on `state`: it knows a leader, the state has a CA, and
@@ -74,7 +82,12 @@ impl AgentCore {
         failed: Vec<(u64, String)>,
     ) -> Result<AgentOutcome, EngineError> {
         assigned.retain(|t| !held.contains(&t.id));
-        shoal_engine::reconcile_once(engine, &mut self.reconciler, now_ms, &assigned).await?;
+        let observed = engine.list(&LabelFilter::node(self.reconciler.node())).await?;
+        let mut actions = self.reconciler.reconcile(now_ms, &assigned, &observed);
+        if self.planted == Some(PlantedBug::KeepStaleContainers) {
+            actions.retain(|a| !matches!(a, Action::Remove { reason: RemoveReason::NotAssigned | RemoveReason::DesiredShutdown, .. }));
+        }
+        shoal_engine::apply(engine, &mut self.reconciler, now_ms, &assigned, actions).await;
         let unsettled = assigned.iter().any(|t| {
             let observed = state.tasks.get(&t.id).and_then(|r| r.observed.as_ref());
             match t.desired {

@@ -4,7 +4,7 @@
 //! that both run this one controller.
 //!
 //! The node reads the switch from [`PlantedBug::ENV`] (a test-only variable; the node logs
-//! a loud warning when it is set); the simulator from `--bug`.
+//! a loud warning when it is set); the simulator from `--planted-raft-bug`.
 
 /// One planted bug.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -14,10 +14,14 @@ pub enum PlantedBug {
     SkipJoinCheck,
     /// A join answer grants the manager role to a node that is not a Raft voter.
     GrantManagerToLearners,
+    /// The agent drops its reconciler's removals of containers whose task is to shut down
+    /// or no longer assigned to this node: a node back from a partition keeps running the
+    /// copies of tasks that were moved away while it was cut off.
+    KeepStaleContainers,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 2] = [PlantedBug::SkipJoinCheck, PlantedBug::GrantManagerToLearners];
+    pub const ALL: [PlantedBug; 3] = [PlantedBug::SkipJoinCheck, PlantedBug::GrantManagerToLearners, PlantedBug::KeepStaleContainers];
 
     /// The environment variable a node reads its planted bug from (tests only).
     pub const ENV: &'static str = "SHOAL_PLANTED_BUG";
@@ -26,6 +30,7 @@ impl PlantedBug {
         match self {
             Self::SkipJoinCheck => "skip-join-check",
             Self::GrantManagerToLearners => "grant-manager-to-learners",
+            Self::KeepStaleContainers => "keep-stale-containers",
         }
     }
 

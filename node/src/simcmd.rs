@@ -32,24 +32,17 @@ pub struct SimArgs {
     /// Test-only: run a core with a planted bug to show the checkers catch it.
     #[arg(long, hide = true)]
     planted_bug: bool,
-    /// Test-only: a planted services bug (stale-containers or no-down-shutdown).
-    #[arg(long, hide = true, value_name = "BUG")]
-    planted_services_bug: Option<String>,
-    /// Also run services: the real scheduler on a simulated cluster state and the real
-    /// reconciler on a fake container engine per node.
-    #[arg(long)]
-    services: bool,
     /// Simulate Raft instead of membership: real openraft nodes (shoal's state machine) on
     /// simulated time, network and disks; faults crash, partition, loss, delay.
-    #[arg(long, conflicts_with = "services")]
+    #[arg(long)]
     raft: bool,
     /// Simulate whole nodes: membership, Raft, joins with the real issuer, the leader's
     /// duties (autopilot, scheduler) and agents on fake container engines in every node;
     /// every fault kind (leave removes a node with `node rm`). At most 10 nodes.
-    #[arg(long, conflicts_with_all = ["services", "raft"])]
+    #[arg(long, conflicts_with = "raft")]
     whole: bool,
     /// Test-only: a planted bug in the Raft or whole mode (unsynced-flush, skip-join-check,
-    /// grant-manager-to-learners).
+    /// grant-manager-to-learners, keep-stale-containers).
     #[arg(long, hide = true, value_name = "BUG")]
     planted_raft_bug: Option<String>,
 }
@@ -71,23 +64,13 @@ fn options(args: &SimArgs, seed: u64) -> Result<SimOptions> {
         faults: FaultSet::parse(&args.faults)?,
         trace: args.trace.clone(),
         planted_bug: args.planted_bug,
-        planted_services_bug: match args.planted_services_bug.as_deref() {
-            None => None,
-            Some(name) => Some(
-                shoal_sim::options::ServicesBug::ALL
-                    .into_iter()
-                    .find(|b| b.name() == name)
-                    .ok_or_else(|| anyhow!("unknown planted services bug `{name}`: stale-containers or no-down-shutdown"))?,
-            ),
-        },
-        services: args.services,
         raft: args.raft || args.whole,
         whole: args.whole,
         planted_raft_bug: match args.planted_raft_bug.as_deref() {
             None => None,
             Some(_) if !(args.raft || args.whole) => bail!("--planted-raft-bug needs --raft or --whole"),
             Some(name) => Some(
-                shoal_sim::raft::RaftBug::parse(name).ok_or_else(|| anyhow!("unknown planted raft bug `{name}`: {}", shoal_sim::raft::RaftBug::names()))?,
+                shoal_sim::RaftBug::parse(name).ok_or_else(|| anyhow!("unknown planted raft bug `{name}`: {}", shoal_sim::RaftBug::names()))?,
             ),
         },
         ..SimOptions::new(seed)

@@ -6,13 +6,11 @@
 //! the only clock read is the wall time reported at the end.
 
 use crate::invariants::graceful_leave::LeftIsLeft;
-use crate::invariants::{Checkers, ServicesSnapshot, Snapshot, Violations};
+use crate::invariants::{Checkers, Snapshot, Violations};
 use crate::net::{DropReason, Fate, Network};
 use crate::node::{slot_addr, Slot, Status};
 use crate::options::{FaultKind, SimOptions};
-use crate::plan::{SimPlan, CHECK_INTERVAL_MS, CONVERGENCE_BOUND_MS, LEAVE_SETTLE_MS, SERVICES_BOUND_MS};
-use crate::services::{sim_node_view, Services, SERVICES_TICK_MS};
-use shoal_cluster::scheduler::Health;
+use crate::plan::{SimPlan, CHECK_INTERVAL_MS, CONVERGENCE_BOUND_MS, LEAVE_SETTLE_MS};
 use crate::report::{MessageCounts, SimReport};
 use crate::rng::{stream, Stream};
 use crate::trace::{CoreLogs, Trace};
@@ -68,10 +66,6 @@ enum Ev {
     IntruderReplay,
     Heal,
     Check,
-    /// With `--services`: a scheduler pass, then a reconciliation on every running node.
-    Services,
-    /// With `--services` and `crash`: a container crashes.
-    ContainerCrash,
 }
 
 struct Sim {
@@ -107,8 +101,6 @@ struct Sim {
     replays_accepted: u64,
     honest_bytes: u64,
     mid_bytes: Option<(u64, u64)>,
-    /// With `--services`: the oracle cluster state, the fake engines and the reconcilers.
-    svc: Option<Services>,
 }
 
 pub(crate) fn ceil_ms(d: Duration) -> u64 {
@@ -181,11 +173,7 @@ impl Sim {
         let by_addr = slots.iter().enumerate().map(|(i, s)| (s.addr, i)).collect();
         let by_node = slots.iter().enumerate().map(|(i, s)| (s.node, i)).collect();
         let net = Network::new(plan.net.clone(), stream(plan.seed, Stream::Network).random());
-        let mut checkers = Checkers::new(plan.heal_at_ms() + CONVERGENCE_BOUND_MS, intruder, LEAVE_SETTLE_MS);
-        if plan.services.is_some() {
-            checkers = checkers.with_services(plan.heal_at_ms() + SERVICES_BOUND_MS);
-        }
-        let svc = plan.services.clone().map(|p| Services::new(plan.seed, p, honest));
+        let checkers = Checkers::new(plan.heal_at_ms() + CONVERGENCE_BOUND_MS, intruder, LEAVE_SETTLE_MS);
         Self {
             net_rng: stream(plan.seed, Stream::Network),
             fault_rng: stream(plan.seed, Stream::Faults),
@@ -215,7 +203,6 @@ impl Sim {
             replays_accepted: 0,
             honest_bytes: 0,
             mid_bytes: None,
-            svc,
         }
     }
 
@@ -289,13 +276,6 @@ impl Sim {
         self.schedule_fault(FaultKind::Delay, p.net.spike_every_ms, Ev::Spike);
         self.at(p.heal_at_ms(), Ev::Heal);
         self.at(CHECK_INTERVAL_MS, Ev::Check);
-        let first_crash = self.svc.as_mut().map(|svc| svc.plan.container_crashes.then(|| svc.next_crash_in()));
-        if let Some(crash) = first_crash {
-            self.at(SERVICES_TICK_MS + SERVICES_TICK_MS / 2, Ev::Services);
-            if let Some(t) = crash.filter(|t| self.in_fault_phase(*t)) {
-                self.at(t, Ev::ContainerCrash);
-            }
-        }
     }
 
     fn run(&mut self) {
@@ -387,11 +367,6 @@ impl Sim {
                 self.check();
                 self.after(CHECK_INTERVAL_MS, Ev::Check);
             }
-            Ev::Services => {
-                self.services_tick();
-                self.after(SERVICES_TICK_MS, Ev::Services);
-            }
-            Ev::ContainerCrash => self.container_crash(),
         }
     }
 
@@ -421,12 +396,6 @@ impl Sim {
             self.trace.line(self.now, &label, format_args!("{line}"));
         }
         self.checkers.on_boot(slot);
-        if slot < self.honest {
-            let node = self.slots[slot].node;
-            if let Some(svc) = self.svc.as_mut() {
-                svc.on_boot(slot, node);
-            }
-        }
         self.apply(slot, effects);
         // mDNS: announce to every browser, and browse what is announced.
         self.announced.insert(slot);
@@ -607,10 +576,6 @@ impl Sim {
             let label = self.slots[victim].label.clone();
             self.trace.line(self.now, &label, format_args!("CRASH"));
             self.slots[victim].stop(Status::Crashed);
-            let (node, now) = (self.slots[victim].node, self.now);
-            if let Some(svc) = self.svc.as_mut() {
-                svc.on_power_cut(victim, node, now);
-            }
             let back = self.fault_rng.random_range(p.restart_after_ms.0..=p.restart_after_ms.1);
             if self.in_fault_phase(self.now + back) {
                 let epoch = self.slots[victim].epoch;
@@ -636,11 +601,6 @@ impl Sim {
             let bump = self.slots[l].bump().unwrap_or(0);
             let now = self.abs();
             let effects = self.slots[l].core.as_mut().map(|c| c.leave(now)).unwrap_or_default();
-            // The agent stops its containers on the way out.
-            let (node, now_sim) = (self.slots[l].node, self.now);
-            if let Some(svc) = self.svc.as_mut() {
-                svc.on_graceful_stop(l, node, now_sim);
-            }
             // mDNS sends its goodbye at once.
             self.slots[l].status = Status::Leaving;
             self.announced.remove(&l);
@@ -780,49 +740,6 @@ impl Sim {
         }
     }
 
-    // ------------------------------------------------------------------ services
-
-    fn running_honest_ids(&self) -> Vec<(usize, NodeId)> {
-        (0..self.honest).filter(|i| self.slots[*i].running()).map(|i| (i, self.slots[i].node)).collect()
-    }
-
-    fn services_tick(&mut self) {
-        let running = self.running_honest_ids();
-        let Some(svc) = self.svc.as_mut() else { return };
-        let mut lines: Vec<(usize, String)> = Vec::new();
-        let leader = svc.leader(&running);
-        if let Some(l) = leader {
-            let view = self.slots[l].members();
-            lines.extend(svc.schedule(EPOCH_MS + self.now, &view).into_iter().map(|line| (l, line)));
-        }
-        for (i, node) in &running {
-            let hears = leader.is_some_and(|l| l == *i || (!self.net.is_cut(l, *i) && !self.net.is_cut(*i, l)));
-            lines.extend(svc.reconcile(*i, *node, self.now, hears).into_iter().map(|line| (*i, line)));
-        }
-        if self.trace.on() {
-            for (i, line) in lines {
-                let label = self.slots[i].label.clone();
-                self.trace.line(self.now, &label, format_args!("{line}"));
-            }
-        }
-    }
-
-    fn container_crash(&mut self) {
-        let running = self.running_honest_ids();
-        let now = self.now;
-        let Some(svc) = self.svc.as_mut() else { return };
-        let crashed = svc.container_crash(&running, now);
-        let next = svc.next_crash_in();
-        if let Some((slot, line)) = crashed {
-            self.count("container-crash");
-            let label = self.slots[slot].label.clone();
-            self.trace.line(self.now, &label, format_args!("{line}"));
-        }
-        if self.in_fault_phase(self.now + next) {
-            self.after(next, Ev::ContainerCrash);
-        }
-    }
-
     // ------------------------------------------------------------------ checks
 
     fn check(&mut self) {
@@ -837,12 +754,7 @@ impl Sim {
             .map(|(i, s)| (i, s.members().into_iter().map(|m| (m.id, m)).collect()))
             .collect();
         let snap = Snapshot { now_ms: self.now, slots: &self.slots, members, by_node: &self.by_node };
-        let mut new = self.checkers.check(&snap, &mut self.violations);
-        if let Some(svc) = self.svc.as_ref() {
-            let alive = self.running_honest_ids().into_iter().map(|(i, id)| (i, sim_node_view(i, id, Health::Alive))).collect();
-            let snap = ServicesSnapshot { now_ms: self.now, defs: svc.defs(), running: svc.running_containers(self.now), alive };
-            new.extend(self.checkers.check_services(&snap, &mut self.violations));
-        }
+        let new = self.checkers.check(&snap, &mut self.violations);
         for v in new {
             self.trace.line(self.now, "check", format_args!("VIOLATION {v}"));
         }
@@ -867,7 +779,6 @@ impl Sim {
             steady_nodes,
             trace_lines,
             trace_error,
-            services: self.svc.map(|s| s.counts),
             plan: self.plan,
         }
     }

@@ -28,13 +28,12 @@ pub mod plan;
 pub mod raft;
 pub mod report;
 mod rng;
-pub mod services;
 mod sweep;
 mod trace;
+mod whole;
 
 pub use harness::{run, EPOCH_MS};
 pub use sweep::sweep;
-pub use options::{format_duration, parse_duration, FaultKind, FaultSet, OptionsError, ServicesBug, SimOptions, MAX_NODES};
-pub use plan::{SimPlan, CONVERGENCE_BOUND_MS, HEAL_MS, SERVICES_BOUND_MS};
-pub use services::{ServiceCounts, ServiceDef, ServicesPlan};
+pub use options::{format_duration, parse_duration, FaultKind, FaultSet, OptionsError, RaftBug, SimOptions, MAX_NODES, WHOLE_MAX_NODES};
+pub use plan::{SimPlan, CONVERGENCE_BOUND_MS, HEAL_MS};
 pub use report::{MessageCounts, SimReport};

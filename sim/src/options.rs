@@ -9,6 +9,8 @@ use std::str::FromStr;
 /// Most honest nodes one run may have. Addresses are `10.a.b.c`, and a run of this size is
 /// already minutes of wall time per simulated minute.
 pub const MAX_NODES: usize = 1_000;
+/// Most machines of a whole-node run (`--whole`; one fixed key each).
+pub const WHOLE_MAX_NODES: usize = 10;
 /// Longest run: a week of simulated time. Longer runs would also cross the core's 24 h
 /// retention of down members, which the checkers do not model.
 pub const MAX_DURATION_MS: u64 = 7 * 24 * 3_600_000;
@@ -156,24 +158,64 @@ impl fmt::Debug for FaultSet {
     }
 }
 
-/// A bug planted in the simulator's services glue (never in the scheduler or engine crates).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ServicesBug {
-    /// The agent drops the reconciler's removals of containers whose task is no longer
-    /// assigned to its node (a node back from a partition keeps its stale containers).
-    StaleContainers,
-    /// The tasks of nodes down (or left) past the grace period are never moved: the leader
-    /// drops the scheduler's `NodeDown` shutdowns and the placements replacing them.
-    NoDownShutdown,
+/// The fault kinds the Raft mode injects; the others (leave, late join, intruder) are
+/// membership faults and are ignored here.
+pub fn raft_faults(faults: FaultSet) -> FaultSet {
+    [FaultKind::Crash, FaultKind::Partition, FaultKind::Loss, FaultKind::Delay]
+        .into_iter()
+        .filter(|k| faults.contains(*k))
+        .fold(FaultSet::none(), FaultSet::with)
 }
 
-impl ServicesBug {
-    pub const ALL: [ServicesBug; 2] = [ServicesBug::StaleContainers, ServicesBug::NoDownShutdown];
+/// A bug planted in the simulator's disk (never in the consensus crate), to prove the
+/// checkers are not blind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RaftBug {
+    /// The log store invokes openraft's flush callback for a batch, but the batch reaches
+    /// the disk only when the *next* batch is synced: a power cut loses acknowledged entries.
+    UnsyncedFlush,
+    /// Whole mode, in the shared controller (`shoal_control::PlantedBug::SkipJoinCheck`):
+    /// a member answers join requests without the join check (gossip visibility and the
+    /// secret's HMAC), so the intruder gets a certificate.
+    SkipJoinCheck,
+    /// Whole mode, in the shared controller
+    /// (`shoal_control::PlantedBug::GrantManagerToLearners`): a join answer grants the
+    /// manager role to a node that is not a Raft voter.
+    GrantManagerToLearners,
+    /// Whole mode, in the shared controller
+    /// (`shoal_control::PlantedBug::KeepStaleContainers`): an agent keeps the containers of
+    /// tasks moved away from it while it was cut off.
+    KeepStaleContainers,
+}
+
+impl RaftBug {
+    pub const ALL: [RaftBug; 4] = [RaftBug::UnsyncedFlush, RaftBug::SkipJoinCheck, RaftBug::GrantManagerToLearners, RaftBug::KeepStaleContainers];
 
     pub fn name(self) -> &'static str {
         match self {
-            Self::StaleContainers => "stale-containers",
-            Self::NoDownShutdown => "no-down-shutdown",
+            Self::UnsyncedFlush => "unsynced-flush",
+            Self::SkipJoinCheck => "skip-join-check",
+            Self::GrantManagerToLearners => "grant-manager-to-learners",
+            Self::KeepStaleContainers => "keep-stale-containers",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// The names, for error messages.
+    pub fn names() -> String {
+        Self::ALL.map(Self::name).join(", ")
+    }
+
+    /// The controller's planted bug this is, if it is one.
+    pub fn planted(self) -> Option<shoal_control::PlantedBug> {
+        match self {
+            Self::UnsyncedFlush => None,
+            Self::SkipJoinCheck => Some(shoal_control::PlantedBug::SkipJoinCheck),
+            Self::GrantManagerToLearners => Some(shoal_control::PlantedBug::GrantManagerToLearners),
+            Self::KeepStaleContainers => Some(shoal_control::PlantedBug::KeepStaleContainers),
         }
     }
 }
@@ -191,7 +233,7 @@ pub enum OptionsError {
     DurationOutOfRange(String),
     #[error("node count {0} is out of range: use 1 to {MAX_NODES}")]
     NodesOutOfRange(usize),
-    #[error("node count {0} is out of range for --whole: use 1 to {max}", max = crate::raft::WHOLE_MAX_NODES)]
+    #[error("node count {0} is out of range for --whole: use 1 to {max}", max = WHOLE_MAX_NODES)]
     WholeNodesOutOfRange(usize),
     #[error("cannot read the command line: {0}")]
     BadCommandLine(String),
@@ -266,16 +308,10 @@ pub struct SimOptions {
     /// Turn on the membership core's planted bug (a graceful leave shows as `down`), to
     /// prove the checkers catch it.
     pub planted_bug: bool,
-    /// Run services: the real scheduler on an oracle cluster state and the real reconciler
-    /// on a fake container engine per node (off by default; see `services.rs`).
-    pub services: bool,
-    /// With `services`: a planted bug in the simulator's glue around the scheduler or the
-    /// agent, to prove the services checkers catch it (sim-only; the crates are untouched).
-    pub planted_services_bug: Option<ServicesBug>,
     /// Run the Raft mode instead of the membership simulation (`crate::raft::run`).
     pub raft: bool,
     /// With `raft`: a planted bug in the simulated disk, to prove the Raft checkers catch it.
-    pub planted_raft_bug: Option<crate::raft::RaftBug>,
+    pub planted_raft_bug: Option<RaftBug>,
     /// Whole nodes (`--whole`, implies `raft`): membership, Raft, the leader's duties, joins
     /// with the real issuer, and agents on fake engines, in every simulated node.
     pub whole: bool,
@@ -291,8 +327,6 @@ impl SimOptions {
             faults: FaultSet::all(),
             trace: None,
             planted_bug: false,
-            services: false,
-            planted_services_bug: None,
             raft: false,
             planted_raft_bug: None,
             whole: false,
@@ -305,7 +339,7 @@ impl SimOptions {
             if !(1..=MAX_NODES).contains(&n) {
                 return Err(OptionsError::NodesOutOfRange(n));
             }
-            if self.whole && n > crate::raft::WHOLE_MAX_NODES {
+            if self.whole && n > WHOLE_MAX_NODES {
                 return Err(OptionsError::WholeNodesOutOfRange(n));
             }
         }
@@ -318,7 +352,7 @@ impl SimOptions {
     /// The command that replays this run exactly, with the node count spelled out.
     pub fn replay_command(&self, nodes: usize) -> String {
         if self.raft {
-            let (mode, faults) = if self.whole { ("--whole", self.faults) } else { ("--raft", crate::raft::raft_faults(self.faults)) };
+            let (mode, faults) = if self.whole { ("--whole", self.faults) } else { ("--raft", raft_faults(self.faults)) };
             let mut cmd = format!(
                 "shoal sim {mode} --seed {} --nodes {} --duration {} --faults {}",
                 self.seed,
@@ -341,13 +375,6 @@ impl SimOptions {
         );
         if self.planted_bug {
             cmd.push_str(" --planted-bug");
-        }
-        if self.services {
-            cmd.push_str(" --services");
-        }
-        if let Some(bug) = self.planted_services_bug {
-            cmd.push_str(" --planted-services-bug ");
-            cmd.push_str(bug.name());
         }
         cmd
     }
@@ -375,9 +402,8 @@ impl SimOptions {
                 opts.planted_bug = true;
                 continue;
             }
-            if name == "--services" {
-                opts.services = true;
-                continue;
+            if name == "--services" || name == "--planted-services-bug" {
+                return Err(bad(format!("`{name}` is gone: services run in whole mode (`--whole`), on the real state machine and controller")));
             }
             if name == "--raft" {
                 opts.raft = true;
@@ -401,13 +427,9 @@ impl SimOptions {
                 "--duration" => opts.duration_ms = parse_duration(&value)?,
                 "--faults" => opts.faults = FaultSet::parse(&value)?,
                 "--trace" => opts.trace = Some(PathBuf::from(value)),
-                "--planted-services-bug" => {
-                    let bug = ServicesBug::ALL.into_iter().find(|b| b.name() == value);
-                    opts.planted_services_bug = Some(bug.ok_or_else(|| bad(format!("unknown planted services bug `{value}`: stale-containers or no-down-shutdown")))?);
-                }
                 "--planted-raft-bug" => {
-                    let bug = crate::raft::RaftBug::parse(&value);
-                    opts.planted_raft_bug = Some(bug.ok_or_else(|| bad(format!("unknown planted raft bug `{value}`: {}", crate::raft::RaftBug::names())))?);
+                    let bug = RaftBug::parse(&value);
+                    opts.planted_raft_bug = Some(bug.ok_or_else(|| bad(format!("unknown planted raft bug `{value}`: {}", RaftBug::names())))?);
                 }
                 other => return Err(bad(format!("unknown flag `{other}`"))),
             }
@@ -470,23 +492,11 @@ mod tests {
     }
 
     #[test]
-    fn services_flags_round_trip() {
-        let mut o = SimOptions::new(7);
-        assert!(!o.replay_command(3).contains("services"));
-        o.services = true;
-        o.planted_services_bug = Some(ServicesBug::NoDownShutdown);
-        let cmd = o.replay_command(3);
-        assert!(cmd.ends_with(" --services --planted-services-bug no-down-shutdown"), "{cmd}");
-        assert_eq!(SimOptions::from_command_line(&cmd), Ok(SimOptions { nodes: Some(3), ..o }));
-        assert!(SimOptions::from_command_line("--seed 1 --services --planted-services-bug nope").is_err());
-    }
-
-    #[test]
     fn raft_flags_round_trip() {
         let mut o = SimOptions::new(9);
         o.raft = true;
         o.faults = FaultSet::parse("crash,loss").expect("faults");
-        o.planted_raft_bug = Some(crate::raft::RaftBug::UnsyncedFlush);
+        o.planted_raft_bug = Some(RaftBug::UnsyncedFlush);
         let cmd = o.replay_command(3);
         assert_eq!(cmd, "shoal sim --raft --seed 9 --nodes 3 --duration 10m --faults crash,loss --planted-raft-bug unsynced-flush");
         assert_eq!(SimOptions::from_command_line(&cmd), Ok(SimOptions { nodes: Some(3), ..o }));

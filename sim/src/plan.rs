@@ -3,7 +3,6 @@
 
 use crate::options::{format_duration, FaultKind, FaultSet, SimOptions};
 use crate::rng::{stream, Stream};
-use crate::services::ServicesPlan;
 use rand::RngExt;
 use std::fmt;
 
@@ -18,10 +17,6 @@ pub const CHECK_INTERVAL_MS: u64 = 1_000;
 /// How long after a graceful leave its witnesses must show it `left`: longer than the slowest
 /// delivery the network model can produce (see [`NetPlan::max_delivery_ms`]).
 pub const LEAVE_SETTLE_MS: u64 = 10_000;
-/// With `--services`: bound on the services converging after the heal starts (membership's
-/// 45 s, the scheduler's down grace, container start and restart backoff): from then on
-/// every service runs its replica count and no slot runs on two nodes.
-pub const SERVICES_BOUND_MS: u64 = 60_000;
 
 /// The network, as derived. Probabilities are in parts per million.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,8 +77,6 @@ pub struct SimPlan {
     pub intruder_spoofs_cluster_id: bool,
     /// Share of honest nodes given a `--join` seed (node 0) on top of mDNS, in ppm.
     pub seeded_ppm: u32,
-    /// With `--services`: what runs (drawn from its own stream, so nothing above changes).
-    pub services: Option<ServicesPlan>,
 }
 
 impl SimPlan {
@@ -156,7 +149,6 @@ impl SimPlan {
             intruder_replay_every_ms,
             intruder_spoofs_cluster_id,
             seeded_ppm,
-            services: opts.services.then(|| ServicesPlan::derive(opts.seed, nodes, on(FaultKind::Crash), opts.planted_services_bug)),
         }
     }
 
@@ -226,9 +218,6 @@ impl fmt::Display for SimPlan {
             )?;
         }
         write!(f, "  --join seeds: {} of nodes also get node 0 as a seed", pct(self.seeded_ppm))?;
-        if let Some(s) = &self.services {
-            write!(f, "\n{s}")?;
-        }
         Ok(())
     }
 }

@@ -53,8 +53,6 @@ pub struct SimReport {
     /// Lines written to the trace file, and why it is incomplete if it is.
     pub trace_lines: u64,
     pub trace_error: Option<String>,
-    /// With `--services`: scheduler and agent counters.
-    pub services: Option<crate::services::ServiceCounts>,
 }
 
 impl SimReport {
@@ -102,13 +100,6 @@ impl SimReport {
             m.sent, m.sent_bytes, m.delivered, m.dropped_loss, m.dropped_cut, m.dropped_no_host, m.duplicated, m.reordered, m.lan_hints
         );
         let _ = writeln!(s, "  faults: {}", if faults.is_empty() { "none".to_string() } else { faults.join(", ") });
-        if let Some(c) = &self.services {
-            let _ = writeln!(
-                s,
-                "  services: {} scheduler passes, {} placements, {} shutdowns; agents: {} creates, {} removes, {} failed actions; {} container crashes, {} exits by power cut",
-                c.scheduler_passes, c.placements, c.shutdowns, c.creates, c.removes, c.failed_actions, c.container_crashes, c.power_cut_exits
-            );
-        }
         if self.intruder_replays_accepted > 0 {
             let _ = writeln!(s, "  note: {} replayed datagram(s) from the intruder were accepted by honest nodes", self.intruder_replays_accepted);
         }

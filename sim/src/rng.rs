@@ -19,10 +19,8 @@ pub(crate) enum Stream {
     Node { slot: usize, boot: u16 },
     /// The intruder's sniffing and replaying.
     Intruder,
-    /// Services (with `--services`): what runs, container crashes.
+    /// Whole mode: the services a run creates (`whole::workload`).
     Services,
-    /// Services: which container crashes, when, how.
-    ServiceFaults,
     /// Raft mode: node count when not given.
     RaftPlan,
     /// Raft mode: the fault schedule.
@@ -57,7 +55,6 @@ fn stream_id(s: Stream) -> u64 {
         Stream::Faults => 4,
         Stream::Intruder => 5,
         Stream::Services => 6,
-        Stream::ServiceFaults => 7,
         Stream::RaftPlan => 8,
         Stream::RaftFaults => 9,
         Stream::RaftNetwork => 10,

@@ -7,7 +7,8 @@
 //! - a planted disk bug (`unsynced-flush`) is caught, and the printed replay command
 //!   reproduces it.
 
-use shoal_sim::raft::{run, RaftBug};
+use shoal_sim::raft::run;
+use shoal_sim::RaftBug;
 use shoal_sim::{FaultSet, SimOptions};
 
 fn raft(seed: u64, nodes: Option<usize>, duration_ms: u64, faults: &str) -> SimOptions {

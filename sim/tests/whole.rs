@@ -9,7 +9,8 @@
 //!   failed) is caught by the certificate invariant, and the printed replay command
 //!   reproduces it; so is one planted in the shared controller (`grant-manager-to-learners`).
 
-use shoal_sim::raft::{run, RaftBug, RaftReport};
+use shoal_sim::raft::{run, RaftReport};
+use shoal_sim::RaftBug;
 use shoal_sim::{FaultSet, SimOptions};
 
 fn whole(seed: u64, nodes: Option<usize>, duration_ms: u64, faults: &str) -> SimOptions {
@@ -173,4 +174,33 @@ fn planted_grant_manager_to_learners_is_caught_by_the_sweep_and_replayed() {
     let replay = run(&SimOptions::from_command_line(cmd).expect("the replay command parses"));
     assert_eq!(replay.violations, buggy[0].violations);
     assert_eq!(replay.whole, buggy[0].whole);
+}
+
+/// A bug planted in the shared controller's agent (`shoal_control::AgentCore`, which the
+/// node's runner runs too): it keeps the containers of tasks moved away from its node. The
+/// whole-mode sweep catches it (a container still runs for a task that is no longer live),
+/// and the replay command of a failing seed reproduces it. This replaces the old
+/// `--services` oracle mode's planted bugs, which lived in the oracle's own glue.
+#[test]
+fn planted_keep_stale_containers_is_caught_by_the_sweep_and_replayed() {
+    let seeds = 1..=12u64;
+    let clean = shoal_sim::sweep(seeds.clone(), |seed| run(&whole(seed, Some(5), 2 * 60_000, "all")));
+    for r in &clean {
+        assert!(r.passed(), "fails without the planted bug:\n{}", r.summary());
+    }
+    let bug = RaftBug::KeepStaleContainers;
+    let buggy = shoal_sim::sweep(seeds, |seed| run(&SimOptions { planted_raft_bug: Some(bug), ..whole(seed, Some(5), 2 * 60_000, "all") }));
+    let caught: Vec<&RaftReport> = buggy.iter().filter(|r| !r.passed()).collect();
+    assert!(!caught.is_empty(), "the planted bug went unnoticed in every seed");
+    for r in &caught {
+        let summary = r.summary();
+        assert!(r.violations.iter().all(|v| v.contains("but is not live in the state")), "{summary}");
+    }
+    let summary = caught[0].summary();
+    let cmd = summary.lines().find_map(|l| l.strip_prefix("replay with: ")).expect("a replay command");
+    assert!(cmd.starts_with("shoal sim --whole --seed ") && cmd.ends_with("--planted-raft-bug keep-stale-containers"), "{cmd}");
+    let replay = run(&SimOptions::from_command_line(cmd).expect("the replay command parses"));
+    assert_eq!(replay.violations, caught[0].violations);
+    assert_eq!(replay.whole, caught[0].whole);
+    eprintln!("keep-stale-containers: caught in {} of {} seeds", caught.len(), buggy.len());
 }

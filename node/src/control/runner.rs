@@ -48,7 +48,7 @@ const SETTLE_PASSES: u32 = 10;
 pub async fn run_tasks(ctl: Control) {
     let socket = ctl.config().docker_socket.clone();
     let me = ctl.id();
-    let mut agent = AgentCore::new(me);
+    let mut agent = AgentCore::new(me).with_planted(ctl.config().planted);
     let mut engine: Option<DockerEngine> = None;
     let mut engine_warned = false;
     let mut images = Acquisitions::new();

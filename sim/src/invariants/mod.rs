@@ -4,20 +4,16 @@
 //! - [`convergence`]: after the heal, every alive node sees every other alive node `alive`;
 //! - [`intruder`]: a node without the join secret never gets in, nor learns anyone;
 //! - [`graceful_leave`]: a node that left is seen `left`, not `down`, by those it told;
-//! - [`event_view`]: the events a core emits agree with what its `members()` shows;
-//! - [`replicas`] (with `--services`): after the heal, every service runs its replica count;
-//! - [`one_slot_one_node`] (with `--services`): after the heal, no slot runs on two nodes.
+//! - [`event_view`]: the events a core emits agree with what its `members()` shows.
+//!
+//! Services are checked in whole mode (`crate::whole`), on the real state machine.
 
 pub(crate) mod convergence;
 pub(crate) mod event_view;
 pub(crate) mod graceful_leave;
 pub(crate) mod intruder;
-pub(crate) mod one_slot_one_node;
-pub(crate) mod replicas;
 
 use crate::node::Slot;
-use crate::services::RunningContainer;
-use shoal_cluster::scheduler::{NodeView, ServiceView};
 use shoal_discovery::{MemberEvent, MemberView};
 use shoal_wire::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,28 +63,11 @@ impl Snapshot<'_> {
     }
 }
 
-/// What the services checkers see at one check (only with `--services`).
-pub(crate) struct ServicesSnapshot<'a> {
-    pub now_ms: u64,
-    pub defs: &'a [ServiceView],
-    /// Running containers on every honest machine.
-    pub running: Vec<RunningContainer>,
-    /// Running honest nodes, with how the scheduler would see them when healthy.
-    pub alive: Vec<(usize, NodeView)>,
-}
-
-pub(crate) struct ServicesCheckers {
-    pub replicas: replicas::ReplicaCounts,
-    pub one_slot: one_slot_one_node::OneSlotOneNode,
-}
-
 pub(crate) struct Checkers {
     pub convergence: convergence::Convergence,
     pub intruder: intruder::NoIntruder,
     pub leave: graceful_leave::LeftIsLeft,
     pub events: event_view::EventsMatchMembers,
-    /// Only with `--services`.
-    pub services: Option<ServicesCheckers>,
     /// Individual checks made (one per pair of nodes looked at).
     pub checks: u64,
 }
@@ -100,7 +79,6 @@ impl Checkers {
             intruder: intruder::NoIntruder::new(intruder),
             leave: graceful_leave::LeftIsLeft::new(leave_settle_ms),
             events: event_view::EventsMatchMembers::default(),
-            services: None,
             checks: 0,
         }
     }
@@ -123,22 +101,6 @@ impl Checkers {
         self.checks += 2;
         self.events.on_event(observer, ev);
         self.intruder.on_event(now_ms, slots, by_node, observer, ev, v)
-    }
-
-    /// Turns the services checkers on, checking from `from_ms` on.
-    pub(crate) fn with_services(mut self, from_ms: u64) -> Self {
-        self.services = Some(ServicesCheckers { replicas: replicas::ReplicaCounts::new(from_ms), one_slot: one_slot_one_node::OneSlotOneNode::new(from_ms) });
-        self
-    }
-
-    /// Runs the services checks; returns the new violation messages.
-    pub(crate) fn check_services(&mut self, snap: &ServicesSnapshot<'_>, v: &mut Violations) -> Vec<String> {
-        let mut new = Vec::new();
-        if let Some(s) = self.services.as_mut() {
-            self.checks += s.replicas.check(snap, v, &mut new);
-            self.checks += s.one_slot.check(snap, v, &mut new);
-        }
-        new
     }
 
     /// Runs every periodic check; returns the new violation messages.

@@ -14,11 +14,10 @@
 //! Opt-in: the membership simulation (`crate::run`) is untouched and its traces unchanged.
 
 mod invariants;
-mod net;
+pub(crate) mod net;
 mod report;
-mod store;
-mod whole;
-mod world;
+pub(crate) mod store;
+pub(crate) mod world;
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -43,10 +42,10 @@ use shoal_consensus::ShoalNode;
 use shoal_wire::NodeId;
 
 pub use report::RaftReport;
-pub use whole::{WholeCounts, WHOLE_MAX_NODES};
+pub use crate::whole::WholeCounts;
 pub use world::{RpcCounts, WriteCounts};
 
-use crate::options::{FaultKind, FaultSet, SimOptions};
+use crate::options::{raft_faults, FaultKind, SimOptions};
 use crate::rng::{stream, stream_seed, Stream};
 use crate::trace::Trace;
 use invariants::heal_convergence::FinalView;
@@ -55,7 +54,7 @@ use store::Disk;
 use store::SimStateMachine;
 use world::{node_id, Shared, World};
 
-type Raft = ShoalRaft<SimStateMachine>;
+pub(crate) type Raft = ShoalRaft<SimStateMachine>;
 
 /// The heal phase: the last minute of a run (or its second half, if shorter).
 pub const RAFT_HEAL_MS: u64 = 60_000;
@@ -67,62 +66,6 @@ const WRITE_TIMEOUT_MS: u64 = 5_000;
 const TICK_MS: u64 = 100;
 /// Node counts drawn from the seed when `--nodes` is not given.
 const DEFAULT_NODES: std::ops::RangeInclusive<usize> = 3..=5;
-
-/// The fault kinds the Raft mode injects; the others (leave, late join, intruder) are
-/// membership faults and are ignored here.
-pub fn raft_faults(faults: FaultSet) -> FaultSet {
-    [FaultKind::Crash, FaultKind::Partition, FaultKind::Loss, FaultKind::Delay]
-        .into_iter()
-        .filter(|k| faults.contains(*k))
-        .fold(FaultSet::none(), FaultSet::with)
-}
-
-/// A bug planted in the simulator's disk (never in the consensus crate), to prove the
-/// checkers are not blind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RaftBug {
-    /// The log store invokes openraft's flush callback for a batch, but the batch reaches
-    /// the disk only when the *next* batch is synced: a power cut loses acknowledged entries.
-    UnsyncedFlush,
-    /// Whole mode, in the shared controller (`shoal_control::PlantedBug::SkipJoinCheck`):
-    /// a member answers join requests without the join check (gossip visibility and the
-    /// secret's HMAC), so the intruder gets a certificate.
-    SkipJoinCheck,
-    /// Whole mode, in the shared controller
-    /// (`shoal_control::PlantedBug::GrantManagerToLearners`): a join answer grants the
-    /// manager role to a node that is not a Raft voter.
-    GrantManagerToLearners,
-}
-
-impl RaftBug {
-    pub const ALL: [RaftBug; 3] = [RaftBug::UnsyncedFlush, RaftBug::SkipJoinCheck, RaftBug::GrantManagerToLearners];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::UnsyncedFlush => "unsynced-flush",
-            Self::SkipJoinCheck => "skip-join-check",
-            Self::GrantManagerToLearners => "grant-manager-to-learners",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|b| b.name() == name)
-    }
-
-    /// The names, for error messages.
-    pub fn names() -> String {
-        Self::ALL.map(Self::name).join(", ")
-    }
-
-    /// The controller's planted bug this is, if it is one.
-    pub fn planted(self) -> Option<shoal_control::PlantedBug> {
-        match self {
-            Self::UnsyncedFlush => None,
-            Self::SkipJoinCheck => Some(shoal_control::PlantedBug::SkipJoinCheck),
-            Self::GrantManagerToLearners => Some(shoal_control::PlantedBug::GrantManagerToLearners),
-        }
-    }
-}
 
 /// Node count of a Raft run: `--nodes`, or 3 to 5 from the seed.
 pub fn raft_nodes(opts: &SimOptions) -> usize {
@@ -198,7 +141,7 @@ pub fn run(opts: &SimOptions) -> RaftReport {
 }
 
 #[derive(Debug)]
-enum Action {
+pub(crate) enum Action {
     Tick,
     /// Whole mode: the late joiner boots.
     LateBoot(usize),
@@ -220,19 +163,19 @@ enum Action {
     End,
 }
 
-struct Driver {
-    opts: SimOptions,
-    nodes: usize,
-    world: Shared,
-    disks: Vec<Disk>,
-    boots: Vec<u16>,
-    faults: StdRng,
-    agenda: BTreeMap<(u64, u64), Action>,
-    seq: u64,
-    healed: bool,
+pub(crate) struct Driver {
+    pub(crate) opts: SimOptions,
+    pub(crate) nodes: usize,
+    pub(crate) world: Shared,
+    pub(crate) disks: Vec<Disk>,
+    pub(crate) boots: Vec<u16>,
+    pub(crate) faults: StdRng,
+    pub(crate) agenda: BTreeMap<(u64, u64), Action>,
+    pub(crate) seq: u64,
+    pub(crate) healed: bool,
     /// Ids of the current loss and delay storms (a newer storm replaces an older one).
-    storm_ids: (u64, u64),
-    config: Arc<Config>,
+    pub(crate) storm_ids: (u64, u64),
+    pub(crate) config: Arc<Config>,
 }
 
 async fn drive(opts: SimOptions) -> RaftReport {
@@ -243,7 +186,7 @@ async fn drive(opts: SimOptions) -> RaftReport {
     tokio::time::sleep(Duration::from_millis(1)).await;
     let nodes = raft_nodes(&opts);
     let faults = if opts.whole { opts.faults } else { raft_faults(opts.faults) };
-    let whole = opts.whole.then(|| whole::Whole::new(opts.seed, nodes, opts.planted_raft_bug, faults.contains(FaultKind::Crash)));
+    let whole = opts.whole.then(|| crate::whole::Whole::new(opts.seed, nodes, opts.planted_raft_bug));
     let trace = match &opts.trace {
         Some(path) => Trace::to_file(path),
         None => Trace::off(),
@@ -311,19 +254,19 @@ fn heal_ms(opts: &SimOptions) -> u64 {
 }
 
 impl Driver {
-    fn at(&mut self, t: u64, a: Action) {
+    pub(crate) fn at(&mut self, t: u64, a: Action) {
         self.seq += 1;
         self.agenda.insert((t, self.seq), a);
     }
 
-    fn fault_end_ms(&self) -> u64 {
+    pub(crate) fn fault_end_ms(&self) -> u64 {
         self.opts.duration_ms - heal_ms(&self.opts)
     }
 
     /// The node id of `slot`: a fixed test key's in whole mode (ids are key hashes there).
     fn id(&self, slot: usize) -> NodeId {
         if self.opts.whole {
-            whole::whole_id(slot)
+            crate::whole::whole_id(slot)
         } else {
             node_id(slot)
         }
@@ -389,21 +332,21 @@ impl Driver {
                 }
                 Action::Duties => {
                     self.duties_tick();
-                    if t + whole::DUTY_TICK_MS < end {
-                        self.at(t + whole::DUTY_TICK_MS, Action::Duties);
+                    if t + crate::whole::DUTY_TICK_MS < end {
+                        self.at(t + crate::whole::DUTY_TICK_MS, Action::Duties);
                     }
                 }
                 Action::Agents => {
                     self.switch_off_revoked().await;
                     self.agents_tick();
-                    if t + whole::AGENT_TICK_MS < end {
-                        self.at(t + whole::AGENT_TICK_MS, Action::Agents);
+                    if t + crate::whole::AGENT_TICK_MS < end {
+                        self.at(t + crate::whole::AGENT_TICK_MS, Action::Agents);
                     }
                 }
                 Action::LanRefresh => {
                     self.lan_refresh();
-                    if t + whole::LAN_REFRESH_MS < end {
-                        self.at(t + whole::LAN_REFRESH_MS, Action::LanRefresh);
+                    if t + crate::whole::LAN_REFRESH_MS < end {
+                        self.at(t + crate::whole::LAN_REFRESH_MS, Action::LanRefresh);
                     }
                 }
                 Action::Intruder => {
@@ -476,7 +419,7 @@ impl Driver {
         }
     }
 
-    async fn crash(&mut self, slot: usize, lose_unsynced: bool, why: &str) -> bool {
+    pub(crate) async fn crash(&mut self, slot: usize, lose_unsynced: bool, why: &str) -> bool {
         let raft = {
             let mut w = self.world.lock();
             let Some(raft) = w.rafts[slot].take() else { return false };
@@ -670,7 +613,7 @@ impl Driver {
             }
         }
         if self.opts.whole {
-            let state = whole::leader_state(&self.world, self.nodes).await;
+            let state = crate::whole::leader_state(&self.world, self.nodes).await;
             self.whole_finish(state.as_ref());
         }
         record_panics(&mut self.world.lock(), now);
@@ -776,6 +719,6 @@ async fn write(world: Shared, nodes: usize, k: u64, target: usize) {
 }
 
 /// The first line of an error, without anything that could hold a wall-clock time.
-fn short_error(text: &str) -> String {
+pub(crate) fn short_error(text: &str) -> String {
     text.lines().next().unwrap_or("").chars().take(120).collect()
 }

@@ -51,7 +51,7 @@ use shoal_consensus::TypeConfig;
 use tokio::sync::mpsc;
 
 use super::world::Shared;
-use super::RaftBug;
+use crate::options::RaftBug;
 
 fn crashed() -> io::Error {
     io::Error::other("simulated disk: this boot of the node has crashed")

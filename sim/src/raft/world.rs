@@ -94,7 +94,7 @@ pub(crate) struct World {
     /// Acknowledged writes: number → the node id it registered.
     pub acked: BTreeMap<u64, NodeId>,
     /// Whole mode: the machines' membership cores, engines and agents.
-    pub whole: Option<super::whole::Whole>,
+    pub whole: Option<crate::whole::Whole>,
 }
 
 /// Handle on the [`World`], plus the simulated start time (tokio's paused clock).
@@ -114,7 +114,7 @@ pub(crate) fn node_id(slot: usize) -> NodeId {
 
 /// Inverse of [`node_id`] (and of the whole mode's key-derived ids).
 pub(crate) fn slot_of(id: &NodeId) -> usize {
-    if let Some(slot) = super::whole::whole_slot(id) {
+    if let Some(slot) = crate::whole::whole_slot(id) {
         return slot;
     }
     let mut s = [0u8; 8];
