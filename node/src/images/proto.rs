@@ -13,7 +13,7 @@
 //! counts the bytes and stops past [`MAX_IMAGE_BYTES`](super::MAX_IMAGE_BYTES).
 
 use super::{ChunkReceiver, ImageStore, ImageInfo, MAX_CHUNK_BYTES, MAX_IMAGE_BYTES, MAX_LISTED_IMAGES, MAX_REFERENCE_LEN};
-use crate::raftnet::frame::{read_frame, write_frame, FrameError, ReadTimeouts};
+use crate::frame::{read_frame, write_frame, FrameError, ReadTimeouts};
 use serde::{Deserialize, Serialize};
 use shoal_wire::NodeId;
 use std::net::SocketAddr;
@@ -77,7 +77,7 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ImageError> {
 }
 
 /// Length prefix + body (bodies here are bounded far below `u32::MAX`).
-pub(crate) use crate::raftnet::frame::length_prefixed as frame;
+pub(crate) use crate::frame::length_prefixed as frame;
 
 pub(crate) async fn read_message<T: serde::de::DeserializeOwned, R: AsyncRead + Unpin>(r: &mut R, timeout: Duration) -> Result<T, ImageError> {
     let body = read_frame(r, MAX_MESSAGE_BYTES, ReadTimeouts { idle: Some(timeout), frame: timeout })

@@ -5,7 +5,7 @@
 use super::proto::{encode, read_message, receive_chunks, send_chunks, ImageError, ImageReply, ImageRequest, MESSAGE_TIMEOUT};
 use super::{ImageStore, MAX_LISTED_IMAGES};
 use crate::pki::MutualTls;
-use crate::raftnet::frame::write_frame;
+use crate::frame::write_frame;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;

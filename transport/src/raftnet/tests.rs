@@ -2,7 +2,8 @@
 //! with certificates from the cluster CA (`pki`), openraft nodes on the in-memory store.
 //! Every test is bounded by a timeout.
 
-use super::frame::{self, Committed, ForwardRefused, Request, RequestFrame, HEADER_BYTES};
+use super::rpc::{Committed, ForwardRefused, Request, RequestFrame};
+use crate::frame::{self, HEADER_BYTES};
 use super::{ClientConfig, RaftNetwork, RaftServer, ServerConfig};
 use crate::pki::tls::{client_config_builder, server_name};
 use crate::pki::{

@@ -8,7 +8,8 @@
 //! handshake). All tasks belong to the port: dropping it closes every connection.
 //! [`RaftServer`] is the service alone on a port of its own (tests and benches).
 
-use super::frame::{self, Committed, ForwardRefused, FrameError, ReadTimeouts, Request, RequestFrame, Response, ResponseFrame};
+use super::rpc::{Committed, ForwardRefused, Request, RequestFrame, Response, ResponseFrame};
+use crate::frame::{self, FrameError, ReadTimeouts};
 use shoal_consensus::openraft::error::{ClientWriteError, RaftError};
 use shoal_consensus::{Command, ProposeError};
 use super::{NetError, NetStats, NetStatsSnapshot};
@@ -248,16 +249,27 @@ async fn serve_connection(
     }
 }
 
+/// Why the server closed a Raft connection.
+#[derive(Debug, thiserror::Error)]
+enum Closed {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("the peer's node id was revoked")]
+    Revoked,
+    #[error("refused: {0}")]
+    Refused(#[from] super::authz::Refusal),
+}
+
 /// Counts why a connection is being closed.
-fn count(stats: &NetStats, e: &FrameError) {
+fn count(stats: &NetStats, e: &Closed) {
     let counter = match e {
-        FrameError::TooLarge { .. } => &stats.frames_too_large,
-        FrameError::Truncated { .. } => &stats.frames_truncated,
-        FrameError::Undecodable(_) => &stats.frames_undecodable,
-        FrameError::Idle(_) | FrameError::SlowFrame(_) => &stats.timeouts,
-        FrameError::Revoked => &stats.revoked,
-        FrameError::Refused(_) => &stats.refused,
-        FrameError::Unencodable(_) | FrameError::Io(_) => return,
+        Closed::Frame(FrameError::TooLarge { .. }) => &stats.frames_too_large,
+        Closed::Frame(FrameError::Truncated { .. }) => &stats.frames_truncated,
+        Closed::Frame(FrameError::Undecodable(_)) => &stats.frames_undecodable,
+        Closed::Frame(FrameError::Idle(_) | FrameError::SlowFrame(_)) => &stats.timeouts,
+        Closed::Revoked => &stats.revoked,
+        Closed::Refused(_) => &stats.refused,
+        Closed::Frame(FrameError::Unencodable(_) | FrameError::Io(_)) => return,
     };
     NetStats::bump(counter);
 }
@@ -269,7 +281,7 @@ async fn serve_frames<S>(
     raft: Arc<dyn RaftRpc>,
     config: &ServerConfig,
     stats: &Arc<NetStats>,
-) -> Result<(), FrameError>
+) -> Result<(), Closed>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -291,22 +303,22 @@ where
             read = frame::read_frame(&mut reader, MAX_RPC_BYTES, timeouts) => match read {
                 Ok(Some(body)) => body,
                 Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
+                Err(e) => break Err(e.into()),
             },
             written = &mut writer_task => {
                 break match written {
-                    Ok(Err(e)) => Err(e),
+                    Ok(Err(e)) => Err(e.into()),
                     _ => Ok(()),
                 };
             }
         };
         let RequestFrame { id, request } = match frame::decode_body::<RequestFrame>(&body) {
             Ok(frame) => frame,
-            Err(e) => break Err(e),
+            Err(e) => break Err(e.into()),
         };
         drop(body);
         if config.revoked.as_ref().is_some_and(|r| r.contains(&peer)) {
-            break Err(FrameError::Revoked);
+            break Err(Closed::Revoked);
         }
         if let Err(refusal) = super::authz::check(peer, &request, &raft.voters()) {
             tracing::warn!(%peer, "raft request refused, closing the connection: {refusal}");

@@ -21,7 +21,7 @@
 //!   rules), so it knows it talked to a cluster member and not merely to a secret holder.
 //!
 //! Wire format: one frame each way, `u32` big-endian length + a body encoded with
-//! `shoal_wire` (the `raftnet::frame` reader, so the length is checked before any
+//! `shoal_wire` (the shared `crate::frame` reader, so the length is checked before any
 //! allocation): the request within [`MAX_JOIN_MESSAGE_LEN`], the reply within
 //! [`MAX_JOIN_REPLY_LEN`]. Both sides use ALPN `shoal-join/1`; the server closes any
 //! session that did not negotiate it before reading a byte (so a Raft client dialling this
@@ -72,7 +72,7 @@ impl JoinReply {
 }
 
 /// Length prefix + body (bodies are bounded by MAX_JOIN_REPLY_LEN, far below u32::MAX).
-pub(crate) use crate::raftnet::frame::length_prefixed as frame;
+pub(crate) use crate::frame::length_prefixed as frame;
 
 /// Why the join server could not start (per-connection problems are only counted).
 #[derive(Debug, thiserror::Error)]

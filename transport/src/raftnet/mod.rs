@@ -2,10 +2,10 @@
 //! 3, issue 3), on the node's one TCP port (the gossip port number; ALPN `shoal-raft/1`).
 //!
 //! Layout:
-//! - [`frame`]: the wire protocol: `u32` big-endian length + a body encoded with
-//!   `shoal_wire` under [`shoal_consensus::codec::MAX_RPC_BYTES`]; the [`frame::Request`]
-//!   and [`frame::Response`] enums, each frame tagged with a request id so several RPCs
-//!   share one connection.
+//! - [`rpc`]: the messages, carried in the shared [`crate::frame`] (`u32` big-endian
+//!   length + a body encoded with `shoal_wire`, under
+//!   [`shoal_consensus::codec::MAX_RPC_BYTES`]): the [`rpc::Request`] and [`rpc::Response`]
+//!   enums, each frame tagged with a request id so several RPCs share one connection.
 //! - [`server`]: [`RaftService`] (mounted on the node's port; [`RaftServer`] alone on a
 //!   port of its own for tests): runs [`MutualTls::accept_started`](crate::pki::MutualTls::accept_started) (cluster CA only,
 //!   revoked ids refused), then serves frames by calling the local `Raft`. A cap on
@@ -32,7 +32,7 @@
 
 pub mod authz;
 pub mod client;
-pub mod frame;
+pub mod rpc;
 pub mod server;
 
 #[cfg(test)]

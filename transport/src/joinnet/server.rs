@@ -12,7 +12,7 @@
 use super::{frame, JoinNetError, JoinReply, JoinStats, JoinStatsSnapshot, JOIN_ALPN, MAX_REFUSAL_LEN};
 use crate::pki::tls::crypto_provider;
 use crate::pki::{JoinRequest, JoinResponse, NodeCredentials, PkiError, MAX_JOIN_MESSAGE_LEN};
-use crate::raftnet::frame::{read_frame, FrameError, ReadTimeouts};
+use crate::frame::{read_frame, FrameError, ReadTimeouts};
 use rustls::server::NoServerSessionStorage;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -201,7 +201,7 @@ fn count_frame_error(stats: &JoinStats, e: &FrameError) {
         FrameError::Truncated { .. } => &stats.frames_truncated,
         FrameError::Idle(_) | FrameError::SlowFrame(_) => &stats.timeouts,
         FrameError::Undecodable(_) => &stats.frames_undecodable,
-        FrameError::Unencodable(_) | FrameError::Revoked | FrameError::Refused(_) | FrameError::Io(_) => &stats.errors,
+        FrameError::Unencodable(_) | FrameError::Io(_) => &stats.errors,
     };
     JoinStats::bump(counter);
 }

@@ -14,7 +14,7 @@
 //! election waits for the down voter). Binding leadership to the certificate's role is the
 //! "Least privilege" issue's part.
 
-use super::frame::Request;
+use super::rpc::Request;
 use shoal_wire::NodeId;
 use std::collections::BTreeSet;
 

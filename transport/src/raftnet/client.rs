@@ -8,7 +8,8 @@
 //! naming the target's node id (a server presenting another node's certificate is
 //! refused) and reopened on the next RPC after any error.
 
-use super::frame::{self, Committed, ForwardRefused, FrameError, ReadTimeouts, Request, RequestFrame, Response, ResponseFrame};
+use super::rpc::{Committed, ForwardRefused, Request, RequestFrame, Response, ResponseFrame};
+use crate::frame::{self, FrameError, ReadTimeouts};
 use super::{NetStats, NetStatsSnapshot};
 use crate::pki::MutualTls;
 use shoal_consensus::codec::MAX_RPC_BYTES;

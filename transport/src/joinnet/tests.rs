@@ -10,7 +10,7 @@ use crate::pki::{
 };
 use rand::SeedableRng;
 use rcgen::KeyPair;
-use shoal_discovery::JoinSecret;
+use shoal_secret::JoinSecret;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
