@@ -36,6 +36,10 @@ pub struct SimArgs {
     /// simulated time, network and disks; faults crash, partition, loss, delay.
     #[arg(long)]
     raft: bool,
+    /// Gone: services run in whole mode. Kept hidden so old replay commands get a clear
+    /// answer instead of clap's "unexpected argument".
+    #[arg(long, hide = true)]
+    services: bool,
     /// Simulate whole nodes: membership, Raft, joins with the real issuer, the leader's
     /// duties (autopilot, scheduler) and agents on fake container engines in every node;
     /// every fault kind (leave removes a node with `node rm`). At most 10 nodes.
@@ -58,6 +62,9 @@ fn parse_range(text: &str) -> Result<(u64, u64)> {
 }
 
 fn options(args: &SimArgs, seed: u64) -> Result<SimOptions> {
+    if args.services {
+        bail!("--services is gone: services run in whole mode (--whole), on the real state machine and controller");
+    }
     let opts = SimOptions {
         nodes: args.nodes,
         duration_ms: shoal_sim::parse_duration(&args.duration)?,

@@ -492,6 +492,14 @@ mod tests {
     }
 
     #[test]
+    fn the_removed_services_mode_is_named_with_where_services_went() {
+        for cmd in ["--seed 1 --services", "--seed 1 --planted-services-bug stale-containers"] {
+            let Err(OptionsError::BadCommandLine(why)) = SimOptions::from_command_line(cmd) else { panic!("{cmd} parsed") };
+            assert!(why.contains("is gone") && why.contains("--whole"), "{why}");
+        }
+    }
+
+    #[test]
     fn raft_flags_round_trip() {
         let mut o = SimOptions::new(9);
         o.raft = true;
