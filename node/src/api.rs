@@ -223,6 +223,11 @@ async fn respond(request: serde_json::Result<Request>, ctl: &Control) -> Respons
         }
         Ok(Request::ServiceCreate { service }) => {
             let name = service.name.clone();
+            // A client other than this binary's CLI may send anything: the shared rules
+            // refuse it here, before it costs a log entry.
+            if let Err(e) = service.validate() {
+                return Response::Error { message: e.to_string() };
+            }
             into_response(commit(&ctl, Command::CreateService { service, now_ms: now_ms() }).await.map(|_| Response::Done { message: format!("service {name} created") }))
         }
         Ok(Request::ServiceScale { name, replicas }) => into_response(

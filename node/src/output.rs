@@ -205,7 +205,7 @@ pub fn print_services(services: &[ServiceRow], json: bool) -> Result<()> {
             let pending = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) };
             let mode = match &s.container {
                 Some(c) => format!("docker container {c}"),
-                None => s.mode.clone(),
+                None => s.mode.as_str().to_string(),
             };
             vec![s.name.clone(), mode, format!("{}/{}{pending}", s.running, s.desired), s.image.clone()]
         })

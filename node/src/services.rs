@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use shoal_cluster::constraint::Constraint;
 use shoal_cluster::scheduler::{Health, Mode, Slot};
 use shoal_consensus::duties::GossipHealth;
-use shoal_consensus::state::{ServiceDef, TaskRecord, MAX_REPLICAS};
+use shoal_consensus::state::{ServiceDef, TaskRecord};
 use shoal_consensus::ClusterState;
 use shoal_discovery::MemberView;
 use shoal_engine::{ContainerSpec, Desired, PortMapping, Protocol, RestartPolicy, TaskState};
@@ -128,24 +128,14 @@ pub struct CreateFlags {
     pub stop_grace_period: Option<String>,
 }
 
-/// Builds the service definition from the flags, or says which flag is wrong.
+/// Builds the service definition from the flags, or says which flag is wrong. The flags'
+/// own syntax is checked here; what the definition must meet is checked by
+/// [`ServiceDef::validate`], the same rules the state machine applies.
 pub fn service_def(f: &CreateFlags) -> Result<ServiceDef> {
-    if !shoal_consensus::state::valid_service_name(&f.name) {
-        bail!("bad service name `{}`: 1 to 63 of a-z, 0-9, '_', '.', '-', starting with a letter or digit", f.name);
-    }
-    if f.image.trim().is_empty() {
-        bail!("the image name is empty");
-    }
     let mode = match (f.global, f.replicas) {
         (true, Some(_)) => bail!("--global and --replicas exclude each other"),
         (true, None) => Mode::Global,
-        (false, r) => {
-            let n = r.unwrap_or(1);
-            if n > MAX_REPLICAS {
-                bail!("--replicas {n} is out of range: 0 to {MAX_REPLICAS}");
-            }
-            Mode::Replicated(n)
-        }
+        (false, r) => Mode::Replicated(r.unwrap_or(1)),
     };
     let constraints = f
         .constraints
@@ -153,17 +143,11 @@ pub fn service_def(f: &CreateFlags) -> Result<ServiceDef> {
         .map(|c| Constraint::parse(c).map_err(|e| anyhow!("bad --constraint `{c}`: {e}")))
         .collect::<Result<Vec<_>>>()?;
     let ports = f.publish.iter().map(|p| parse_publish(p)).collect::<Result<Vec<_>>>()?;
-    let mut seen = std::collections::BTreeSet::new();
-    for p in &ports {
-        if !seen.insert((p.host_port, p.protocol)) {
-            bail!("host port {}/{} is published twice", p.host_port, p.protocol.as_str());
-        }
-    }
     let opt = |v: &Option<String>, parse: fn(&str) -> Result<u64>| v.as_deref().map(parse).transpose().map(Option::unwrap_or_default);
-    Ok(ServiceDef {
+    let def = ServiceDef {
         name: f.name.clone(),
         spec: ContainerSpec {
-            image: f.image.clone(),
+            image: f.image.trim().to_string(),
             command: f.command.clone(),
             env: parse_env(&f.env)?,
             ports,
@@ -176,7 +160,9 @@ pub fn service_def(f: &CreateFlags) -> Result<ServiceDef> {
         reserve_cpu_millis: opt(&f.reserve_cpu, parse_cpu)?,
         reserve_memory_bytes: opt(&f.reserve_memory, parse_memory)?,
         restart: parse_restart(&f.restart)?,
-    })
+    };
+    def.validate().map_err(|e| anyhow!("{e}"))?;
+    Ok(def)
 }
 
 /// A row of `shoal service ls`.
@@ -184,8 +170,7 @@ pub fn service_def(f: &CreateFlags) -> Result<ServiceDef> {
 pub struct ServiceRow {
     pub name: String,
     pub image: String,
-    /// `replicated` or `global`.
-    pub mode: String,
+    pub mode: ServiceMode,
     /// Desired replicas (replicated), or live tasks (global).
     pub desired: u32,
     /// Live tasks reported running, on nodes that are up.
@@ -194,12 +179,40 @@ pub struct ServiceRow {
     /// Live tasks on a node gossip sees down or left: their state is unknown.
     #[serde(default)]
     pub unknown: u32,
-    /// `docker` for the service that runs a container of the Docker API (named in
-    /// `container`), `shoal` for a service created with `shoal service create`.
+    /// Who made the service: the Docker API (its container is named in `container`) or
+    /// `shoal service create`.
     #[serde(default)]
-    pub origin: String,
+    pub origin: ServiceOrigin,
     #[serde(default)]
     pub container: Option<String>,
+}
+
+/// How a service places its tasks, as rows show it (`replicated` or `global` in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceMode {
+    Replicated,
+    Global,
+}
+
+impl ServiceMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceMode::Replicated => "replicated",
+            ServiceMode::Global => "global",
+        }
+    }
+}
+
+/// Who made a service (`shoal` or `docker` in JSON).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceOrigin {
+    /// `shoal service create`.
+    #[default]
+    Shoal,
+    /// The service that runs a container of the Docker API.
+    Docker,
 }
 
 /// What the cluster wants of a task, as rows show it (`running` or `shutdown` in JSON).
@@ -317,19 +330,19 @@ pub fn service_rows(state: &ClusterState, down: &BTreeSet<NodeId>) -> Vec<Servic
             let unknown = live.iter().filter(|t| down.contains(&t.node)).count() as u32;
             let running = live.iter().filter(|t| t.observed == Some(TaskState::Running) && !down.contains(&t.node)).count() as u32;
             let (mode, desired) = match svc.def.mode {
-                Mode::Replicated(n) => ("replicated", n),
-                Mode::Global => ("global", live.len() as u32),
+                Mode::Replicated(n) => (ServiceMode::Replicated, n),
+                Mode::Global => (ServiceMode::Global, live.len() as u32),
             };
             let container = state.container_of_service(&svc.def.name).map(|c| c.name.clone());
             ServiceRow {
                 name: svc.def.name.clone(),
                 image: svc.def.spec.image.clone(),
-                mode: mode.into(),
+                mode,
                 desired,
                 running,
                 pending: svc.pending.len() as u32,
                 unknown,
-                origin: if container.is_some() { "docker" } else { "shoal" }.into(),
+                origin: if container.is_some() { ServiceOrigin::Docker } else { ServiceOrigin::Shoal },
                 container,
             }
         })
@@ -492,13 +505,15 @@ mod tests {
         }
 
         let cases: Vec<(CreateFlags, &str)> = vec![
-            (CreateFlags { name: "Web!".into(), ..flags() }, "bad service name"),
-            (CreateFlags { replicas: Some(MAX_REPLICAS + 1), ..flags() }, "out of range"),
+            (CreateFlags { name: "Web!".into(), ..flags() }, "service name \"Web!\" is not valid"),
+            (CreateFlags { replicas: Some(shoal_consensus::state::MAX_REPLICAS + 1), ..flags() }, "replicas must be 0 to 1000"),
             (CreateFlags { global: true, replicas: Some(2), ..flags() }, "exclude each other"),
             (CreateFlags { constraints: vec!["node.labels.zone=attic".into()], ..flags() }, "bad --constraint"),
             (CreateFlags { publish: vec!["80:80".into(), "80:81".into()], ..flags() }, "published twice"),
             (CreateFlags { env: vec!["NOEQUALS".into()], ..flags() }, "KEY=VALUE"),
-            (CreateFlags { image: " ".into(), ..flags() }, "image"),
+            (CreateFlags { image: " ".into(), ..flags() }, "the image must be a reference"),
+            (CreateFlags { env: vec!["A B=1".into()], ..flags() }, "environment variable name"),
+            (CreateFlags { limit_memory: Some("900000G".into()), ..flags() }, "memory at most"),
             (CreateFlags { stop_grace_period: Some("11m".into()), ..flags() }, "at most 10m"),
             (CreateFlags { stop_grace_period: Some("soon".into()), ..flags() }, "bad --stop-grace-period"),
             (CreateFlags { stop_grace_period: Some("-1s".into()), ..flags() }, "1m30s"),

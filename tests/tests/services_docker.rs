@@ -307,7 +307,7 @@ fn services_run_spread_scale_restart_fail_over_drain_and_go_on_docker() {
     refused(&w, "scale of an unknown service", &["service", "scale"], &["nope=2"], "no service named nope", &before);
     refused(&w, "rm of an unknown service", &["service", "rm"], &["nope"], "no service named nope", &before);
     refused(&w, "bad constraint", &[&create[..], &["--constraint", "node.labels.zone=attic"]].concat(), &["c1", img], "bad --constraint", &before);
-    refused(&w, "1001 replicas", &[&create[..], &["--replicas", "1001"]].concat(), &["big", img], "out of range: 0 to 1000", &before);
+    refused(&w, "1001 replicas", &[&create[..], &["--replicas", "1001"]].concat(), &["big", img], "replicas must be 0 to 1000", &before);
     refused(&w, "scale to 1001", &["service", "scale"], &["web=1001"], "replicas must be 0 to 1000", &before);
     refused(&w, "duplicate name", &[&create[..], &["--replicas", "1"]].concat(), &["web", img], "service web already exists", &before);
     refused(&w, "bad port", &[&create[..], &["--publish", "80"]].concat(), &["p1", img], "HOST:CONTAINER", &before);

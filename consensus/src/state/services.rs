@@ -233,6 +233,16 @@ pub fn valid_service_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
 }
 
+impl ServiceDef {
+    /// Every rule a service definition must meet, the one check used by the state machine
+    /// (on `CreateService`), by the CLI (before anything is sent) and by the Docker API (before
+    /// a container's service is proposed), so all three refuse the same definitions with the
+    /// same words.
+    pub fn validate(&self) -> Result<(), Rejected> {
+        validate_def(self)
+    }
+}
+
 fn validate_def(def: &ServiceDef) -> Result<(), Rejected> {
     if !valid_service_name(&def.name) {
         return Err(Rejected::BadServiceName(clip_text(

@@ -392,6 +392,9 @@ pub fn container_def(body: CreateBody, name: &str, id: &str, state: &ClusterStat
         reserve_memory_bytes: 0,
         restart,
     };
+    // The state machine's own rules, so a refusal is a 400 with its reason now, not a
+    // failed write later.
+    service.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(ContainerDef { id: id.to_string(), name: name.to_string(), labels, service })
 }
 
@@ -560,6 +563,10 @@ mod tests {
             (serde_json::json!({"Image": "x", "HostConfig": {"Memory": -1}}), "negative"),
             (serde_json::json!({"Image": " "}), "no image"),
             (serde_json::json!({"Image": "x", "Env": ["=1"]}), "name is empty"),
+            // What only the shared `ServiceDef::validate` knows.
+            (serde_json::json!({"Image": "x", "HostConfig": {"Memory": 1i64 << 62}}), "memory at most"),
+            (serde_json::json!({"Image": "x", "Cmd": ["a\u{0}b"]}), "NUL"),
+            (serde_json::json!({"Image": "two words"}), "without spaces"),
         ] {
             let e = container_def(body(json.clone()), "c1", ID, &st).expect_err(says);
             assert!(e.status == hyper::StatusCode::BAD_REQUEST && e.message.contains(says), "{json}: {}", e.message);
