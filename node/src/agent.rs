@@ -69,6 +69,20 @@ async fn save_peers_periodically(handle: shoal_discovery::MembershipHandle, path
     }
 }
 
+/// How often the port learns the members' addresses (its reserved unauthenticated places
+/// are theirs).
+const MEMBER_ADDRS_EVERY: Duration = Duration::from_secs(2);
+
+/// Keeps the port's member addresses current, so strangers on many addresses cannot keep
+/// members from opening connections (`shoal_transport::admission`).
+async fn tell_the_port_who_the_members_are(handle: shoal_discovery::MembershipHandle, port: std::sync::Arc<crate::port::PortServer>) {
+    loop {
+        let Ok(members) = handle.members().await else { return };
+        port.set_members(members.iter().filter(|m| !m.is_self).map(|m| m.addr.ip()));
+        tokio::time::sleep(MEMBER_ADDRS_EVERY).await;
+    }
+}
+
 fn save_peers(path: &std::path::Path, peers: &[SocketAddr]) -> bool {
     let text: String = peers.iter().map(|p| format!("{p}\n")).collect();
     match crate::identity::write_atomic(path, text.as_bytes(), 0o600) {
@@ -250,6 +264,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     let foreign_task = founded_here.then(|| tokio::spawn(warn_about_other_clusters(handle.clone(), cfg.data_dir.clone())));
     let peers_task = tokio::spawn(save_peers_periodically(handle.clone(), peers_path));
+    let members_task = tokio::spawn(tell_the_port_who_the_members_are(handle.clone(), port.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -273,6 +288,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     api_task.abort();
     docker_task.abort();
     peers_task.abort();
+    members_task.abort();
     if let Some(t) = foreign_task {
         t.abort();
     }

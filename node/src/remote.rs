@@ -54,12 +54,8 @@ struct UserService {
 }
 
 impl Service for UserService {
-    fn serve(&self, start: StartHandshake<TcpStream>, peer_addr: SocketAddr) -> BoxFuture<()> {
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer_addr, what = self.what, "too many remote sessions; closing one");
-            return Box::pin(async {});
-        };
-        let config = self.config.clone();
+    fn serve(&self, start: StartHandshake<TcpStream>, peer_addr: SocketAddr, gate: crate::port::Gate) -> BoxFuture<()> {
+        let (config, slots) = (self.config.clone(), self.slots.clone());
         let what = self.what;
         let served = match &self.served {
             Served::Docker(api) => Served::Docker(api.clone()),
@@ -84,6 +80,12 @@ impl Service for UserService {
                     return;
                 }
             }
+            // Places only for holders of a certificate of the cluster.
+            let Some(_session) = gate.authenticated(peer_addr) else { return };
+            let Ok(_slot) = slots.try_acquire_owned() else {
+                tracing::debug!(%peer_addr, what, "too many remote sessions; closing one");
+                return;
+            };
             match served {
                 Served::Docker(api) => dockerapi::serve_connection(stream, api).await,
                 Served::Api(ctl) => {
@@ -92,7 +94,6 @@ impl Service for UserService {
                     }
                 }
             }
-            drop(permit);
         })
     }
 }

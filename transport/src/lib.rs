@@ -2,7 +2,9 @@
 //!
 //! - [`port`]: the node's one TCP port: a TLS ClientHello is read, and the connection is
 //!   handed to the service its ALPN names (Raft, joins, images, the APIs);
-//! - [`netutil`]: the connection cap and accept counters every listener shares;
+//! - [`admission`]: who may hold a connection before proving who it is (per-IP shares,
+//!   places reserved for members);
+//! - [`netutil`]: the accept loop;
 //! - [`frame`]: the one length-prefixed framing of every protocol here (and of image
 //!   transfer), read with a bound before any allocation;
 //! - [`raftnet`]: openraft's `RaftNetworkV2` over mutual TLS (client, server, authorization,
@@ -15,6 +17,7 @@
 
 pub use shoal_pki as pki;
 
+pub mod admission;
 pub mod frame;
 pub mod joinnet;
 pub mod netutil;

@@ -1,33 +1,25 @@
-//! The accept loop shared by shoal's TCP servers (Raft RPC, join): a connection cap taken
-//! before any TLS work, a pause instead of a spin on accept errors, and every connection task
-//! owned by the loop, so dropping the loop's task closes them all.
+//! The accept loop of the node's port: every connection is admitted (or closed at once)
+//! before any TLS work, a failed accept pauses instead of spinning, and every connection
+//! task is owned by the loop, so dropping the loop's task closes them all.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 /// Pause after a failed accept (ECONNABORTED, file descriptors exhausted) before retrying.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// Counters the loop reports to.
-pub trait AcceptCounters: Send + Sync + 'static {
-    fn accepted(&self);
-    fn over_capacity(&self);
-}
-
-/// Accepts connections forever, serving at most `max_connections` at once; connections past
-/// the cap are closed at once and counted. `what` names the server in logs.
-pub async fn serve_capped<C, F, Fut>(listener: TcpListener, max_connections: usize, what: &'static str, counters: Arc<C>, serve: F)
+/// Accepts connections forever. `admit` decides at once whether a connection gets a place
+/// (it counts and logs a refusal itself); an admitted connection is served with its place,
+/// which it holds until it gives it back or ends. `what` names the server in logs.
+pub async fn serve_admitted<A, P, F, Fut>(listener: TcpListener, what: &'static str, admit: A, serve: F)
 where
-    C: AcceptCounters,
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    A: Fn(SocketAddr) -> Option<P>,
+    F: Fn(TcpStream, SocketAddr, P) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let mut connections = JoinSet::new();
     loop {
         // Reap finished connections so the set stays as large as the live ones.
@@ -40,17 +32,10 @@ where
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            counters.over_capacity();
-            tracing::debug!(%peer_addr, server = what, "connection refused: connection cap reached");
+        let Some(place) = admit(peer_addr) else {
             drop(tcp);
             continue;
         };
-        counters.accepted();
-        let connection = serve(tcp, peer_addr);
-        connections.spawn(async move {
-            connection.await;
-            drop(permit);
-        });
+        connections.spawn(serve(tcp, peer_addr, place));
     }
 }

@@ -12,17 +12,27 @@
 //! service requires one. A ClientHello without a known ALPN protocol, or anything that is
 //! not TLS, is closed before any certificate is sent, and counted.
 //!
-//! The connection cap is taken at accept (before TLS work), as it was for the separate
-//! servers; a service that needs its own limit (the join service) keeps it.
+//! Two kinds of places bound what connections may hold. At accept, before any TLS work, a
+//! connection takes an *unauthenticated* place ([`crate::admission`]: a few per IP address,
+//! a bounded number in all, more reserved for members' addresses), and must send its first
+//! byte within [`PortConfig::first_byte_timeout`] and its whole ClientHello within
+//! [`PortConfig::hello_timeout`]. The service finishes the handshake and, once the peer has
+//! proved who it is, trades that place for a *session* place ([`Gate::authenticated`],
+//! at most [`PortConfig::max_connections`]), which strangers therefore never hold. A
+//! service that never authenticates its peer (the join service: joiners have no
+//! certificate yet) keeps its unauthenticated place for its short exchange, and keeps its
+//! own limit too.
 
+use crate::admission::{Admission, Limits, Refused, Ticket};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::StartHandshake;
 
 /// The route key of ClientHellos that offer no ALPN protocol at all (an empty protocol
@@ -51,23 +61,72 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// One protocol on the port, chosen by its ALPN name.
 pub trait Service: Send + Sync + 'static {
     /// Finishes the handshake started by the port (with this service's own server config
-    /// and timeout) and serves the connection until it ends.
-    fn serve(&self, start: StartHandshake<TcpStream>, peer_addr: SocketAddr) -> BoxFuture<()>;
+    /// and timeout) and serves the connection until it ends. Once the peer is authenticated
+    /// the service calls [`Gate::authenticated`] and closes the connection if it gets no
+    /// session place.
+    fn serve(&self, start: StartHandshake<TcpStream>, peer_addr: SocketAddr, gate: Gate) -> BoxFuture<()>;
+}
+
+/// A connection's place on the port: unauthenticated until [`Gate::authenticated`].
+#[derive(Debug)]
+pub struct Gate {
+    ticket: Option<Ticket>,
+    sessions: Arc<Semaphore>,
+    stats: Arc<PortStats>,
+}
+
+/// An authenticated connection's session place; dropped when the connection ends.
+#[derive(Debug)]
+pub struct Session {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Gate {
+    /// The peer proved who it is: its unauthenticated place is given back and a session
+    /// place taken. `None`: every session place is taken (counted as over capacity); the
+    /// caller closes the connection.
+    pub fn authenticated(mut self, peer_addr: SocketAddr) -> Option<Session> {
+        drop(self.ticket.take());
+        match self.sessions.clone().try_acquire_owned() {
+            Ok(permit) => Some(Session { _permit: permit }),
+            Err(_) => {
+                PortStats::bump(&self.stats.over_capacity);
+                tracing::debug!(%peer_addr, "connection closed: every session place is taken");
+                None
+            }
+        }
+    }
+
+    /// A gate for a connection that did not come through a port (tests, and services
+    /// driven directly): authenticating always finds a place.
+    pub fn unlimited() -> Self {
+        Self { ticket: None, sessions: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)), stats: Arc::default() }
+    }
 }
 
 /// Limits of a [`PortServer`].
 #[derive(Debug, Clone)]
 pub struct PortConfig {
-    /// Connections open at once over all services (past it, closed at accept).
+    /// Authenticated connections open at once over all services (past it, closed right
+    /// after the handshake).
     pub max_connections: usize,
+    /// Unauthenticated connections: per IP address, in all, and reserved for members.
+    pub unauthenticated: Limits,
+    /// How long a new connection may stay silent before its first byte.
+    pub first_byte_timeout: Duration,
     /// How long a client may take to send its ClientHello; bounds how long a silent
-    /// stranger holds a slot before any service sees it.
+    /// stranger holds a place before any service sees it.
     pub hello_timeout: Duration,
 }
 
 impl Default for PortConfig {
     fn default() -> Self {
-        Self { max_connections: 160, hello_timeout: Duration::from_secs(3) }
+        Self {
+            max_connections: 160,
+            unauthenticated: Limits::default(),
+            first_byte_timeout: Duration::from_secs(1),
+            hello_timeout: Duration::from_secs(3),
+        }
     }
 }
 
@@ -75,7 +134,12 @@ impl Default for PortConfig {
 #[derive(Debug, Default)]
 pub struct PortStats {
     pub connections: AtomicU64,
+    /// Authenticated, but every session place was taken.
     pub over_capacity: AtomicU64,
+    /// Closed at accept: its IP address held its share of unauthenticated places.
+    pub over_ip_share: AtomicU64,
+    /// Closed at accept: every unauthenticated place it may use was taken.
+    pub unauthenticated_full: AtomicU64,
     /// Not TLS, no ClientHello in time, or a ClientHello the port cannot read.
     pub bad_hello: AtomicU64,
     /// A ClientHello that offers no ALPN protocol this port serves.
@@ -87,6 +151,8 @@ pub struct PortStats {
 pub struct PortStatsSnapshot {
     pub connections: u64,
     pub over_capacity: u64,
+    pub over_ip_share: u64,
+    pub unauthenticated_full: u64,
     pub bad_hello: u64,
     pub unknown_protocol: u64,
 }
@@ -101,18 +167,11 @@ impl PortStats {
         PortStatsSnapshot {
             connections: get(&self.connections),
             over_capacity: get(&self.over_capacity),
+            over_ip_share: get(&self.over_ip_share),
+            unauthenticated_full: get(&self.unauthenticated_full),
             bad_hello: get(&self.bad_hello),
             unknown_protocol: get(&self.unknown_protocol),
         }
-    }
-}
-
-impl crate::netutil::AcceptCounters for PortStats {
-    fn accepted(&self) {
-        PortStats::bump(&self.connections);
-    }
-    fn over_capacity(&self) {
-        PortStats::bump(&self.over_capacity);
     }
 }
 
@@ -132,6 +191,7 @@ pub enum PortError {
 pub struct PortServer {
     local_addr: SocketAddr,
     routes: Routes,
+    admission: Admission,
     stats: Arc<PortStats>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -160,9 +220,10 @@ impl PortServer {
         let local_addr = listener.local_addr().map_err(PortError::LocalAddr)?;
         let routes: Routes = Arc::default();
         let stats = Arc::new(PortStats::default());
-        let task = tokio::spawn(accept_loop(listener, config, routes.clone(), stats.clone()));
+        let admission = Admission::new(config.unauthenticated);
+        let task = tokio::spawn(accept_loop(listener, config, routes.clone(), admission.clone(), stats.clone()));
         tracing::debug!(%local_addr, "TCP port listening");
-        Ok(Self { local_addr, routes, stats, task })
+        Ok(Self { local_addr, routes, admission, stats, task })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -171,6 +232,17 @@ impl PortServer {
 
     pub fn stats(&self) -> PortStatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// The IP addresses of the cluster's members (from gossip): the reserved
+    /// unauthenticated places are theirs.
+    pub fn set_members(&self, members: impl IntoIterator<Item = IpAddr>) {
+        self.admission.set_members(members);
+    }
+
+    /// Unauthenticated connections held now: (general, reserved).
+    pub fn unauthenticated(&self) -> (usize, usize) {
+        self.admission.held()
     }
 
     /// Serves `service` to clients that offer `alpn` (replacing any service there).
@@ -184,20 +256,45 @@ impl PortServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, config: PortConfig, routes: Routes, stats: Arc<PortStats>) {
-    let max = config.max_connections;
-    let serve = {
+async fn accept_loop(listener: TcpListener, config: PortConfig, routes: Routes, admission: Admission, stats: Arc<PortStats>) {
+    let sessions = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let admit = {
         let stats = stats.clone();
-        move |tcp: TcpStream, peer_addr: SocketAddr| {
-            let (routes, stats, hello_timeout) = (routes.clone(), stats.clone(), config.hello_timeout);
-            async move { dispatch(tcp, peer_addr, hello_timeout, &routes, &stats).await }
+        move |peer_addr: SocketAddr| match admission.admit(peer_addr.ip()) {
+            Ok(ticket) => {
+                PortStats::bump(&stats.connections);
+                Some(Gate { ticket: Some(ticket), sessions: sessions.clone(), stats: stats.clone() })
+            }
+            Err(why) => {
+                let counter = match why {
+                    Refused::PerIp => &stats.over_ip_share,
+                    Refused::Full => &stats.unauthenticated_full,
+                };
+                PortStats::bump(counter);
+                tracing::debug!(%peer_addr, ?why, "connection closed at accept: no unauthenticated place for it");
+                None
+            }
         }
     };
-    crate::netutil::serve_capped(listener, max, "port", stats, serve).await;
+    let serve = move |tcp: TcpStream, peer_addr: SocketAddr, gate: Gate| {
+        let (routes, stats, timeouts) = (routes.clone(), stats.clone(), (config.first_byte_timeout, config.hello_timeout));
+        async move { dispatch(tcp, peer_addr, timeouts, &routes, &stats, gate).await }
+    };
+    crate::netutil::serve_admitted(listener, "port", admit, serve).await;
 }
 
-async fn dispatch(tcp: TcpStream, peer_addr: SocketAddr, hello_timeout: Duration, routes: &Routes, stats: &PortStats) {
+async fn dispatch(tcp: TcpStream, peer_addr: SocketAddr, (first_byte, hello_timeout): (Duration, Duration), routes: &Routes, stats: &PortStats, gate: Gate) {
     let _ = tcp.set_nodelay(true);
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(first_byte, tcp.peek(&mut byte)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(_) => return,
+        Err(_) => {
+            PortStats::bump(&stats.bad_hello);
+            tracing::debug!(%peer_addr, "TCP connection closed: nothing sent within {first_byte:?}");
+            return;
+        }
+    }
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
     let start = match tokio::time::timeout(hello_timeout, acceptor).await {
         Ok(Ok(start)) => start,
@@ -217,7 +314,7 @@ async fn dispatch(tcp: TcpStream, peer_addr: SocketAddr, hello_timeout: Duration
         choose_route(start.client_hello().alpn(), |p| routes.contains_key(p)).and_then(|key| routes.get(&key).cloned())
     };
     match service {
-        Some(service) => service.serve(start, peer_addr).await,
+        Some(service) => service.serve(start, peer_addr, gate).await,
         None => {
             PortStats::bump(&stats.unknown_protocol);
             tracing::debug!(%peer_addr, "TLS connection closed: it offers no protocol (ALPN) this port serves");

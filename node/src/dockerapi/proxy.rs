@@ -159,12 +159,8 @@ impl PeerService {
 }
 
 impl crate::port::Service for PeerService {
-    fn serve(&self, start: StartHandshake<TcpStream>, peer_addr: SocketAddr) -> crate::port::BoxFuture<()> {
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer_addr, "forwarded docker api connection refused: busy");
-            return Box::pin(async {});
-        };
-        let api = self.api.clone();
+    fn serve(&self, start: StartHandshake<TcpStream>, peer_addr: SocketAddr, gate: crate::port::Gate) -> crate::port::BoxFuture<()> {
+        let (api, slots) = (self.api.clone(), self.slots.clone());
         Box::pin(async move {
             // Only a node of the cluster (not a client) may send forwarded requests.
             let Some(tls) = api.ctl.running().map(|r| r.docker_tls()) else { return };
@@ -180,12 +176,16 @@ impl crate::port::Service for PeerService {
                         tracing::debug!(%peer_addr, peer = %peer.short(), "forwarded docker api connection refused: not a registered node");
                         return;
                     }
+                    let Some(_session) = gate.authenticated(peer_addr) else { return };
+                    let Ok(_slot) = slots.try_acquire_owned() else {
+                        tracing::debug!(%peer_addr, "forwarded docker api connection refused: busy");
+                        return;
+                    };
                     tracing::debug!(%peer_addr, peer = %peer.short(), "forwarded docker api connection");
                     super::serve_connection(stream, api).await;
                 }
                 Err(e) => tracing::debug!(%peer_addr, error = %e, "forwarded docker api connection refused at the TLS handshake"),
             }
-            drop(permit);
         })
     }
 }

@@ -29,12 +29,8 @@ impl ImageService {
 }
 
 impl crate::port::Service for ImageService {
-    fn serve(&self, start: StartHandshake<TcpStream>, peer_addr: SocketAddr) -> crate::port::BoxFuture<()> {
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer_addr, "image connection refused: busy");
-            return Box::pin(async {});
-        };
-        let (tls, store) = (self.tls.clone(), self.store.clone());
+    fn serve(&self, start: StartHandshake<TcpStream>, peer_addr: SocketAddr, gate: crate::port::Gate) -> crate::port::BoxFuture<()> {
+        let (tls, store, slots) = (self.tls.clone(), self.store.clone(), self.slots.clone());
         Box::pin(async move {
             let (mut stream, peer) = match tls.accept_started(start).await {
                 Ok(accepted) => accepted,
@@ -43,10 +39,15 @@ impl crate::port::Service for ImageService {
                     return;
                 }
             };
+            // Places only for peers that proved who they are.
+            let Some(_session) = gate.authenticated(peer_addr) else { return };
+            let Ok(_slot) = slots.try_acquire_owned() else {
+                tracing::debug!(%peer_addr, "image connection refused: busy");
+                return;
+            };
             if let Err(e) = serve_one(&mut stream, store.as_ref()).await {
                 tracing::debug!(%peer_addr, %peer, error = %e, "image request ended with an error");
             }
-            drop(permit);
         })
     }
 }

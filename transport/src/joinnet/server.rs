@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use crate::port::{PortConfig, PortError, PortServer};
+use crate::port::{Gate, PortConfig, PortError, PortServer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::StartHandshake;
 
@@ -116,7 +116,9 @@ impl JoinService {
 }
 
 impl crate::port::Service for JoinService {
-    fn serve(&self, start: StartHandshake<TcpStream>, peer_addr: SocketAddr) -> crate::port::BoxFuture<()> {
+    /// Joiners hold no certificate: a join connection never authenticates, so it keeps its
+    /// unauthenticated place (`gate`) for its one short exchange.
+    fn serve(&self, start: StartHandshake<TcpStream>, peer_addr: SocketAddr, gate: Gate) -> crate::port::BoxFuture<()> {
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             JoinStats::bump(&self.stats.over_capacity);
             tracing::debug!(%peer_addr, "join connection refused: connection cap reached");
@@ -127,7 +129,7 @@ impl crate::port::Service for JoinService {
             (self.acceptor.clone(), self.authority.clone(), self.config.clone(), self.stats.clone());
         Box::pin(async move {
             serve_connection(start, peer_addr, acceptor, authority, &config, &stats).await;
-            drop(permit);
+            drop((permit, gate));
         })
     }
 }
@@ -164,7 +166,7 @@ impl JoinServer {
         authority: Arc<dyn JoinAuthority>,
         config: JoinServerConfig,
     ) -> Result<Self, JoinNetError> {
-        let port_config = PortConfig { max_connections: config.max_connections, hello_timeout: config.handshake_timeout };
+        let port_config = PortConfig { max_connections: config.max_connections, hello_timeout: config.handshake_timeout, ..PortConfig::default() };
         let port = PortServer::serve(listener, port_config).map_err(|e| match e {
             PortError::LocalAddr(e) | PortError::Bind { source: e, .. } => JoinNetError::LocalAddr(e),
         })?;

@@ -313,21 +313,22 @@ async fn stalled_tcp_is_dropped_after_the_handshake_timeout() {
 async fn connection_cap_drops_extra_connections() {
     bounded(async {
         let cluster = Arc::new(Cluster::live(10));
-        let config =
-            JoinServerConfig { max_connections: 1, handshake_timeout: Duration::from_secs(2), ..fast_config() };
+        let config = JoinServerConfig { max_connections: 1, read_timeout: Duration::from_secs(2), ..fast_config() };
         let (server, _) = honest(&cluster, config).await;
         let addr = server.local_addr();
-        let _holder = TcpStream::connect(addr).await.expect("tcp");
+        // A joiner that completes its TLS handshake and then sends nothing holds the one
+        // join slot until the read timeout.
+        let connector = tokio_rustls::TlsConnector::from(super::client::client_tls_config().expect("config"));
+        let tcp = TcpStream::connect(addr).await.expect("tcp");
+        let _holder = connector.connect(crate::pki::tls::server_name(None), tcp).await.expect("holder's handshake");
         wait_stats(&server, "the first connection", |s| s.connections == 1).await;
         let started = Instant::now();
-        let mut extra = TcpStream::connect(addr).await.expect("tcp");
-        let mut buf = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), extra.read_to_end(&mut buf)).await.expect("dropped");
-        assert!(started.elapsed() < Duration::from_secs(1), "extra connection held for {:?}", started.elapsed());
-        wait_stats(&server, "the refused connection", |s| s.over_capacity == 1).await;
-        // Once the stalled holder is dropped (handshake timeout), joins work again.
-        wait_stats(&server, "the holder's timeout", |s| s.handshakes_failed == 1).await;
         let key = KeyPair::generate().expect("key");
+        assert!(request_certificate(addr, &cluster.secret, &key, JOIN_TIMEOUT).await.is_err(), "a join past the cap");
+        assert!(started.elapsed() < Duration::from_secs(1), "the extra join was held for {:?}", started.elapsed());
+        wait_stats(&server, "the refused connection", |s| s.over_capacity == 1).await;
+        // Once the stalled holder is dropped (read timeout), joins work again.
+        wait_stats(&server, "the holder's timeout", |s| s.timeouts == 1).await;
         request_certificate(addr, &cluster.secret, &key, JOIN_TIMEOUT).await.expect("joined");
     })
     .await;

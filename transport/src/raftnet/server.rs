@@ -15,7 +15,7 @@ use shoal_consensus::{Command, ProposeError};
 use super::{NetError, NetStats, NetStatsSnapshot};
 use crate::pki::tls::RAFT_ALPN;
 use crate::pki::{MutualTls, Revocations};
-use crate::port::{PortConfig, PortError, PortServer};
+use crate::port::{Gate, PortConfig, PortError, PortServer};
 use shoal_consensus::codec::MAX_RPC_BYTES;
 use shoal_consensus::openraft::storage::RaftStateMachine;
 use shoal_consensus::types::{ShoalRaft, Snapshot, SnapshotData};
@@ -147,18 +147,10 @@ impl RaftService {
 }
 
 impl crate::port::Service for RaftService {
-    fn serve(&self, start: StartHandshake<TcpStream>, peer_addr: SocketAddr) -> crate::port::BoxFuture<()> {
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            NetStats::bump(&self.stats.over_capacity);
-            tracing::debug!(%peer_addr, "raft connection refused: connection cap reached");
-            return Box::pin(async {});
-        };
+    fn serve(&self, start: StartHandshake<TcpStream>, peer_addr: SocketAddr, gate: Gate) -> crate::port::BoxFuture<()> {
         NetStats::bump(&self.stats.connections);
-        let (tls, raft, config, stats) = (self.tls.clone(), self.raft.clone(), self.config.clone(), self.stats.clone());
-        Box::pin(async move {
-            serve_connection(start, peer_addr, tls, raft, config, stats).await;
-            drop(permit);
-        })
+        let (tls, raft, config, stats, slots) = (self.tls.clone(), self.raft.clone(), self.config.clone(), self.stats.clone(), self.slots.clone());
+        Box::pin(async move { serve_connection(start, peer_addr, gate, slots, tls, raft, config, stats).await })
     }
 }
 
@@ -220,15 +212,28 @@ impl RaftServer {
         stats
     }
 
+    /// The port's own counters (admission at accept, ClientHellos).
+    pub fn port_stats(&self) -> crate::port::PortStatsSnapshot {
+        self.port.stats()
+    }
+
+    /// Unauthenticated connections held now: (general, reserved).
+    pub fn unauthenticated(&self) -> (usize, usize) {
+        self.port.unauthenticated()
+    }
+
     /// Stops listening and closes every connection.
     pub fn shutdown(self) {
         drop(self);
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     start: StartHandshake<TcpStream>,
     peer_addr: SocketAddr,
+    gate: Gate,
+    slots: Arc<Semaphore>,
     tls: MutualTls,
     raft: Arc<dyn RaftRpc>,
     config: ServerConfig,
@@ -241,6 +246,14 @@ async fn serve_connection(
             tracing::debug!(%peer_addr, error = %e, "raft connection refused at the TLS handshake");
             return;
         }
+    };
+    // Places are taken only now that the peer proved who it is: strangers cannot hold
+    // the port's sessions nor this service's slots.
+    let Some(_session) = gate.authenticated(peer_addr) else { return };
+    let Ok(_slot) = slots.try_acquire_owned() else {
+        NetStats::bump(&stats.over_capacity);
+        tracing::debug!(%peer_addr, %peer, "raft connection refused: connection cap reached");
+        return;
     };
     tracing::debug!(%peer_addr, %peer, "raft connection authenticated");
     match serve_frames(stream, peer, raft, &config, &stats).await {

@@ -591,34 +591,92 @@ async fn client_errors_are_what_openraft_expects() {
     .await;
 }
 
+/// A Raft node alone on its port, with `config`.
+async fn lone_node(ca: &Ca, config: ServerConfig) -> Node {
+    let (key, cert) = ca.issue();
+    let (tls, _) = endpoint(ca.ca_der(), cert, &key);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (log, sm) = MemStore::new().open();
+    let id = RaftNodeId(node_id_of_key(&key));
+    let network = RaftNetwork::new(id, tls.clone(), ClientConfig::default());
+    let raft = with_seed(os_seed(), Raft::new(id, raft_config(), network.clone(), log, sm)).await.expect("raft");
+    let server = RaftServer::serve(listener, tls, Arc::new(raft.clone()), config).expect("serve");
+    Node { id, addr: server.local_addr(), raft, server, network, revoked: Revocations::new() }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_past_the_cap_are_dropped_at_once() {
+async fn connections_past_the_cap_are_dropped_after_the_handshake() {
     bounded(async {
         let ca = Ca::live(8);
-        let (key, cert) = ca.issue();
-        let (tls, _) = endpoint(ca.ca_der(), cert, &key);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let (log, sm) = MemStore::new().open();
-        let id = RaftNodeId(node_id_of_key(&key));
-        let network = RaftNetwork::new(id, tls.clone(), ClientConfig::default());
-        let raft = with_seed(os_seed(), Raft::new(id, raft_config(), network.clone(), log, sm)).await.expect("raft");
-        let config = ServerConfig { max_connections: 1, ..ServerConfig::default() };
-        let server = RaftServer::serve(listener, tls, Arc::new(raft.clone()), config).expect("serve");
-        let target =
-            Node { id, addr: server.local_addr(), raft: raft.clone(), server, network, revoked: Revocations::new() };
+        let target = lone_node(&ca, ServerConfig { max_connections: 1, ..ServerConfig::default() }).await;
         let (key2, cert2) = ca.issue();
         let (first, first_id, _) = outsider(ca.ca_der(), cert2, &key2);
         assert!(!vote_to(&first, first_id, &target).await.expect("first connection served"));
-        // The slot is taken: a second peer's TCP connection is closed before any TLS.
+        // The session place is taken: a second member is closed right after its handshake.
+        let (key3, cert3) = ca.issue();
+        let (second, second_id, _) = outsider(ca.ca_der(), cert3, &key3);
+        assert!(vote_to(&second, second_id, &target).await.is_err(), "a second session past the cap");
+        eventually(|| target.server.stats().over_capacity >= 1).await;
+        // A stranger's silent TCP connection never held a session place: it is closed when
+        // it sends nothing within the first-byte timeout.
         let mut tcp = TcpStream::connect(target.addr).await.expect("tcp");
         let mut sink = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut sink)).await.expect("closed");
         assert!(sink.is_empty());
-        eventually(|| target.server.stats().over_capacity == 1).await;
-        assert_eq!(target.server.stats().over_capacity, 1);
         // The first connection is still served.
         assert!(!vote_to(&first, first_id, &target).await.expect("still served"));
-        raft.shutdown().await.expect("shutdown");
+        target.raft.shutdown().await.expect("shutdown");
+    })
+    .await;
+}
+
+/// Issue 13's pre-auth exhaustion: 1,000 half-open TCP connections from one address (they
+/// connect and send nothing) while a member keeps talking to the node. The flood holds only
+/// its address's share of unauthenticated places; the rest are closed at accept, and the
+/// member's RPCs (a new TLS connection each, from another address) are served. Prints the
+/// figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_half_open_connections_from_one_address_do_not_keep_a_member_out() {
+    bounded(async {
+        let ca = Ca::live(10);
+        let target = lone_node(&ca, ServerConfig::default()).await;
+        let (key, cert) = ca.issue();
+        let (member, member_id, _) = outsider(ca.ca_der(), cert, &key);
+        let quiet = Instant::now();
+        assert!(!vote_to(&member, member_id, &target).await.expect("served before the flood"));
+        let before = quiet.elapsed();
+        member.close_all();
+        let flood_from: std::net::IpAddr = [127, 0, 0, 3].into();
+        let mut flood = Vec::new();
+        let started = Instant::now();
+        for _ in 0..1_000 {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.bind(SocketAddr::new(flood_from, 0)).expect("bind 127.0.0.3");
+            match socket.connect(target.addr).await {
+                Ok(tcp) => flood.push(tcp),
+                Err(e) => panic!("connection {} of the flood: {e}", flood.len() + 1),
+            }
+        }
+        let opened = started.elapsed();
+        eventually(|| target.server.port_stats().over_ip_share + target.server.port_stats().connections >= 1_001).await;
+        let (held, _) = target.server.unauthenticated();
+        let during = Instant::now();
+        for _ in 0..5 {
+            member.close_all();
+            assert!(!vote_to(&member, member_id, &target).await.expect("a member is served during the flood"));
+        }
+        let per_rpc = during.elapsed() / 5;
+        let stats = target.server.port_stats();
+        println!(
+            "1000 half-open connections from 127.0.0.3 (opened in {opened:?}): {held} held an unauthenticated place, {} closed at accept; \
+             a member's new TLS connection + vote: {before:?} before, {per_rpc:?} during the flood",
+            stats.over_ip_share
+        );
+        let limits = crate::admission::Limits::default();
+        assert!(held <= limits.per_ip, "the flood held {held} places, more than one address's share ({})", limits.per_ip);
+        assert!(stats.over_ip_share >= 1_000 - limits.per_ip as u64, "{stats:?}");
+        drop(flood);
+        target.raft.shutdown().await.expect("shutdown");
     })
     .await;
 }
