@@ -232,3 +232,31 @@ async fn corrupt_or_foreign_data_is_an_error_not_a_panic() {
         Err(OpenError::Format { found: 99, .. })
     ));
 }
+
+/// `holds_nothing` tells a store Raft never wrote to (new, or its file deleted) from one
+/// with anything in it: the node refuses to start as a voter on the first kind.
+#[tokio::test]
+async fn a_new_store_holds_nothing_and_a_vote_or_an_entry_is_something() {
+    with_seed(5, async {
+        let new = tempfile::tempdir().expect("tempdir");
+        assert!(RedbStore::open(new.path()).expect("open").holds_nothing().expect("read"));
+        assert!(RedbStore::open(new.path()).expect("reopen").holds_nothing().expect("read"), "opening twice writes nothing Raft's");
+
+        let voted = tempfile::tempdir().expect("tempdir");
+        {
+            let store = RedbStore::open(voted.path()).expect("open");
+            let (mut log, _) = store.open_raft_storage();
+            log.save_vote(&Vote::new(1, id(1))).await.expect("vote");
+        }
+        assert!(!RedbStore::open(voted.path()).expect("reopen").holds_nothing().expect("read"));
+
+        let appended = tempfile::tempdir().expect("tempdir");
+        {
+            let store = RedbStore::open(appended.path()).expect("open");
+            let (mut log, _) = store.open_raft_storage();
+            log.append(entries()[..1].to_vec(), IOFlushed::noop()).await.expect("append");
+        }
+        assert!(!RedbStore::open(appended.path()).expect("reopen").holds_nothing().expect("read"));
+    })
+    .await;
+}

@@ -685,6 +685,14 @@ impl Node {
     /// agent's default, as on a real machine), and with `--docker-socket` of the machine's
     /// engine unless the spec's arguments give one.
     pub fn start(&mut self) {
+        if let Some(status) = self.try_start() {
+            panic!("{} exited at once ({status}); log:\n{}", self.name(), self.log_tail(LOG_TAIL_LINES));
+        }
+    }
+
+    /// [`Self::start`] for a process that may refuse to run: `Some(status)` if it exited
+    /// before or right after it became the shoal process.
+    pub fn try_start(&mut self) -> Option<ExitStatus> {
         assert!(self.child.is_none(), "{} is already running", self.name());
         let bin = shoal_bin();
         let mut argv: Vec<String> = Vec::new();
@@ -757,7 +765,7 @@ impl Node {
                 }
             }
             if let Some(status) = self.try_wait() {
-                panic!("{} exited at once ({status}); log:\n{}", self.name(), self.log_tail(LOG_TAIL_LINES));
+                return Some(status);
             }
             assert!(
                 Instant::now() < deadline,
@@ -766,6 +774,7 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        None
     }
 
     /// `Some(status)` once the process has exited (and is reaped).

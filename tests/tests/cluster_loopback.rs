@@ -4,7 +4,8 @@
 //! a node's own certificate is accepted until the node is revoked with `shoal node rm`, then
 //! refused. Garbage, a truncated TLS hello, a huge length prefix in plain TCP and, inside an
 //! accepted TLS session, oversized, truncated and undecodable frames leave the cluster
-//! healthy: same leader and term, writes work, no memory blow-up.
+//! healthy: same leader and term, writes work, no memory blow-up. A voter that lost its Raft
+//! store refuses to start and says how to come back.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -225,12 +226,11 @@ fn garbage(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn raft_port_refuses_strangers_and_revoked_nodes_and_survives_garbage() {
-    let began = Instant::now();
+/// Three loopback nodes (`--no-mdns --join`), formed into one cluster with 3 voters.
+fn three_voters(label: &str) -> (Cluster, Vec<u16>) {
     let ports = free_agent_ports(3);
     let token = token_new();
-    let mut c = Cluster::new("raftport");
+    let mut c = Cluster::new(label);
     for (i, port) in ports.iter().enumerate() {
         let seed = if i == 0 { ports[1] } else { ports[0] };
         c.add(NodeSpec {
@@ -253,10 +253,53 @@ fn raft_port_refuses_strangers_and_revoked_nodes_and_survives_garbage() {
     for i in 0..3 {
         c.node_mut(i).start();
     }
-    let all_idx = [0, 1, 2];
     c.wait_until(Duration::from_secs(60), "3 loopback nodes form one cluster with 3 voters", || {
-        statuses(&c, &all_idx).is_some_and(|all| every(&all, |s| in_cluster(s) && s.voters.len() == 3) && leader_of(&all).is_some())
+        statuses(&c, &[0, 1, 2]).is_some_and(|all| every(&all, |s| in_cluster(s) && s.voters.len() == 3) && leader_of(&all).is_some())
     });
+    (c, ports)
+}
+
+/// Issue 13's guard: a voter whose `raft.redb` was deleted (its certificate is still
+/// there) refuses to start, saying why and how to recover, instead of rejoining the vote
+/// with an empty log (before the guard, its RaftCore panicked on the leader's first append
+/// and the process went on gossiping); the two other voters keep the cluster writable, and
+/// the advice (`node rm`, move the data dir away, start) brings the machine back.
+#[test]
+fn a_node_whose_raft_store_is_lost_refuses_to_start_and_its_advice_brings_it_back() {
+    let (mut c, _) = three_voters("lostlog");
+    let id = c.node(1).self_id().unwrap_or_else(|e| panic!("{e}"));
+    c.node_mut(1).kill();
+    let store = c.node(1).data_dir.join("raft").join("raft.redb");
+    std::fs::remove_file(&store).unwrap_or_else(|e| panic!("removing {}: {e}", store.display()));
+    let exit = match c.node_mut(1).try_start() {
+        Some(status) => status,
+        None => c.node_mut(1).wait_exit(Duration::from_secs(30)).unwrap_or_else(|| panic!("n2 started without its Raft log\n{}", c.report())),
+    };
+    assert!(!exit.success(), "n2 exited with {exit}");
+    let log = c.node(1).log_tail(20);
+    for says in ["holds nothing: its Raft log is lost", "must not start with an empty log", &format!("shoal node rm {id}")] {
+        assert!(log.contains(says), "n2's last words do not say {says:?}:\n{log}");
+    }
+    println!("n2 without raft.redb: exited ({exit}) saying: {}", log.lines().rev().find(|l| l.contains("Raft log is lost")).unwrap_or("").trim());
+    assert!(agreed_leader(&c, &[0, 2]).is_some(), "n1 and n3 lost their leader\n{}", c.report());
+    // The advice works: `node rm` the old id, move the data dir away, start again.
+    let out = c.node(0).shoal(&["node", "rm", &id], shoal_tests::cluster::WRITE_CLI_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "`shoal node rm {id}` failed ({}): {}\n{}", out.status, out.stderr.trim(), c.report());
+    let dir = c.node(1).data_dir.clone();
+    std::fs::rename(&dir, dir.with_extension("lost")).unwrap_or_else(|e| panic!("moving {} away: {e}", dir.display()));
+    c.node_mut(1).start();
+    c.wait_until(Duration::from_secs(60), "n2 joins again as a new node", || {
+        statuses(&c, &[0, 1, 2]).is_some_and(|all| every(&all, in_cluster) && all[1].node != id && leader_of(&all).is_some())
+    });
+    let new_id = c.node(1).self_id().unwrap_or_else(|e| panic!("{e}"));
+    label_ok(&c, 0, &new_id, "after-lost-log", "ok");
+}
+
+#[test]
+fn raft_port_refuses_strangers_and_revoked_nodes_and_survives_garbage() {
+    let began = Instant::now();
+    let (mut c, ports) = three_voters("raftport");
+    let all_idx = [0, 1, 2];
     println!("formed in {:.1?}", began.elapsed());
     // One port per node: Raft is the TCP side of the gossip port.
     let raft = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));

@@ -157,6 +157,29 @@ impl RedbStore {
         (self.log_store(), StateMachineStore::new(self.snapshots()))
     }
 
+    /// Whether the store holds nothing Raft wrote: no vote, no log entry, no snapshot and
+    /// nothing purged. A node that has a certificate but such a store lost its Raft state
+    /// (the file was deleted, or the data dir restored without it): as a voter it could
+    /// vote with an empty log and help elect a leader that lacks committed entries.
+    pub fn holds_nothing(&self) -> io::Result<bool> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let has = |table: TableDefinition<&str, &[u8]>, key: &str| -> io::Result<bool> {
+            match txn.open_table(table) {
+                Ok(t) => Ok(t.get(key).map_err(db_err)?.is_some()),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+                Err(e) => Err(db_err(e)),
+            }
+        };
+        if has(META, KEY_VOTE)? || has(META, KEY_LAST_PURGED)? || has(SNAPSHOT, KEY_SNAPSHOT)? {
+            return Ok(false);
+        }
+        match txn.open_table(LOG) {
+            Ok(t) => Ok(redb::ReadableTableMetadata::is_empty(&t).map_err(db_err)?),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(true),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
     /// Reads one value of a `&str`-keyed table; a missing table reads as empty.
     fn get<T: DeserializeOwned, const LIMIT: usize>(
         &self,

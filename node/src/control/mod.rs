@@ -217,6 +217,24 @@ impl Control {
                     tracing::info!(expires = ?stored.info.not_after, "found this node's certificate; starting Raft");
                 }
                 let pending = ctl.inner.files.load_pending_ca()?;
+                // A certificate with a Raft store that holds nothing: the log was lost (the
+                // file deleted, a data dir restored without it). If this node is a voter now
+                // (its certificate's role may lag a promotion, so it cannot tell), starting
+                // would make a voter with an empty log, which may help elect a leader that
+                // lacks committed writes. (A founder that stopped between its certificate and
+                // its first Raft write still has its pending CA, and goes on.)
+                let lost = ctl.inner.store.holds_nothing().context("cannot read the Raft store")?;
+                if lost && pending.is_none() {
+                    return Err(anyhow!(
+                        "this node holds a certificate of the cluster ({}) but its Raft store ({}) holds nothing: its Raft log is lost, \
+                         and a node that may be a voter must not start with an empty log (it could help elect a leader that lacks committed writes). \
+                         To bring this machine back: on a healthy node run `shoal node rm {id}`, then move {} away and start \
+                         the agent again: it joins as a new node",
+                        ctl.inner.files.cert_path().display(),
+                        ctl.inner.files.raft_dir().display(),
+                        ctl.inner.cfg.data_dir.display(),
+                    ));
+                }
                 ctl.start_running(stored, pending, false).await?;
             }
             Some(stored) => {
