@@ -272,6 +272,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         _ = term.recv() => { tracing::info!("SIGTERM: leaving the cluster"); Ok(()) }
         _ = int.recv() => { tracing::info!("SIGINT: leaving the cluster"); Ok(()) }
         res = &mut task => Err(anyhow::anyhow!("the membership task stopped unexpectedly: {res:?}")),
+        why = ctl.fatal() => Err(anyhow::anyhow!("Raft stopped on this node ({why}); exiting so that a supervisor restarts the agent")),
     };
     if outcome.is_ok() {
         match tokio::time::timeout(LEAVE_TIMEOUT, handle.leave()).await {

@@ -228,6 +228,11 @@ fn garbage(n: usize, seed: u64) -> Vec<u8> {
 
 /// Three loopback nodes (`--no-mdns --join`), formed into one cluster with 3 voters.
 fn three_voters(label: &str) -> (Cluster, Vec<u16>) {
+    three_voters_with(label, |_| {})
+}
+
+/// [`three_voters`], with `prepare` run on the cluster before any node starts.
+fn three_voters_with(label: &str, prepare: impl FnOnce(&Cluster)) -> (Cluster, Vec<u16>) {
     let ports = free_agent_ports(3);
     let token = token_new();
     let mut c = Cluster::new(label);
@@ -250,6 +255,7 @@ fn three_voters(label: &str) -> (Cluster, Vec<u16>) {
             expect_addr: format!("127.0.0.1:{port}"),
         });
     }
+    prepare(&c);
     for i in 0..3 {
         c.node_mut(i).start();
     }
@@ -293,6 +299,72 @@ fn a_node_whose_raft_store_is_lost_refuses_to_start_and_its_advice_brings_it_bac
     });
     let new_id = c.node(1).self_id().unwrap_or_else(|e| panic!("{e}"));
     label_ok(&c, 0, &new_id, "after-lost-log", "ok");
+}
+
+/// A small tmpfs mounted on a directory for the life of the value (lazily unmounted).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Self(dir.to_path_buf()))
+    }
+
+    /// Writes zeros into `dir` until the disk is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap_or_else(|e| panic!("{e}"));
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Issue 13's guard: when Raft stops on its own (here a storage error: n2's disk fills up
+/// under its Raft log), the agent says why and exits non-zero, so a supervisor restarts it,
+/// instead of gossiping on as a member without Raft.
+#[test]
+fn a_node_whose_raft_stops_on_a_full_disk_exits_non_zero_saying_why() {
+    if !shoal_tests::require_netns("a_node_whose_raft_stops_on_a_full_disk_exits_non_zero_saying_why") {
+        return; // not root: cannot mount the small disk
+    }
+    let disk = std::cell::RefCell::new(None);
+    let (mut c, _) = three_voters_with("fulldisk", |c| {
+        *disk.borrow_mut() = Some(SmallDisk::mount(&c.node(1).data_dir, "16M").unwrap_or_else(|e| panic!("mounting a small disk: {e}")));
+    });
+    let disk = disk.into_inner().unwrap_or_else(|| panic!("no disk"));
+    let id = c.node(1).self_id().unwrap_or_else(|e| panic!("{e}"));
+    disk.fill();
+    // Writes the cluster commits reach n2's log, which cannot grow.
+    let mut exit = None;
+    for k in 0..200 {
+        if let Some(status) = c.node_mut(1).try_wait() {
+            exit = Some(status);
+            break;
+        }
+        let _ = c.node(0).shoal(&["node", "update", &id, "--label-add", &format!("fill={k}{}", "x".repeat(60))], Duration::from_secs(10));
+    }
+    let exit = exit.or_else(|| c.node_mut(1).wait_exit(Duration::from_secs(30))).unwrap_or_else(|| panic!("n2 kept running on a full disk\n{}", c.report()));
+    assert!(!exit.success(), "n2 exited with {exit}");
+    let log = c.node(1).log_tail(30);
+    assert!(log.contains("Raft stopped on this node") && log.contains("exiting so that a supervisor restarts the agent"), "n2's last words:\n{log}");
+    println!("n2 on a full disk: exited ({exit}) saying: {}", log.lines().rev().find(|l| l.contains("Raft stopped on this node")).unwrap_or("").trim());
+    assert!(agreed_leader(&c, &[0, 2]).is_some(), "n1 and n3 lost their leader\n{}", c.report());
+    drop(disk);
 }
 
 #[test]

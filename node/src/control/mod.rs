@@ -142,6 +142,11 @@ struct Inner {
     port: Mutex<Option<Arc<PortServer>>>,
     /// This node's engine as an image store (the image service, the runner, the API).
     images: Arc<crate::images::docker_store::LocalDocker>,
+    /// Why Raft stopped on its own (a storage error, a panic): the agent exits non-zero on
+    /// it, so a supervisor restarts the process, instead of gossiping on without Raft.
+    fatal: tokio::sync::watch::Sender<Option<String>>,
+    /// Set by [`Control::shutdown`]: Raft stopping then is expected.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// The running half: Raft, its network and servers, the credentials.
@@ -177,6 +182,23 @@ pub enum WriteError {
     Rejected(shoal_consensus::Rejected),
 }
 
+/// Watches `raft` until it stops, then tells `ctl` why (a storage error, a panic, or a stop
+/// nobody asked for).
+async fn raft_end(ctl: Control, raft: Raft) {
+    use shoal_consensus::openraft::async_runtime::WatchReceiver;
+    let mut rx = raft.metrics();
+    loop {
+        if let Err(fatal) = &rx.borrow_watched().running_state {
+            ctl.raft_stopped(fatal.to_string());
+            return;
+        }
+        if rx.changed().await.is_err() {
+            ctl.raft_stopped("its core task ended".into());
+            return;
+        }
+    }
+}
+
 impl Control {
     /// Opens the Raft store and starts the controller's task. If the data dir holds a
     /// certificate, Raft starts at once; otherwise the bootstrap loop runs.
@@ -201,6 +223,8 @@ impl Control {
             phase: Mutex::new(Phase::Bootstrapping("starting".into())),
             port: Mutex::new(Some(port)),
             images: crate::images::docker_store::LocalDocker::new(cfg_socket),
+            fatal: tokio::sync::watch::Sender::new(None),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         if let Some(bug) = inner.cfg.planted {
             tracing::error!(bug = bug.name(), "this node runs with a bug planted on purpose (--planted-bug, {}), for tests; never use it for real", PlantedBug::ENV);
@@ -293,7 +317,22 @@ impl Control {
     }
 
     /// Stops Raft and the servers (before the process exits).
+    /// Resolves with the reason once Raft has stopped on its own (never while it runs, nor
+    /// after [`Self::shutdown`]).
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.inner.fatal.subscribe();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     pub async fn shutdown(&self) {
+        self.inner.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(running) = self.running() {
             if let Some(port) = self.inner.port.lock().unwrap_or_else(PoisonError::into_inner).take() {
                 port.unroute(RAFT_ALPN);
@@ -454,6 +493,7 @@ impl Control {
         self.set_phase(Phase::Running(running.clone()));
         tracing::info!(port = %port.local_addr(), "serving Raft and joins (TLS) on the node's TCP port");
         tokio::spawn(leader::run(self.clone(), running.clone()));
+        tokio::spawn(raft_end(self.clone(), running.raft.clone()));
         let c = self.clone();
         tokio::spawn(async move { c.watch_loop(running).await });
         Ok(())
@@ -496,6 +536,15 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// Says why Raft stopped, unless this node is shutting down.
+    fn raft_stopped(&self, why: String) {
+        if self.inner.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        tracing::error!("Raft stopped on this node: {why}; the agent exits so that it can be restarted");
+        self.inner.fatal.send_replace(Some(why));
     }
 
     async fn renew_if_due(&self, running: &Running, state: &ClusterState) -> Result<()> {
