@@ -278,7 +278,19 @@ fn five_nodes_get_three_managers_two_workers_and_keep_everything_across_a_full_r
     let leader = index_of(&all, &all_idx, &all[0].leader.clone().unwrap_or_default()).unwrap_or(0);
     c.node_mut(worker).kill();
     let rest: Vec<usize> = all_idx.iter().copied().filter(|&i| i != worker).collect();
-    let via = rest.iter().copied().find(|&i| i != leader).unwrap_or(rest[0]);
+    let via = rest.iter().copied().find(|&i| i != leader && all[i].role == "manager").unwrap_or(leader);
+    // The other worker may not make a manager's writes (issue 13): its `node rm` and
+    // `service create` are refused by the leader, saying why and where to run them.
+    let other_worker = rest.iter().copied().find(|&i| all[i].role == "worker").unwrap_or_else(|| panic!("no second worker\n{}", c.report()));
+    for (what, args) in [
+        ("node rm of a manager", vec!["node", "rm", &all[leader].node[..8]]),
+        ("service create", vec!["service", "create", "--detach", "refused", "busybox:1"]),
+    ] {
+        let out = c.node(other_worker).shoal(&args, shoal_tests::cluster::WRITE_CLI_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!out.status.success(), "a worker's {what} went through: {}\n{}", out.stdout.trim(), c.report());
+        assert!(out.stderr.contains("is a worker") && out.stderr.contains("must come from a manager"), "a worker's {what}: {}", out.stderr.trim());
+        println!("a worker's {what}: refused: {}", out.stderr.trim().lines().last().unwrap_or(""));
+    }
     let out = c.node(via).shoal(&["node", "rm", &worker_id[..8]], shoal_tests::cluster::WRITE_CLI_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(out.status.success(), "`shoal node rm` failed ({}): {}\n{}", out.status, out.stderr.trim(), c.report());
     c.wait_until(Duration::from_secs(20), "every node lists the worker as revoked and it left Raft", || {
@@ -319,6 +331,7 @@ fn five_nodes_get_three_managers_two_workers_and_keep_everything_across_a_full_r
         assert_eq!(node_set(&c, i), nodes_before, "{}'s node set changed across the restart", c.node(i).name());
     }
     // And the restarted cluster takes writes.
-    label_ok(&c, rest[0], &after[0].node, "restarted", "yes");
+    let manager = rest.iter().zip(&after).find(|(_, a)| a.role == "manager" || a.role == "leader").map_or(rest[0], |(i, _)| *i);
+    label_ok(&c, manager, &after[0].node, "restarted", "yes");
     println!("5-node story done in {:.1?}", began.elapsed());
 }

@@ -180,6 +180,9 @@ pub enum WriteError {
     /// printed with `{:#}` would repeat it.)
     #[error("the cluster refused the change: {0}")]
     Rejected(shoal_consensus::Rejected),
+    /// The leader refused this node the write (a worker asked for a manager's write).
+    #[error("{0}")]
+    NotAllowed(String),
 }
 
 /// Watches `raft` until it stops, then tells `ctl` why (a storage error, a panic, or a stop
@@ -691,6 +694,7 @@ impl Running {
                             }
                             return committed.response.map_err(WriteError::Rejected);
                         }
+                        Ok(Err(crate::raftnet::rpc::ForwardRefused::NotAllowed(why))) => return Err(WriteError::NotAllowed(why)),
                         Ok(Err(refused)) => last = refused.to_string(),
                         Err(e) => last = e,
                     },

@@ -29,6 +29,8 @@ fn no_such(key: &str) -> ApiError {
 fn write_error(e: WriteError) -> ApiError {
     match e {
         WriteError::NotInCluster | WriteError::NoLeader(..) => ApiError::unavailable(e.to_string()),
+        // Docker's answer when a worker of a swarm is asked a manager's write.
+        WriteError::NotAllowed(why) => ApiError::unavailable(why),
         WriteError::Rejected(r) => {
             let status = match &r {
                 Rejected::UnknownContainer(_) | Rejected::UnknownNetwork(_) => StatusCode::NOT_FOUND,

@@ -51,6 +51,9 @@ pub enum ForwardRefused {
     /// The leader could not commit it (lost leadership meanwhile, shutting down, too large).
     #[error("the leader could not commit the write: {0}")]
     Failed(String),
+    /// The leader refused it: the sender may not make this write (`authz::check_forward`).
+    #[error("the leader refused the write: {0}")]
+    NotAllowed(String),
 }
 
 impl Request {

@@ -73,6 +73,11 @@ pub trait RaftRpc: Send + Sync + 'static {
     /// The voters of this node's current membership config (joint: of both configs);
     /// empty while it knows none. What [`super::authz::check`] checks requests against.
     fn voters(&self) -> BTreeSet<NodeId>;
+    /// Voters and learners, for [`super::authz::check_forward`].
+    fn membership(&self) -> super::authz::MembershipView {
+        let voters = self.voters();
+        super::authz::MembershipView { members: voters.clone(), voters }
+    }
 }
 
 impl<SM> RaftRpc for ShoalRaft<SM>
@@ -105,6 +110,17 @@ where
         let metrics = self.metrics();
         let m = metrics.borrow_watched();
         m.membership_config.membership().voter_ids().map(|id| id.0).collect()
+    }
+
+    fn membership(&self) -> super::authz::MembershipView {
+        use shoal_consensus::openraft::async_runtime::WatchReceiver;
+        let metrics = self.metrics();
+        let m = metrics.borrow_watched();
+        let config = m.membership_config.membership();
+        super::authz::MembershipView {
+            voters: config.voter_ids().map(|id| id.0).collect(),
+            members: config.nodes().map(|(id, _)| id.0).collect(),
+        }
     }
 }
 
@@ -336,6 +352,24 @@ where
         if let Err(refusal) = super::authz::check(peer, &request, &raft.voters()) {
             tracing::warn!(%peer, "raft request refused, closing the connection: {refusal}");
             break Err(refusal.into());
+        }
+        // A write this peer may not make is answered (the user behind it reads why); the
+        // connection stays, since the peer's other requests are its right.
+        if let Request::Forward(cmd) = &request {
+            if let Err(refusal) = super::authz::check_forward(peer, cmd, &raft.membership()) {
+                NetStats::bump(&stats.refused);
+                tracing::warn!(%peer, "forwarded write refused: {refusal}");
+                let response = Response::Forwarded(Err(ForwardRefused::NotAllowed(refusal.to_string())));
+                match frame::encode_frame(&ResponseFrame { id, response }) {
+                    Ok(bytes) => {
+                        if answers.send(bytes).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) => break Err(e.into()),
+                }
+                continue;
+            }
         }
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break Ok(()) };
         let (raft, answers, stats) = (raft.clone(), answers.clone(), stats.clone());

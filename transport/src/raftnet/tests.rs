@@ -763,3 +763,51 @@ async fn a_follower_forwards_writes_to_the_leader_and_a_non_leader_names_it() {
     })
     .await;
 }
+
+/// Issue 13: a worker's certificate (here a learner of the cluster) forwards writes, and
+/// the leader refuses what only a manager may ask — `Revoke` of a voter, `CreateService`,
+/// tasks reported for another node — answering why on the same connection; its own reports
+/// and a joiner's registration go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workers_forwarded_writes_are_limited_to_its_own() {
+    bounded(async {
+        let ca = Ca::live(11);
+        let (mut nodes, _) = start_cluster(&ca).await;
+        let leader = leader_of(&nodes, None).await;
+        let leader_node = ShoalNode::new("leader", leader.addr);
+        let voter = nodes.iter().find(|n| n.id != leader.id).expect("a voter").id;
+        let worker = start_node_with(&ca, raft_config()).await;
+        leader.raft.add_learner(worker.id, ShoalNode::new("worker", worker.addr), true).await.expect("add learner");
+        let forward = |cmd: Command| worker.network.forward(leader.id, &leader_node, cmd, Duration::from_secs(10));
+        let service = shoal_consensus::ServiceDef {
+            name: "web".into(),
+            spec: Default::default(),
+            mode: shoal_consensus::state::Mode::Replicated(1),
+            constraints: vec![],
+            reserve_cpu_millis: 0,
+            reserve_memory_bytes: 0,
+            restart: shoal_consensus::state::RestartPolicy::Always,
+        };
+        for (what, cmd) in [
+            ("revoke a voter", Command::Revoke { node: voter.0 }),
+            ("create a service", Command::CreateService { service, now_ms: 1 }),
+            ("report for another node", Command::ReportTasks { node: voter.0, reports: vec![], now_ms: 1 }),
+        ] {
+            let answer = forward(cmd).await.expect("network");
+            let Err(ForwardRefused::NotAllowed(why)) = &answer else { panic!("a worker could {what}: {answer:?}") };
+            assert!(why.contains("is a worker") && why.contains("must come from a manager"), "{what}: {why}");
+        }
+        for (what, cmd) in [
+            ("report its own tasks", Command::ReportTasks { node: worker.id.0, reports: vec![], now_ms: 1 }),
+            ("register a joiner", register(42)),
+        ] {
+            let answer = forward(cmd).await.expect("network");
+            assert!(matches!(answer, Ok(Committed { .. })), "a worker could not {what}: {answer:?}");
+        }
+        assert!(leader.server.stats().refused >= 3, "{:?}", leader.server.stats());
+        assert!(!state_of(&leader.raft).await.revoked.contains(&voter.0), "the voter was revoked");
+        nodes.push(worker);
+        shutdown(nodes).await;
+    })
+    .await;
+}
