@@ -12,6 +12,7 @@
 //!   auto-removal) as a list of effects;
 //! - [`agent`]: one reconcile-and-report pass of a node's tasks, on any
 //!   `shoal_engine::Engine` (the Docker adapter in the node, the fake in the simulator);
+//! - [`writes`]: who may forward which write to the leader (a worker only its own);
 //! - [`planted`]: bugs planted on purpose behind a switch, to show that the simulator's
 //!   checks and the real-node tests catch them in the same code.
 //!
@@ -26,12 +27,14 @@ pub mod join;
 pub mod leader;
 pub mod planted;
 pub mod trust;
+pub mod writes;
 
 pub use agent::{AgentCore, AgentOutcome};
 pub use bootstrap::BootstrapCore;
 pub use join::{answer_join, JoinAnswer, JoinContext, JoinRefusal};
 pub use leader::{ChangeKind, LeaderCore, LeaderEffect, LeaderInput, WriteWhy};
 pub use planted::PlantedBug;
+pub use writes::{check_forward, MembershipView, WorkerWrite};
 pub use trust::{issuer_from_state, own_grant, renewal_due, trust_step, IssuerError, OwnTrust, TrustStep};
 
 #[cfg(test)]

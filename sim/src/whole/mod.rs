@@ -289,6 +289,9 @@ async fn write_local(raft: &Raft, cmd: Command) -> Result<Response, String> {
 
 /// A write from node `from`: on its own Raft if it leads, else forwarded to the leader it
 /// knows over the simulated network (the node's `Forward` frame).
+/// A write from machine `from`: proposed there if it leads, else forwarded to the leader it
+/// knows, which applies the controller's rule on who may forward what
+/// (`shoal_control::check_forward`, as the node's Raft server does).
 async fn forward_write(world: &Shared, from: usize, cmd: Command) -> Result<Response, String> {
     let raft = world.raft(from).ok_or("the node is down")?;
     let m = raft.metrics().borrow_watched().clone();
@@ -296,7 +299,22 @@ async fn forward_write(world: &Shared, from: usize, cmd: Command) -> Result<Resp
     if leader == from {
         return write_local(&raft, cmd).await;
     }
-    exchange(world, from, leader, cmd, OP_TIMEOUT, |peer, cmd| async move { write_local(&peer, cmd).await }).await
+    let sender = whole_id(from);
+    exchange(world, from, leader, cmd, OP_TIMEOUT, move |peer, cmd| async move {
+        shoal_control::check_forward(sender, &cmd, &membership_view(&peer)).map_err(|e| e.to_string())?;
+        write_local(&peer, cmd).await
+    })
+    .await
+}
+
+/// The Raft membership as `raft` knows it.
+fn membership_view(raft: &Raft) -> shoal_control::MembershipView {
+    let m = raft.metrics().borrow_watched().clone();
+    let config = m.membership_config.membership();
+    shoal_control::MembershipView {
+        voters: config.voter_ids().map(|id| id.0).collect(),
+        members: config.nodes().map(|(id, _)| id.0).collect(),
+    }
 }
 
 fn with_whole<R>(world: &Shared, f: impl FnOnce(&mut Whole) -> R) -> Option<R> {

@@ -73,10 +73,10 @@ pub trait RaftRpc: Send + Sync + 'static {
     /// The voters of this node's current membership config (joint: of both configs);
     /// empty while it knows none. What [`super::authz::check`] checks requests against.
     fn voters(&self) -> BTreeSet<NodeId>;
-    /// Voters and learners, for [`super::authz::check_forward`].
-    fn membership(&self) -> super::authz::MembershipView {
+    /// Voters and learners, for [`shoal_control::check_forward`].
+    fn membership(&self) -> shoal_control::MembershipView {
         let voters = self.voters();
-        super::authz::MembershipView { members: voters.clone(), voters }
+        shoal_control::MembershipView { members: voters.clone(), voters }
     }
 }
 
@@ -112,12 +112,12 @@ where
         m.membership_config.membership().voter_ids().map(|id| id.0).collect()
     }
 
-    fn membership(&self) -> super::authz::MembershipView {
+    fn membership(&self) -> shoal_control::MembershipView {
         use shoal_consensus::openraft::async_runtime::WatchReceiver;
         let metrics = self.metrics();
         let m = metrics.borrow_watched();
         let config = m.membership_config.membership();
-        super::authz::MembershipView {
+        shoal_control::MembershipView {
             voters: config.voter_ids().map(|id| id.0).collect(),
             members: config.nodes().map(|(id, _)| id.0).collect(),
         }
@@ -356,7 +356,7 @@ where
         // A write this peer may not make is answered (the user behind it reads why); the
         // connection stays, since the peer's other requests are its right.
         if let Request::Forward(cmd) = &request {
-            if let Err(refusal) = super::authz::check_forward(peer, cmd, &raft.membership()) {
+            if let Err(refusal) = shoal_control::check_forward(peer, cmd, &raft.membership()) {
                 NetStats::bump(&stats.refused);
                 tracing::warn!(%peer, "forwarded write refused: {refusal}");
                 let response = Response::Forwarded(Err(ForwardRefused::NotAllowed(refusal.to_string())));
