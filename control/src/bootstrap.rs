@@ -16,13 +16,21 @@ pub struct BootstrapCore {
     started_ms: u64,
     last_set: BTreeSet<NodeId>,
     last_change_ms: u64,
+    joining_only: bool,
 }
 
 impl BootstrapCore {
     /// `expect`: `--bootstrap-expect`; `settle_ms`: how long the set of members must stay
     /// unchanged before the initializer acts.
     pub fn new(me: NodeId, expect: usize, settle_ms: u64, now_ms: u64) -> Self {
-        Self { me, expect, settle_ms, started_ms: now_ms, last_set: BTreeSet::new(), last_change_ms: now_ms }
+        Self { me, expect, settle_ms, started_ms: now_ms, last_set: BTreeSet::new(), last_change_ms: now_ms, joining_only: false }
+    }
+
+    /// A node whose token pins an existing cluster's CA (`shoal2-`) only ever joins: it
+    /// waits where it would have created a cluster.
+    pub fn joining_only(mut self, yes: bool) -> Self {
+        self.joining_only = yes;
+        self
     }
 
     /// The decision now, given gossip's members.
@@ -34,7 +42,7 @@ impl BootstrapCore {
             self.last_change_ms = now_ms;
         }
         let candidates: Vec<Candidate> = alive.iter().map(|m| Candidate { id: m.id, in_cluster: m.in_cluster && !m.is_self }).collect();
-        bootstrap::decide(&BootstrapInput {
+        let decision = bootstrap::decide(&BootstrapInput {
             self_id: self.me,
             expect: self.expect,
             self_in_cluster: false,
@@ -43,7 +51,13 @@ impl BootstrapCore {
             started_ms: self.started_ms,
             last_change_ms: self.last_change_ms,
             settle_ms: self.settle_ms,
-        })
+        });
+        match decision {
+            BootstrapDecision::Initialize { .. } | BootstrapDecision::AwaitInitializer { .. } if self.joining_only => BootstrapDecision::Wait {
+                reason: "the token pins an existing cluster's CA: waiting to see one of its members".into(),
+            },
+            other => other,
+        }
     }
 }
 
@@ -66,6 +80,16 @@ mod tests {
         let mut other = BootstrapCore::new(id(2), 2, 3_000, T0_MS);
         let _ = other.step(&both, T0_MS + 1_000);
         assert!(matches!(other.step(&both, T0_MS + 4_100), BootstrapDecision::AwaitInitializer { .. }));
+    }
+
+    #[test]
+    fn a_node_with_a_pinned_token_never_founds_and_joins_what_it_sees() {
+        let mut core = BootstrapCore::new(id(1), 2, 3_000, T0_MS).joining_only(true);
+        let both = vec![alone(1), alone(2)];
+        let _ = core.step(&both, T0_MS);
+        assert!(matches!(core.step(&both, T0_MS + 10_000), BootstrapDecision::Wait { .. }), "it founded a cluster");
+        let formed = vec![MemberView { is_self: false, ..member(2) }, MemberView { is_self: true, ..alone(1) }];
+        assert_eq!(core.step(&formed, T0_MS + 11_000), BootstrapDecision::JoinExisting { via: vec![id(2)] });
     }
 
     #[test]

@@ -16,6 +16,9 @@ use std::time::Duration;
 pub struct AgentConfig {
     pub data_dir: PathBuf,
     pub secret: shoal_discovery::JoinSecret,
+    /// The CA a `shoal2-` token pins: joins answered with another CA are refused, and this
+    /// node never founds a cluster.
+    pub ca_pin: Option<shoal_secret::CaPin>,
     pub token_origin: crate::config::TokenOrigin,
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -233,6 +236,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         crate::control::ControlConfig {
             data_dir: cfg.data_dir.clone(),
             secret: cfg.secret.clone(),
+            ca_pin: cfg.ca_pin,
             name: cfg.name.clone(),
             labels: cfg.labels.clone(),
             bind: cfg.bind,

@@ -14,6 +14,11 @@ pub const DEFAULT_GOSSIP_PORT: u16 = 7480;
 /// Reads the join secret from `--token`, `SHOAL_TOKEN` (clap maps it onto `token`) or
 /// `--token-file`, in that order.
 pub fn resolve_secret(token: Option<&str>, token_file: Option<&Path>) -> Result<JoinSecret> {
+    resolve_token(token, token_file).map(|t| t.secret)
+}
+
+/// [`resolve_secret`], with the CA a `shoal2-` token pins.
+pub fn resolve_token(token: Option<&str>, token_file: Option<&Path>) -> Result<shoal_secret::Token> {
     let text = match (token, token_file) {
         (Some(t), _) => t.to_string(),
         (None, Some(file)) => std::fs::read_to_string(file)
@@ -23,7 +28,7 @@ pub fn resolve_secret(token: Option<&str>, token_file: Option<&Path>) -> Result<
              cluster with `--token <token>`, the SHOAL_TOKEN environment variable, or `--token-file <file>`"
         ),
     };
-    JoinSecret::parse(&text).map_err(|e| anyhow!("{e}"))
+    shoal_secret::Token::parse(&text).map_err(|e| anyhow!("{e}"))
 }
 
 /// The file in the data dir holding the token of a cluster this node founded without being
@@ -45,7 +50,7 @@ pub enum TokenOrigin {
 /// when it founded its cluster, else (on a data dir that never joined a cluster) a new one,
 /// kept in the data dir. A given token that differs from a stored one is refused: that data
 /// dir belongs to another cluster.
-pub fn agent_secret(token: Option<&str>, token_file: Option<&Path>, data_dir: &Path) -> Result<(JoinSecret, TokenOrigin)> {
+pub fn agent_secret(token: Option<&str>, token_file: Option<&Path>, data_dir: &Path) -> Result<(JoinSecret, Option<shoal_secret::CaPin>, TokenOrigin)> {
     let path = data_dir.join(TOKEN_FILE);
     let stored = match std::fs::read_to_string(&path) {
         Ok(text) => Some(JoinSecret::parse(&text).map_err(|e| {
@@ -55,7 +60,7 @@ pub fn agent_secret(token: Option<&str>, token_file: Option<&Path>, data_dir: &P
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     if token.is_some() || token_file.is_some() {
-        let given = resolve_secret(token, token_file)?;
+        let shoal_secret::Token { secret: given, ca_pin } = resolve_token(token, token_file)?;
         if stored.as_ref().is_some_and(|s| s.cluster_id() != given.cluster_id()) {
             bail!(
                 "the data dir {} belongs to the cluster this node founded (its token is in {}), not to the cluster of the given token. \
@@ -64,10 +69,10 @@ pub fn agent_secret(token: Option<&str>, token_file: Option<&Path>, data_dir: &P
                 path.display()
             );
         }
-        return Ok((given, TokenOrigin::Given));
+        return Ok((given, ca_pin, TokenOrigin::Given));
     }
     if let Some(secret) = stored {
-        return Ok((secret, TokenOrigin::Stored));
+        return Ok((secret, None, TokenOrigin::Stored));
     }
     if data_dir.join("node.crt").exists() {
         bail!(
@@ -79,19 +84,37 @@ pub fn agent_secret(token: Option<&str>, token_file: Option<&Path>, data_dir: &P
     crate::identity::ensure_data_dir(data_dir)?;
     let secret = JoinSecret::generate(&mut rand::rng());
     crate::identity::write_atomic(&path, format!("{}\n", secret.to_token()).as_bytes(), 0o600)?;
-    Ok((secret, TokenOrigin::Created))
+    Ok((secret, None, TokenOrigin::Created))
 }
 
-/// The token kept in `data_dir` by a node that founded its cluster, for `shoal token show`.
+/// The token kept in `data_dir` by a node that founded its cluster, for `shoal token show`:
+/// pinned to the cluster's CA (`shoal2-…`) once the data dir holds it (`ca.crt`).
 pub fn stored_token(data_dir: &Path) -> Result<String> {
     let path = data_dir.join(TOKEN_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(JoinSecret::parse(&text).map_err(|e| anyhow!("{} is damaged: {e}", path.display()))?.to_token()),
+        Ok(text) => {
+            let secret = JoinSecret::parse(&text).map_err(|e| anyhow!("{} is damaged: {e}", path.display()))?;
+            let ca_pin = ca_pin_of(data_dir)?;
+            Ok(shoal_secret::Token { secret, ca_pin }.to_text())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "no token is kept in {}: shoal keeps only the token of a cluster it founded itself (an agent started without \
              --token). This node was either given its token (look where you keep it), or never started with this --data-dir",
             data_dir.display()
         ),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The pin of the CA in `data_dir/ca.crt`, if the node holds one.
+pub fn ca_pin_of(data_dir: &Path) -> Result<Option<shoal_secret::CaPin>> {
+    let path = data_dir.join("ca.crt");
+    match std::fs::read(&path) {
+        Ok(pem_bytes) => {
+            let block = pem::parse(&pem_bytes).map_err(|e| anyhow!("{} is damaged: {e}", path.display()))?;
+            Ok(Some(shoal_secret::CaPin::of_der(block.contents())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }

@@ -158,12 +158,21 @@ enum NodeCommand {
 enum TokenCommand {
     /// Print a fresh join token (256 random bits). Keep it secret: it admits machines.
     New,
-    /// Print the token of the cluster this node founded (an agent started without a token
-    /// creates one and keeps it in its data dir, mode 0600).
+    /// Print the join token of this node's cluster, pinned to the cluster's CA
+    /// (`shoal2-<CA digest>-<secret>`) once the node holds the CA: a node started with a
+    /// pinned token refuses any cluster with another CA, and never founds one. The token is
+    /// the one this node keeps (it founded its cluster without being given one), or the one
+    /// given here.
     Show {
         /// Data dir of the node.
         #[arg(long, env = "SHOAL_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// The token the node was given (when it keeps none), to print it pinned.
+        #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// A file holding the token the node was given.
+        #[arg(long, conflicts_with = "token")]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -334,9 +343,19 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Token { command: TokenCommand::Show { data_dir } } => {
+        Command::Token { command: TokenCommand::Show { data_dir, token, token_file } } => {
             let data_dir = data_dir.unwrap_or_else(identity::default_data_dir);
-            shoal_node::outln!("{}", config::stored_token(&data_dir)?);
+            let text = if token.is_some() || token_file.is_some() {
+                let given = config::resolve_token(token.as_deref(), token_file.as_deref())?;
+                let ca_pin = config::ca_pin_of(&data_dir)?;
+                if ca_pin.is_none() {
+                    eprintln!("note: {} holds no cluster CA yet, so the token is printed unpinned", data_dir.display());
+                }
+                shoal_secret::Token { secret: given.secret, ca_pin: ca_pin.or(given.ca_pin) }.to_text()
+            } else {
+                config::stored_token(&data_dir)?
+            };
+            shoal_node::outln!("{text}");
             Ok(())
         }
         Command::Agent(args) => {
@@ -496,7 +515,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn agent_config(args: AgentArgs) -> Result<agent::AgentConfig> {
     let data_dir = args.data_dir.clone().unwrap_or_else(identity::default_data_dir);
-    let (secret, token_origin) = config::agent_secret(args.token.as_deref(), args.token_file.as_deref(), &data_dir)?;
+    let (secret, ca_pin, token_origin) = config::agent_secret(args.token.as_deref(), args.token_file.as_deref(), &data_dir)?;
     if let Some(file) = &args.token_file {
         config::warn_if_readable_by_others(file);
     }
@@ -522,6 +541,7 @@ fn agent_config(args: AgentArgs) -> Result<agent::AgentConfig> {
     Ok(agent::AgentConfig {
         data_dir,
         secret,
+        ca_pin,
         token_origin,
         name,
         labels,

@@ -18,12 +18,14 @@ const HKDF_SALT: &[u8] = b"shoal/join-secret/v1";
 /// Why a token could not be read. Messages never echo the token.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SecretError {
-    #[error("the join token must start with `{TOKEN_PREFIX}`; create one with `shoal token new`")]
+    #[error("the join token must start with `{TOKEN_PREFIX}` or `{PINNED_TOKEN_PREFIX}`; create one with `shoal token new`")]
     MissingPrefix,
     #[error("the join token must have {expected} hex characters after `{TOKEN_PREFIX}`, found {found}; create one with `shoal token new`")]
     BadLength { expected: usize, found: usize },
     #[error("the join token contains a character that is not a hex digit; create one with `shoal token new`")]
     NotHex,
+    #[error("a `{PINNED_TOKEN_PREFIX}` token must read `{PINNED_TOKEN_PREFIX}<32 hex digits of the CA digest>-<64 hex digits>`; print one with `shoal token show` on a node of the cluster")]
+    BadPin,
 }
 
 /// A 256-bit join secret shared by every node of one cluster.
@@ -133,6 +135,86 @@ pub(crate) fn hex_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Text prefix of a token that also pins the cluster's CA: `shoal2-<CA digest>-<secret>`.
+pub const PINNED_TOKEN_PREFIX: &str = "shoal2-";
+const PIN_LEN: usize = 16;
+
+/// The digest of a cluster CA certificate a token pins: the first 128 bits of the SHA-256 of
+/// its DER. A joiner given a pinned token refuses a cluster whose CA has another digest
+/// (whoever answered holds the secret but is not that cluster: a leaked token, or another
+/// cluster started with the same secret).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CaPin(pub [u8; PIN_LEN]);
+
+impl CaPin {
+    pub fn of_der(ca_der: &[u8]) -> Self {
+        use sha2::Digest;
+        let digest = Sha256::digest(ca_der);
+        let mut out = [0u8; PIN_LEN];
+        out.copy_from_slice(&digest[..PIN_LEN]);
+        Self(out)
+    }
+
+    /// Whether `ca_der` is the pinned CA.
+    pub fn matches(&self, ca_der: &[u8]) -> bool {
+        Self::of_der(ca_der) == *self
+    }
+}
+
+impl fmt::Display for CaPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for CaPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CaPin({self})")
+    }
+}
+
+/// A join token as users paste it: the secret, and the CA it pins if it is a `shoal2-`
+/// token (a `shoal1-` token pins nothing: a node founding a cluster makes one before the CA
+/// exists; `shoal token show` prints the pinned form once it does).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    pub secret: JoinSecret,
+    pub ca_pin: Option<CaPin>,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token").field("secret", &self.secret).field("ca_pin", &self.ca_pin).finish()
+    }
+}
+
+impl Token {
+    /// Reads `shoal1-<secret>` or `shoal2-<CA digest>-<secret>` (surrounding whitespace
+    /// ignored). Messages never echo the token.
+    pub fn parse(text: &str) -> Result<Self, SecretError> {
+        let text = text.trim();
+        let Some(body) = text.strip_prefix(PINNED_TOKEN_PREFIX) else {
+            return Ok(Self { secret: JoinSecret::parse(text)?, ca_pin: None });
+        };
+        let (pin, secret) = body.split_once('-').ok_or(SecretError::BadPin)?;
+        let pin: [u8; PIN_LEN] = hex_decode(pin).and_then(|b| b.try_into().ok()).ok_or(SecretError::BadPin)?;
+        let secret = JoinSecret::parse(&format!("{TOKEN_PREFIX}{secret}"))?;
+        Ok(Self { secret, ca_pin: Some(CaPin(pin)) })
+    }
+
+    /// The text form: `shoal2-<CA digest>-<secret>` when pinned, else `shoal1-<secret>`.
+    pub fn to_text(&self) -> String {
+        let plain = self.secret.to_token();
+        match self.ca_pin {
+            Some(pin) => format!("{PINNED_TOKEN_PREFIX}{pin}-{}", &plain[TOKEN_PREFIX.len()..]),
+            None => plain,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +257,23 @@ mod tests {
         let id = a.cluster_id();
         assert_eq!(ClusterId::parse(&id.to_string()), Some(id));
         assert!(!a.to_token().contains(&id.to_string()));
+    }
+
+    #[test]
+    fn a_pinned_token_round_trips_and_pins_the_ca_it_was_made_from() {
+        let secret = JoinSecret::generate(&mut rand::rng());
+        let pin = CaPin::of_der(b"a CA certificate");
+        let token = Token { secret: secret.clone(), ca_pin: Some(pin) };
+        let text = token.to_text();
+        assert!(text.starts_with("shoal2-") && text.len() == 7 + 32 + 1 + 64, "{text}");
+        assert_eq!(Token::parse(&format!(" {text}\n")), Ok(token));
+        assert!(pin.matches(b"a CA certificate") && !pin.matches(b"another CA"));
+        let plain = Token::parse(&secret.to_token()).expect("shoal1");
+        assert_eq!((plain.secret, plain.ca_pin), (secret.clone(), None));
+        let body = &secret.to_token()[7..];
+        for bad in [format!("shoal2-{body}"), format!("shoal2-zz{}-{body}", "0".repeat(30)), format!("shoal2-{}-{body}", "0".repeat(30))] {
+            assert_eq!(Token::parse(&bad), Err(SecretError::BadPin), "{bad}");
+        }
+        assert!(!format!("{:?}", Token::parse(&text)).contains(body), "Debug shows the secret");
     }
 }

@@ -301,6 +301,48 @@ fn a_node_whose_raft_store_is_lost_refuses_to_start_and_its_advice_brings_it_bac
     label_ok(&c, 0, &new_id, "after-lost-log", "ok");
 }
 
+/// Issue 13's pinned tokens: `shoal token show` prints the cluster's token pinned to its CA
+/// (`shoal2-<CA digest>-<secret>`); a node started with it joins; a node with the same
+/// secret but another CA digest refuses every answer (it holds the secret, but is not that
+/// cluster) and never founds a cluster of its own either.
+#[test]
+fn a_pinned_token_joins_its_cluster_and_a_wrong_pin_refuses_it() {
+    let (mut c, ports) = three_voters("pinned");
+    let token = c.node(0).shoal(&["token", "show", "--token", &token_of(&c)], Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(token.status.success(), "`shoal token show` failed: {}", token.stderr.trim());
+    let pinned = token.stdout.trim().to_string();
+    assert!(pinned.starts_with("shoal2-") && pinned.len() == 7 + 32 + 1 + 64, "not a pinned token: {} characters", pinned.len());
+    // The same secret, another CA digest: flip the first digit of the pin.
+    let flipped = if pinned.as_bytes()[7] == b'0' { '1' } else { '0' };
+    let wrong = format!("shoal2-{flipped}{}", &pinned[8..]);
+    let extra = free_agent_ports(2);
+    for (name, token, port) in [("n4", &pinned, extra[0]), ("n5", &wrong, extra[1])] {
+        c.add(NodeSpec {
+            name: name.into(),
+            token: token.clone(),
+            token_via: TokenVia::Flag,
+            netns: None,
+            args: vec!["--no-mdns".into(), "--bind".into(), format!("127.0.0.1:{port}"), "--join".into(), format!("127.0.0.1:{}", ports[0])],
+            expect_addr: format!("127.0.0.1:{port}"),
+        });
+    }
+    c.node_mut(3).start();
+    c.node_mut(4).start();
+    c.wait_until(Duration::from_secs(60), "n4 (the pinned token) joins", || statuses(&c, &[3]).is_some_and(|s| in_cluster(&s[0])));
+    c.wait_until(Duration::from_secs(30), "n5 (a wrong pin) refuses the cluster's answers", || c.node(4).log_tail(50).contains("refusing to join"));
+    std::thread::sleep(Duration::from_secs(5));
+    let n5 = statuses(&c, &[4]).unwrap_or_else(|| panic!("n5 stopped answering\n{}", c.report()));
+    assert!(!in_cluster(&n5[0]), "n5 joined with a wrong pin\n{}", c.report());
+    assert!(!c.node(4).data_dir.join("node.crt").exists(), "n5 kept a certificate");
+    let line = c.node(4).log_tail(50).lines().rev().find(|l| l.contains("refusing to join")).unwrap_or("").trim().to_string();
+    println!("a wrong pin: {line}");
+}
+
+/// The token the cluster's nodes were started with.
+fn token_of(c: &Cluster) -> String {
+    c.node(0).spec.token.clone()
+}
+
 /// A small tmpfs mounted on a directory for the life of the value (lazily unmounted).
 struct SmallDisk(std::path::PathBuf);
 

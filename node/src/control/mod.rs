@@ -91,6 +91,9 @@ impl Default for RaftTiming {
 pub struct ControlConfig {
     pub data_dir: std::path::PathBuf,
     pub secret: JoinSecret,
+    /// The CA a `shoal2-` token pins: joins answered with another CA are refused, and this
+    /// node never founds a cluster (the token names one that exists).
+    pub ca_pin: Option<shoal_secret::CaPin>,
     pub name: String,
     pub labels: BTreeMap<String, String>,
     /// Where this node's gossip socket is bound; its one TCP port (Raft, joins, ...) is the
@@ -234,6 +237,15 @@ impl Control {
         }
         let ctl = Control { inner };
         match ctl.inner.files.load_cert()? {
+            Some(stored) if stored.info.node_id == id && ctl.inner.cfg.ca_pin.is_some_and(|pin| !pin.matches(&stored.ca)) => {
+                return Err(anyhow!(
+                    "this node's cluster CA ({}) is not the one the token pins ({}): the token is for another cluster. \
+                     Start it with its own cluster's token, or move {} away to join the token's cluster as a new node",
+                    ctl.inner.files.cert_path().with_file_name("ca.crt").display(),
+                    ctl.inner.cfg.ca_pin.map(|p| p.to_string()).unwrap_or_default(),
+                    ctl.inner.cfg.data_dir.display(),
+                ));
+            }
             Some(stored) if stored.info.node_id == id => {
                 if stored.info.is_expired(SystemTime::now()) {
                     // E.g. the whole cluster was off for longer than a certificate lives. Every
@@ -347,7 +359,8 @@ impl Control {
     }
 
     async fn bootstrap_loop(self) {
-        let mut core = BootstrapCore::new(self.inner.id, self.inner.cfg.bootstrap_expect, BOOTSTRAP_SETTLE.as_millis() as u64, now_ms());
+        let mut core = BootstrapCore::new(self.inner.id, self.inner.cfg.bootstrap_expect, BOOTSTRAP_SETTLE.as_millis() as u64, now_ms())
+            .joining_only(self.inner.cfg.ca_pin.is_some());
         let mut last_logged = String::new();
         loop {
             tokio::time::sleep(BOOTSTRAP_TICK).await;
@@ -407,7 +420,7 @@ impl Control {
             let Some(member) = members.iter().find(|m| m.id == *id) else { continue };
             let addr = member.addr;
             self.set_phase(Phase::Joining(format!("asking {} at {addr} for a certificate", id.short())));
-            match joinnet::request_certificate(addr, &self.inner.cfg.secret, &self.inner.key, JOIN_TIMEOUT).await {
+            match joinnet::request_pinned_certificate(addr, &self.inner.cfg.secret, self.inner.cfg.ca_pin, &self.inner.key, JOIN_TIMEOUT).await {
                 Ok(granted) => {
                     let role = granted.info.role.map_or("none", |r| r.as_str());
                     tracing::info!(via = %id.short(), %addr, role, "received a certificate from the cluster");

@@ -64,6 +64,14 @@ pub enum JoinError {
     BadReply { addr: SocketAddr, reason: String },
     #[error("{addr} refused the join: {message}")]
     Refused { addr: SocketAddr, message: String },
+    /// The answer verifies, but its CA is not the one the token pins: whoever answered holds
+    /// the secret without being that cluster. Nothing it sent is kept.
+    #[error(
+        "{addr} answered for a cluster whose CA has digest {got}, but the token pins CA {pinned}: \
+         refusing to join (a leaked token, or another cluster started with the same secret); check the token with \
+         `shoal token show` on a node of the cluster you meant"
+    )]
+    OtherCa { addr: SocketAddr, got: shoal_secret::CaPin, pinned: shoal_secret::CaPin },
     /// The answer does not verify: the server does not hold the join secret (HMAC), or the
     /// certificate is not what was asked for.
     #[error("answer from {addr} refused: {source}")]
@@ -154,6 +162,17 @@ pub async fn request_certificate(
     key: &KeyPair,
     timeout: Duration,
 ) -> Result<NodeCertificate, JoinError> {
+    request_pinned_certificate(addr, secret, None, key, timeout).await
+}
+
+/// [`request_certificate`], refusing an answer whose CA is not `pin` (a `shoal2-` token's).
+pub async fn request_pinned_certificate(
+    addr: SocketAddr,
+    secret: &JoinSecret,
+    pin: Option<shoal_secret::CaPin>,
+    key: &KeyPair,
+    timeout: Duration,
+) -> Result<NodeCertificate, JoinError> {
     let request = {
         let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
         JoinRequest::new(secret, key, &mut rng).map_err(JoinError::Request)?
@@ -161,6 +180,11 @@ pub async fn request_certificate(
     let exchange = async {
         let (response, server_certs) = exchange(addr, &request, timeout).await?;
         let granted = response.verify(secret, &request, key).map_err(|source| JoinError::Untrusted { addr, source })?;
+        if let Some(pinned) = pin {
+            if !pinned.matches(&granted.ca_der) {
+                return Err(JoinError::OtherCa { addr, got: shoal_secret::CaPin::of_der(&granted.ca_der), pinned });
+            }
+        }
         let server = server_in_cluster(&server_certs, &granted.ca_der)
             .map_err(|reason| JoinError::ServerNotInCluster { addr, reason })?;
         tracing::debug!(%addr, %server, node = %granted.info.node_id, "join: certificate received");

@@ -38,7 +38,7 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-pub use client::{request_certificate, JoinError};
+pub use client::{request_certificate, request_pinned_certificate, JoinError};
 pub use server::{JoinAuthority, JoinServer, JoinServerConfig, JoinService, Refusal};
 
 use crate::pki::{JoinResponse, PkiError, MAX_JOIN_MESSAGE_LEN};

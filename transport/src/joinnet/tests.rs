@@ -402,3 +402,25 @@ fn futures_are_send(addr: SocketAddr, secret: &JoinSecret, key: &KeyPair, author
     is_send(&request_certificate(addr, secret, key, JOIN_TIMEOUT));
     is_send(&authority.answer(JoinRequest::new(secret, key, &mut rng(1)).expect("request"), addr));
 }
+
+/// Issue 13: a joiner with a `shoal2-` token pins the CA: an answer for a cluster whose CA
+/// has another digest is refused, although it holds the secret; the right pin joins.
+#[tokio::test]
+async fn a_pinned_token_refuses_a_cluster_with_another_ca() {
+    bounded(async {
+        let cluster = Arc::new(Cluster::live(14));
+        let (server, _) = honest(&cluster, fast_config()).await;
+        let key = KeyPair::generate().expect("key");
+        let other = shoal_secret::CaPin::of_der(b"the CA of another cluster");
+        let err = super::request_pinned_certificate(server.local_addr(), &cluster.secret, Some(other), &key, JOIN_TIMEOUT)
+            .await
+            .expect_err("joined a cluster with another CA");
+        let JoinError::OtherCa { got, pinned, .. } = &err else { panic!("got {err:?}") };
+        assert_eq!((*got, *pinned), (shoal_secret::CaPin::of_der(cluster.ca_der()), other));
+        assert!(err.to_string().contains("refusing to join"), "{err}");
+        let right = shoal_secret::CaPin::of_der(cluster.ca_der());
+        let got = super::request_pinned_certificate(server.local_addr(), &cluster.secret, Some(right), &key, JOIN_TIMEOUT).await.expect("joined");
+        assert_eq!(got.ca_der.as_ref(), cluster.ca_der().as_ref());
+    })
+    .await;
+}
