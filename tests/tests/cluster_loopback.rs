@@ -291,6 +291,11 @@ fn a_node_whose_raft_store_is_lost_refuses_to_start_and_its_advice_brings_it_bac
     // The advice works: `node rm` the old id, move the data dir away, start again.
     let out = c.node(0).shoal(&["node", "rm", &id], shoal_tests::cluster::WRITE_CLI_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(out.status.success(), "`shoal node rm {id}` failed ({}): {}\n{}", out.status, out.stderr.trim(), c.report());
+    // The quorum guard: with n2 revoked, revoking n3 too would leave one voter of three.
+    let n3 = c.node(2).self_id().unwrap_or_else(|e| panic!("{e}"));
+    let out = c.node(0).shoal(&["node", "rm", &n3], shoal_tests::cluster::WRITE_CLI_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success(), "`node rm` of a second voter of three went through\n{}", c.report());
+    println!("node rm of a second voter of three: {}", out.stderr.trim());
     let dir = c.node(1).data_dir.clone();
     std::fs::rename(&dir, dir.with_extension("lost")).unwrap_or_else(|e| panic!("moving {} away: {e}", dir.display()));
     c.node_mut(1).start();
