@@ -38,10 +38,14 @@ pub enum FaultKind {
     /// A machine with another join secret sits on the LAN, greets everyone, spoofs the
     /// cluster id in its mDNS announcement and replays datagrams it sniffed.
     Intruder,
+    /// Whole mode only: a machine that holds the token and a worker's certificate forwards
+    /// what only a manager may write (`node rm` of a voter, `service create`, task reports
+    /// for another node); the leader must refuse every one (`shoal_control::check_forward`).
+    Insider,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::Crash,
         FaultKind::Partition,
         FaultKind::Loss,
@@ -49,6 +53,7 @@ impl FaultKind {
         FaultKind::Leave,
         FaultKind::LateJoin,
         FaultKind::Intruder,
+        FaultKind::Insider,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +65,7 @@ impl FaultKind {
             Self::Leave => "leave",
             Self::LateJoin => "late-join",
             Self::Intruder => "intruder",
+            Self::Insider => "insider",
         }
     }
 
@@ -223,7 +229,7 @@ impl RaftBug {
 /// Options that cannot be used. Messages say what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionsError {
-    #[error("unknown fault `{0}`; known faults: crash, partition, loss, delay, leave, late-join, intruder (or `all`, `none`)")]
+    #[error("unknown fault `{0}`; known faults: crash, partition, loss, delay, leave, late-join, intruder, insider (or `all`, `none`)")]
     UnknownFault(String),
     #[error("empty fault list; name faults like `crash,loss`, or use `all` or `none`")]
     EmptyFaults,
@@ -451,7 +457,7 @@ mod tests {
         let s = FaultSet::parse(" loss , crash,late-join").expect("parse");
         assert_eq!(s.to_string(), "crash,loss,late-join");
         assert_eq!(FaultSet::parse(&s.to_string()), Ok(s));
-        assert_eq!(FaultSet::all().to_string(), "crash,partition,loss,delay,leave,late-join,intruder");
+        assert_eq!(FaultSet::all().to_string(), "crash,partition,loss,delay,leave,late-join,intruder,insider");
         assert_eq!(FaultSet::parse("crash,flood"), Err(OptionsError::UnknownFault("flood".into())));
         assert!(OptionsError::UnknownFault("flood".into()).to_string().contains("late-join"));
         assert_eq!(FaultSet::parse(""), Err(OptionsError::EmptyFaults));

@@ -37,6 +37,8 @@ pub(crate) enum Stream {
     Whole,
     /// Whole mode: one machine's join nonces and certificate serials.
     WholeMachine { slot: usize },
+    /// Whole mode: the insider's choices (who, what, when).
+    Insider,
 }
 
 /// SplitMix64's finaliser: a bijection that spreads nearby inputs far apart.
@@ -62,6 +64,7 @@ fn stream_id(s: Stream) -> u64 {
         Stream::RaftDisk { slot } => (2 << 40) | (slot as u64),
         Stream::RaftNode { slot, boot } => (3 << 40) | ((slot as u64) << 16) | u64::from(boot),
         Stream::Whole => 12,
+        Stream::Insider => 13,
         Stream::WholeMachine { slot } => (4 << 40) | (slot as u64),
         Stream::Node { slot, boot } => (1 << 40) | ((slot as u64) << 16) | u64::from(boot),
     }

@@ -2,7 +2,8 @@
 //! and agents on fake engines, together in every simulated node.
 //!
 //! - the same seed gives a byte-identical trace, for each fault kind alone and all together;
-//! - a sweep of 200 seeds × 5 nodes × 10 simulated minutes with every fault passes every
+//! - a sweep of 200 seeds × 5 nodes × 10 simulated minutes with every fault (the insider
+//!   with the token among them: every manager's write it forwards as a worker is refused) passes every
 //!   checker (`SHOAL_SIM_WHOLE_SEEDS=N` changes the number of seeds), and the faults,
 //!   joins, intruder attempts, reschedules and removals it counts did happen;
 //! - a planted bug (`skip-join-check`: a member issues a certificate though the join check
@@ -72,8 +73,8 @@ fn sweep_200_seeds_5_nodes_10_minutes_all_faults() {
     }
     eprintln!(
         "whole sweep of {n} seeds x 5 nodes x 10 min, all faults: {} faults ({} crashes, {} partitions, {} late joins, {} removals), \
-         {} elections, {} joins, {} intruder attempts refused, {} voter changes, {} placements, {} container crashes, {} checks; {} ms wall",
-        t.faults, t.crashes, t.partitions, t.late_joins, t.revoked, t.elections, t.joins, t.intruder_refused, t.voter_changes, t.placements, t.container_crashes, t.checks,
+         {} elections, {} joins, {} intruder attempts refused, {} of {} insider writes refused, {} voter changes, {} placements, {} container crashes, {} checks; {} ms wall",
+        t.faults, t.crashes, t.partitions, t.late_joins, t.revoked, t.elections, t.joins, t.intruder_refused, t.insider_refused, t.insider_attempts, t.voter_changes, t.placements, t.container_crashes, t.checks,
         started.elapsed().as_millis()
     );
     let f: Vec<String> = reports.iter().filter(|r| !r.passed()).map(|r| r.summary()).collect();
@@ -87,12 +88,16 @@ fn sweep_200_seeds_5_nodes_10_minutes_all_faults() {
         ("late joins", t.late_joins),
         ("removals", t.revoked),
         ("intruder refusals", t.intruder_refused),
+        ("insider writes", t.insider_attempts),
         ("voter changes", t.voter_changes),
         ("placements", t.placements),
         ("container crashes", t.container_crashes),
     ] {
         assert!(count > 0, "no {what} in the whole sweep");
     }
+    // Every manager's write a worker forwarded was refused by the controller's rule (a
+    // committed one is also a violation, checked per seed above).
+    assert_eq!(t.insider_refused, t.insider_attempts, "insider writes that were not refused");
 }
 
 #[derive(Default)]
@@ -105,6 +110,8 @@ struct Totals {
     elections: u64,
     joins: u64,
     intruder_refused: u64,
+    insider_attempts: u64,
+    insider_refused: u64,
     voter_changes: u64,
     placements: u64,
     container_crashes: u64,
@@ -124,6 +131,8 @@ impl Totals {
             self.revoked += w.nodes_revoked;
             self.joins += w.joins;
             self.intruder_refused += w.intruder_refused;
+            self.insider_attempts += w.insider_attempts;
+            self.insider_refused += w.insider_refused;
             self.voter_changes += w.voter_changes;
             self.placements += w.placements;
             self.container_crashes += w.container_crashes;

@@ -150,6 +150,8 @@ pub(crate) enum Action {
     Agents,
     LanRefresh,
     Intruder,
+    /// Whole mode: the insider forwards a manager's write.
+    Insider,
     /// Whole mode: a membership timer, a gossip datagram arriving.
     Gossip { slot: usize, epoch: u32, timer: shoal_discovery::membership::MemberTimer },
     Datagram { from: usize, to: usize, epoch: u32, packet: Vec<u8> },
@@ -356,6 +358,13 @@ impl Driver {
                         self.at(next, Action::Intruder);
                     }
                 }
+                Action::Insider => {
+                    if !self.healed {
+                        if let Some(next) = self.insider_attempt() {
+                            self.at(t + next, Action::Insider);
+                        }
+                    }
+                }
                 Action::Gossip { slot, epoch, timer } => self.gossip_timer(slot, epoch, timer),
                 Action::Datagram { from, to, epoch, packet } => self.datagram(from, to, epoch, &packet),
                 Action::Uncut(id) => {
@@ -467,7 +476,11 @@ impl Driver {
     }
 
     async fn fault(&mut self, t: u64) {
-        let kinds: Vec<FaultKind> = self.opts.faults.iter().collect();
+        // The insider acts on its own schedule (`Action::Insider`), not as a drawn fault.
+        let kinds: Vec<FaultKind> = self.opts.faults.iter().filter(|k| *k != FaultKind::Insider).collect();
+        if kinds.is_empty() {
+            return;
+        }
         let kind = kinds[self.faults.random_range(0..kinds.len())];
         // Every fault makes the same draws, so the schedule does not depend on the state.
         let victim = self.faults.random_range(0..self.nodes);
@@ -570,7 +583,7 @@ impl Driver {
                 }
             }
             FaultKind::Leave if self.opts.whole => self.revoke_one(victim),
-            FaultKind::Leave | FaultKind::LateJoin | FaultKind::Intruder => {}
+            FaultKind::Leave | FaultKind::LateJoin | FaultKind::Intruder | FaultKind::Insider => {}
         }
     }
 

@@ -105,8 +105,8 @@ impl RaftReport {
         if let Some(c) = &self.whole {
             let _ = writeln!(
                 s,
-                "  whole: {} joins ({} refused), intruder {} attempts ({} refused), {} learners added, {} voter changes, {} removals, {} revoked",
-                c.joins, c.joins_refused, c.intruder_attempts, c.intruder_refused, c.learners_added, c.voter_changes, c.removals_from_raft, c.nodes_revoked
+                "  whole: {} joins ({} refused), intruder {} attempts ({} refused), insider {} writes ({} refused), {} learners added, {} voter changes, {} removals, {} revoked",
+                c.joins, c.joins_refused, c.intruder_attempts, c.intruder_refused, c.insider_attempts, c.insider_refused, c.learners_added, c.voter_changes, c.removals_from_raft, c.nodes_revoked
             );
             let _ = writeln!(
                 s,

@@ -45,6 +45,9 @@ impl Driver {
         if self.opts.faults.contains(crate::options::FaultKind::Intruder) {
             self.at(3_000, Action::Intruder);
         }
+        if self.opts.faults.contains(crate::options::FaultKind::Insider) {
+            self.at(5_000, Action::Insider);
+        }
     }
 
     /// Whether `slot` boots with the others at the start.
@@ -437,6 +440,84 @@ impl Driver {
                 }
             }
         });
+    }
+
+    /// The insider: a machine with a certificate that the leader does not count as a voter
+    /// (a worker) forwards a manager's write, chosen from its own stream: `node rm` of a
+    /// voter, `service create insider`, or a report that another node's task failed. The
+    /// leader applies the controller's rule (`shoal_control::check_forward`, as the node's
+    /// Raft server does); any of these committed is a violation. Returns when to come back.
+    pub(crate) fn insider_attempt(&mut self) -> Option<u64> {
+        let pick = with_whole(&self.world, |wh| {
+            let up: Vec<usize> = (0..wh.machines.len()).filter(|s| wh.machines[*s].core.is_some() && wh.machines[*s].cert.is_some()).collect();
+            let from = up.get(wh.insider_rng.random_range(0..up.len().max(1))).copied();
+            let what = wh.insider_rng.random_range(0..3u32);
+            let victim = wh.insider_rng.random_range(0..wh.machines.len());
+            let next = wh.insider_rng.random_range(2_000..=8_000u64);
+            (from, what, victim, next)
+        })?;
+        let (from, what, victim, next) = pick;
+        let Some(from) = from else { return Some(next) };
+        let world = self.world.clone();
+        tokio::spawn(async move {
+            let Some(raft) = world.raft(from) else { return };
+            let leader = raft.metrics().borrow_watched().current_leader.map(|l| slot_of(&l.0));
+            let Some(leader) = leader.filter(|l| *l != from) else { return };
+            let sender = whole_id(from);
+            let now = abs_ms(&world);
+            let cmd = match what {
+                0 => Command::Revoke { node: whole_id(victim) },
+                1 => Command::CreateService {
+                    service: ServiceDef {
+                        name: "insider".into(),
+                        spec: ContainerSpec { image: IMAGE.to_string(), ..Default::default() },
+                        mode: Mode::Replicated(1),
+                        constraints: vec![],
+                        reserve_cpu_millis: 0,
+                        reserve_memory_bytes: 0,
+                        restart: RestartPolicy::Always,
+                    },
+                    now_ms: now,
+                },
+                _ => Command::ReportTasks {
+                    node: whole_id(victim),
+                    reports: vec![shoal_engine::TaskReport {
+                        task: 1,
+                        state: shoal_engine::TaskState::Failed { reason: "insider".into() },
+                        restarts: 0,
+                        last_exit_code: None,
+                        container: None,
+                    }],
+                    now_ms: now,
+                },
+            };
+            let text = cmd.to_string();
+            let at_leader = world.clone();
+            let answer = exchange(&world, from, leader, cmd, OP_TIMEOUT, move |peer, cmd| async move {
+                let view = membership_view(&peer);
+                if view.voters.contains(&sender) || matches!(&cmd, Command::ReportTasks { node, .. } if *node == sender) {
+                    // A manager may write this, and a node may report its own tasks: the
+                    // insider only sends what a worker may not.
+                    return Err("skipped".to_string());
+                }
+                with_whole(&at_leader, |wh| wh.counts.insider_attempts += 1);
+                shoal_control::check_forward(sender, &cmd, &view).map_err(|e| format!("refused: {e}"))?;
+                write_local(&peer, cmd).await
+            })
+            .await;
+            match answer {
+                Err(e) if e.starts_with("refused: ") => {
+                    with_whole(&world, |wh| wh.counts.insider_refused += 1);
+                    world.trace("insider", || format!("n{from} (a worker) forwarded `{text}`: refused"));
+                }
+                Ok(_) => {
+                    let now = world.now_ms();
+                    world.lock().checks.violation(format!("insider n{from}"), now, format!("a worker's forwarded `{text}` was committed"));
+                }
+                Err(_) => {}
+            }
+        });
+        Some(next)
     }
 
     /// The final checks of whole mode: membership converged, services at their replica

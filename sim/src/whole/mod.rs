@@ -149,6 +149,9 @@ pub struct WholeCounts {
     pub joins_refused: u64,
     pub intruder_attempts: u64,
     pub intruder_refused: u64,
+    /// Manager's writes the insider forwarded while a worker, and how many the leader refused.
+    pub insider_attempts: u64,
+    pub insider_refused: u64,
     pub learners_added: u64,
     pub voter_changes: u64,
     pub removals_from_raft: u64,
@@ -207,6 +210,8 @@ pub(crate) struct Whole {
     pub revoke_started: bool,
     pub late_joiner: Option<usize>,
     pub rng: StdRng,
+    /// The insider's own stream (so the other draws do not move).
+    pub insider_rng: StdRng,
     pub counts: WholeCounts,
     pub bug: Option<RaftBug>,
 }
@@ -251,6 +256,7 @@ impl Whole {
             revoke_started: false,
             late_joiner: None,
             rng,
+            insider_rng: stream(seed, Stream::Insider),
             counts: WholeCounts::default(),
             bug,
         }
