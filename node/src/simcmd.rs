@@ -23,7 +23,8 @@ pub struct SimArgs {
     /// Simulated duration, e.g. 30s, 10m, 1h.
     #[arg(long, default_value = "10m")]
     duration: String,
-    /// Faults to inject: all, none, or a list of crash,partition,loss,delay,leave,late-join,intruder.
+    /// Faults to inject: all, none, or a list of crash,partition,loss,delay,leave,late-join,intruder,insider
+    /// (insider: whole mode only).
     #[arg(long, default_value = "all")]
     faults: String,
     /// Write one line per simulated event to this file (single seed only).
