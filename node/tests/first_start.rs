@@ -1,6 +1,6 @@
 //! The first five minutes: `shoal agent` with no token on a fresh data dir founds a cluster,
 //! keeps its token (mode 0600) and says how to add machines; `shoal token show` prints the
-//! token; a second agent given it joins; a restart needs no token; a foreign token on that
+//! token, pinned to the new cluster's CA; a second agent given it joins; a restart needs no token; a foreign token on that
 //! data dir is refused; and two tokenless founders on one LAN (mDNS on loopback only) each
 //! say that another cluster is there and how to join it.
 
@@ -23,13 +23,15 @@ fn a_tokenless_agent_founds_a_cluster_that_a_second_agent_joins_with_the_shown_t
     let a = start(None, &dir_a, pa, &["--no-mdns"]);
     wait_for("the founder to lead its new cluster", Duration::from_secs(30), &[&a], || role(&a).as_deref() == Some("leader"));
     let token = token_show(&dir_a).expect("`shoal token show` prints the kept token");
-    assert!(token.starts_with("shoal1-"), "{token}");
+    // The cluster exists, so the token comes pinned to its CA: shoal2-<CA digest>-<secret>.
+    assert!(token.starts_with("shoal2-") && token.len() == 7 + 32 + 1 + 64, "{token}");
+    let secret = &token[7 + 32 + 1..];
     let mode = std::fs::metadata(dir_a.join("token")).expect("token file").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the token file is private");
     let log = a.log();
     assert!(log.contains("founds a new cluster"), "the founder says what it did:\n{log}");
     assert!(log.contains("shoal token show"), "and how to get the token:\n{log}");
-    assert!(!log.contains(&token[7..]), "the token is not written to a log that is not a terminal:\n{log}");
+    assert!(!log.contains(secret), "the token is not written to a log that is not a terminal:\n{log}");
 
     let join = format!("127.0.0.1:{pa}");
     let b = start(Some(&token), &root.join("b"), pb, &["--no-mdns", "--join", &join]);

@@ -64,9 +64,10 @@ fn certificates_renew_at_two_thirds_and_a_cluster_comes_back_after_they_all_expi
         fresh && led
     });
     let a_id = status(&a).and_then(|s| s["node"].as_str().map(String::from)).expect("a's id");
+    // Through the manager: b is a worker, which may not make a user's writes.
     let out = shoal()
         .args(["node", "update", &a_id, "--label-add", "renewed=yes", "--data-dir"])
-        .arg(&b.dir)
+        .arg(&a.dir)
         .output()
         .expect("node update");
     assert!(out.status.success(), "write after renewal failed: {}", String::from_utf8_lossy(&out.stderr));

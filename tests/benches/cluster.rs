@@ -98,8 +98,10 @@ fn failover(c: &mut Cluster, nodes: usize, loss: Loss) -> (Duration, Duration) {
     let old = leader_of(&all).unwrap_or_else(|| panic!("no agreed leader\n{}", c.report()));
     let victim = all.iter().position(|s| s.node == old).unwrap_or(0);
     let survivors: Vec<usize> = idx.iter().copied().filter(|&i| i != victim).collect();
-    let via = c.node(survivors[0]).data_dir.clone();
-    let target = all[survivors[0]].node.clone();
+    // Through a surviving manager: a worker may not make a user's writes.
+    let via_idx = survivors.iter().copied().find(|&i| all[i].role == "manager").unwrap_or(survivors[0]);
+    let via = c.node(via_idx).data_dir.clone();
+    let target = all[via_idx].node.clone();
     let t0 = Instant::now();
     match loss {
         Loss::Kill => c.node_mut(victim).kill(),

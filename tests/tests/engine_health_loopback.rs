@@ -72,7 +72,8 @@ fn a_node_without_a_working_engine_gets_no_tasks_until_its_engine_answers() {
     // Four replicas: all on n1, none on the node whose engine does not answer.
     let mut tail = vec!["app", image.as_str()];
     tail.extend(LONG_RUNNING);
-    cli_ok(&c, 1, &["service", "create", "--replicas", "4", "--timeout", "60s"], &tail, CONVERGE_CLI_TIMEOUT);
+    // Through n1, the manager (n2 is a worker, which may not create services).
+    cli_ok(&c, 0, &["service", "create", "--replicas", "4", "--timeout", "60s"], &tail, CONVERGE_CLI_TIMEOUT);
     let live = |c: &Cluster| -> Vec<TaskRow> {
         service_ps(c, 0, "app").unwrap_or_default().into_iter().filter(TaskRow::is_live).collect()
     };

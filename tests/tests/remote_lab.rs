@@ -13,7 +13,7 @@
 //!    `shoal node ls` through the shoal API (`--host` from SHOAL_HOST).
 //!    The client certificate opens neither Raft nor the image protocol (openssl).
 //! 3. Refused at the handshake: no client certificate, a self-made one (own CA, made with
-//!    openssl), and, after `shoal client rm laptop` on the other node, the revoked one, on
+//!    openssl), and, after `shoal client rm laptop` on the manager (the worker refuses it), the revoked one, on
 //!    both nodes, and by node 1 after it restarts.
 //!
 //! Needs network namespaces (root), the `docker` CLI and `openssl`; skipped with a printed
@@ -93,6 +93,11 @@ fn docker_and_shoal_from_a_laptop_with_a_client_certificate_and_refused_without_
         statuses(&c, &both).is_some_and(|s| every(&s, |s| in_cluster(s) && s.nodes_registered == 2))
     });
     println!("cluster formed in {:.1?}", began.elapsed());
+    // Two nodes: one manager (whichever founded) and one worker. Users' writes go through
+    // the manager; the worker refuses them (issue 13) and serves reads.
+    let st = statuses(&c, &both).unwrap_or_else(|| panic!("a node stopped answering\n{}", c.report()));
+    let m = st.iter().position(|s| s.role == "leader" || s.role == "manager").unwrap_or_else(|| panic!("no manager\n{}", c.report()));
+    let w = 1 - m;
     let lab = c.lab_arc().expect("lab");
     let home = TempDir::new("remote-home");
     let certs = TempDir::new("remote-certs");
@@ -110,18 +115,18 @@ fn docker_and_shoal_from_a_laptop_with_a_client_certificate_and_refused_without_
     assert!(sans.contains(&format!("IP Address:{}", node_ip[0])) && sans.contains("DNS:n1"), "node 1's SANs: {sans}");
 
     // 1. A client certificate, asked for on node 1.
-    let out = c.node(0).shoal(&["client", "new", "laptop", "--out", &dir_s], CLI_TIMEOUT).expect("run");
+    let out = c.node(m).shoal(&["client", "new", "laptop", "--out", &dir_s], CLI_TIMEOUT).expect("run");
     ok(&out, "shoal client new laptop");
     for f in ["ca.pem", "cert.pem", "key.pem"] {
         assert!(dir.join(f).is_file(), "{f} missing in {dir_s}");
     }
     assert_eq!(std::fs::metadata(&dir).expect("dir").permissions().mode() & 0o777, 0o700);
     assert_eq!(std::fs::metadata(dir.join("key.pem")).expect("key").permissions().mode() & 0o777, 0o600);
-    let again = c.node(0).shoal(&["client", "new", "laptop2", "--out", &dir_s], CLI_TIMEOUT).expect("run");
+    let again = c.node(m).shoal(&["client", "new", "laptop2", "--out", &dir_s], CLI_TIMEOUT).expect("run");
     assert!(refused(&again, "client new into a full dir").contains("refusing to overwrite"), "{}", again.stderr);
-    let dup = c.node(1).shoal(&["client", "new", "laptop", "--out", &certs.path().join("dup").display().to_string()], CLI_TIMEOUT).expect("run");
+    let dup = c.node(m).shoal(&["client", "new", "laptop", "--out", &certs.path().join("dup").display().to_string()], CLI_TIMEOUT).expect("run");
     assert!(refused(&dup, "a second client named laptop").contains("exists"), "{}", dup.stderr);
-    let ls = ok(&c.node(1).shoal(&["client", "ls"], CLI_TIMEOUT).expect("run"), "client ls");
+    let ls = ok(&c.node(w).shoal(&["client", "ls"], CLI_TIMEOUT).expect("run"), "client ls");
     assert!(ls.lines().any(|l| l.starts_with("laptop ")), "client ls:\n{ls}");
 
     // 2. From the laptop, with only what `shoal env` prints.
@@ -200,8 +205,11 @@ fn docker_and_shoal_from_a_laptop_with_a_client_certificate_and_refused_without_
     let e = refused(&on_laptop(&lab, home.path(), &format!("{fake_env}shoal status")), "shoal status with a self-made certificate");
     assert!(e.contains("fatal alert"), "not a TLS refusal: {e}");
     println!("self-made certificate, shoal: {}", e.trim());
-    // Revoked on node 2; refused by both nodes from then on.
-    let rm = ok(&c.node(1).shoal(&["client", "rm", "laptop"], CLI_TIMEOUT).expect("run"), "client rm");
+    // The worker may not revoke it (a manager's write); the manager revokes it, and both
+    // nodes refuse it from then on.
+    let e = refused(&c.node(w).shoal(&["client", "rm", "laptop"], CLI_TIMEOUT).expect("run"), "client rm on the worker");
+    assert!(e.contains("is a worker") && e.contains("must come from a manager"), "{e}");
+    let rm = ok(&c.node(m).shoal(&["client", "rm", "laptop"], CLI_TIMEOUT).expect("run"), "client rm");
     assert!(rm.contains("revoked"), "{rm}");
     let t = Instant::now();
     for (i, ip) in node_ip.iter().take(2).enumerate() {
