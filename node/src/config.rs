@@ -106,17 +106,10 @@ pub fn stored_token(data_dir: &Path) -> Result<String> {
     }
 }
 
-/// The pin of the CA in `data_dir/ca.crt`, if the node holds one.
+/// The pin of the CA the node in `data_dir` holds (its `ca.crt`), if it holds one.
 pub fn ca_pin_of(data_dir: &Path) -> Result<Option<shoal_secret::CaPin>> {
-    let path = data_dir.join("ca.crt");
-    match std::fs::read(&path) {
-        Ok(pem_bytes) => {
-            let block = pem::parse(&pem_bytes).map_err(|e| anyhow!("{} is damaged: {e}", path.display()))?;
-            Ok(Some(shoal_secret::CaPin::of_der(block.contents())))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
+    let ca = crate::control::files::TrustFiles::new(data_dir).load_ca()?;
+    Ok(ca.map(|der| shoal_secret::CaPin::of_der(&der)))
 }
 
 /// Warns when a token file can be read by other users (it admits machines to the cluster).

@@ -116,6 +116,15 @@ impl TrustFiles {
     pub fn cert_path(&self) -> PathBuf {
         self.dir.join(NODE_CERT_FILE)
     }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join(CA_CERT_FILE)
+    }
+
+    /// The stored cluster CA alone (what `shoal token show` pins), if there.
+    pub fn load_ca(&self) -> Result<Option<CertificateDer<'static>>> {
+        pem_cert(&self.ca_path())
+    }
 }
 
 #[cfg(test)]

@@ -237,16 +237,16 @@ impl Control {
         }
         let ctl = Control { inner };
         match ctl.inner.files.load_cert()? {
-            Some(stored) if stored.info.node_id == id && ctl.inner.cfg.ca_pin.is_some_and(|pin| !pin.matches(&stored.ca)) => {
-                return Err(anyhow!(
-                    "this node's cluster CA ({}) is not the one the token pins ({}): the token is for another cluster. \
-                     Start it with its own cluster's token, or move {} away to join the token's cluster as a new node",
-                    ctl.inner.files.cert_path().with_file_name("ca.crt").display(),
-                    ctl.inner.cfg.ca_pin.map(|p| p.to_string()).unwrap_or_default(),
-                    ctl.inner.cfg.data_dir.display(),
-                ));
-            }
             Some(stored) if stored.info.node_id == id => {
+                if let Some(pin) = ctl.inner.cfg.ca_pin.filter(|pin| !pin.matches(&stored.ca)) {
+                    return Err(anyhow!(
+                        "this node's cluster CA ({}, digest {}) is not the one the token pins ({pin}): the token is for another cluster. \
+                         Start it with its own cluster's token, or move {} away to join the token's cluster as a new node",
+                        ctl.inner.files.ca_path().display(),
+                        shoal_secret::CaPin::of_der(&stored.ca),
+                        ctl.inner.cfg.data_dir.display(),
+                    ));
+                }
                 if stored.info.is_expired(SystemTime::now()) {
                     // E.g. the whole cluster was off for longer than a certificate lives. Every
                     // node holds the secret and its copy of the CA, so it renews from that at
@@ -331,7 +331,6 @@ impl Control {
         running.write(cmd).await
     }
 
-    /// Stops Raft and the servers (before the process exits).
     /// Resolves with the reason once Raft has stopped on its own (never while it runs, nor
     /// after [`Self::shutdown`]).
     pub async fn fatal(&self) -> String {
@@ -346,6 +345,7 @@ impl Control {
         }
     }
 
+    /// Stops Raft and the servers (before the process exits).
     pub async fn shutdown(&self) {
         self.inner.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(running) = self.running() {
