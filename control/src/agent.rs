@@ -14,7 +14,7 @@
 
 use shoal_consensus::{duties, ClusterState, Command};
 use crate::planted::PlantedBug;
-use shoal_engine::{Action, AssignedTask, Desired, Engine, EngineError, LabelFilter, Reconciler, ReconcilerConfig, RemoveReason, TaskReport, TaskState};
+use shoal_engine::{Action, AssignedTask, Desired, Engine, EngineError, Reconciler, ReconcilerConfig, RemoveReason, TaskReport, TaskState};
 use shoal_wire::NodeId;
 use std::collections::BTreeSet;
 
@@ -82,12 +82,11 @@ impl AgentCore {
         failed: Vec<(u64, String)>,
     ) -> Result<AgentOutcome, EngineError> {
         assigned.retain(|t| !held.contains(&t.id));
-        let observed = engine.list(&LabelFilter::node(self.reconciler.node())).await?;
-        let mut actions = self.reconciler.reconcile(now_ms, &assigned, &observed);
-        if self.planted == Some(PlantedBug::KeepStaleContainers) {
-            actions.retain(|a| !matches!(a, Action::Remove { reason: RemoveReason::NotAssigned | RemoveReason::DesiredShutdown, .. }));
-        }
-        shoal_engine::apply(engine, &mut self.reconciler, now_ms, &assigned, actions).await;
+        let keep_stale = self.planted == Some(PlantedBug::KeepStaleContainers);
+        shoal_engine::reconcile_once_keeping(engine, &mut self.reconciler, now_ms, &assigned, |a| {
+            !(keep_stale && matches!(a, Action::Remove { reason: RemoveReason::NotAssigned | RemoveReason::DesiredShutdown, .. }))
+        })
+        .await?;
         let unsettled = assigned.iter().any(|t| {
             let observed = state.tasks.get(&t.id).and_then(|r| r.observed.as_ref());
             match t.desired {

@@ -48,11 +48,11 @@ pub fn check_forward(peer: NodeId, cmd: &Command, view: &MembershipView) -> Resu
     if own {
         Ok(())
     } else {
-        let what = cmd.to_string();
-        let what = match what.char_indices().nth(80) {
-            Some((i, _)) => format!("{}…", &what[..i]),
-            None => what,
-        };
+        let full = cmd.to_string();
+        let mut what = shoal_consensus::state::clip_text(&full, 80);
+        if what.len() < full.len() {
+            what.push('…');
+        }
         Err(WorkerWrite { peer, what })
     }
 }

@@ -89,8 +89,21 @@ fn failed(reconciler: &mut Reconciler, now_ms: u64, assigned: &[AssignedTask], a
 /// engine could not be listed (the node should report its engine unhealthy); nothing was
 /// changed.
 pub async fn reconcile_once<E: Engine>(engine: &E, reconciler: &mut Reconciler, now_ms: u64, assigned: &[AssignedTask]) -> Result<Vec<TaskReport>, EngineError> {
+    reconcile_once_keeping(engine, reconciler, now_ms, assigned, |_| true).await
+}
+
+/// [`reconcile_once`], carrying out only the actions `keep` accepts (a test's planted bug
+/// drops some: `shoal_control::PlantedBug`).
+pub async fn reconcile_once_keeping<E: Engine>(
+    engine: &E,
+    reconciler: &mut Reconciler,
+    now_ms: u64,
+    assigned: &[AssignedTask],
+    keep: impl Fn(&Action) -> bool,
+) -> Result<Vec<TaskReport>, EngineError> {
     let observed = engine.list(&LabelFilter::node(reconciler.node())).await?;
-    let actions = reconciler.reconcile(now_ms, assigned, &observed);
+    let mut actions = reconciler.reconcile(now_ms, assigned, &observed);
+    actions.retain(|a| keep(a));
     Ok(apply(engine, reconciler, now_ms, assigned, actions).await)
 }
 

@@ -20,7 +20,7 @@ pub mod testimage;
 pub mod types;
 
 pub use docker::{DockerConfig, DockerEngine};
-pub use driver::{apply, reconcile_once, REMOVALS_IN_FLIGHT_MAX};
+pub use driver::{apply, reconcile_once, reconcile_once_keeping, REMOVALS_IN_FLIGHT_MAX};
 pub use engine::Engine;
 pub use error::EngineError;
 pub use fake::{Behaviour, FakeEngine, FAKE_IMAGE_BYTES_DEFAULT};

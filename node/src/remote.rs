@@ -81,11 +81,7 @@ impl Service for UserService {
                 }
             }
             // Places only for holders of a certificate of the cluster.
-            let Some(_session) = gate.authenticated(peer_addr) else { return };
-            let Ok(_slot) = slots.try_acquire_owned() else {
-                tracing::debug!(%peer_addr, what, "too many remote sessions; closing one");
-                return;
-            };
+            let Ok(_session) = gate.authenticated(peer_addr, &slots) else { return };
             match served {
                 Served::Docker(api) => dockerapi::serve_connection(stream, api).await,
                 Served::Api(ctl) => {

@@ -75,33 +75,41 @@ pub struct Gate {
     stats: Arc<PortStats>,
 }
 
-/// An authenticated connection's session place; dropped when the connection ends.
+/// An authenticated connection's places (the port's and its service's); dropped when the
+/// connection ends.
 #[derive(Debug)]
 pub struct Session {
-    _permit: OwnedSemaphorePermit,
+    _port: OwnedSemaphorePermit,
+    _service: OwnedSemaphorePermit,
+}
+
+/// Which cap an authenticated connection found full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// Every session place of the port (counted in [`PortStats::over_capacity`]).
+    Port,
+    /// Every slot of the service (the service counts it, if it wants).
+    Service,
 }
 
 impl Gate {
     /// The peer proved who it is: its unauthenticated place is given back and a session
-    /// place taken. `None`: every session place is taken (counted as over capacity); the
-    /// caller closes the connection.
-    pub fn authenticated(mut self, peer_addr: SocketAddr) -> Option<Session> {
+    /// place of the port taken, then one of the service's `slots`. `Err`: which cap is full;
+    /// the caller closes the connection.
+    pub fn authenticated(mut self, peer_addr: SocketAddr, slots: &Arc<Semaphore>) -> Result<Session, Full> {
         drop(self.ticket.take());
-        match self.sessions.clone().try_acquire_owned() {
-            Ok(permit) => Some(Session { _permit: permit }),
-            Err(_) => {
-                PortStats::bump(&self.stats.over_capacity);
-                tracing::debug!(%peer_addr, "connection closed: every session place is taken");
-                None
-            }
-        }
+        let Ok(port) = self.sessions.clone().try_acquire_owned() else {
+            PortStats::bump(&self.stats.over_capacity);
+            tracing::debug!(%peer_addr, "connection closed: every session place is taken");
+            return Err(Full::Port);
+        };
+        let Ok(service) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer_addr, "connection closed: every slot of its service is taken");
+            return Err(Full::Service);
+        };
+        Ok(Session { _port: port, _service: service })
     }
 
-    /// A gate for a connection that did not come through a port (tests, and services
-    /// driven directly): authenticating always finds a place.
-    pub fn unlimited() -> Self {
-        Self { ticket: None, sessions: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)), stats: Arc::default() }
-    }
 }
 
 /// Limits of a [`PortServer`].

@@ -176,11 +176,7 @@ impl crate::port::Service for PeerService {
                         tracing::debug!(%peer_addr, peer = %peer.short(), "forwarded docker api connection refused: not a registered node");
                         return;
                     }
-                    let Some(_session) = gate.authenticated(peer_addr) else { return };
-                    let Ok(_slot) = slots.try_acquire_owned() else {
-                        tracing::debug!(%peer_addr, "forwarded docker api connection refused: busy");
-                        return;
-                    };
+                    let Ok(_session) = gate.authenticated(peer_addr, &slots) else { return };
                     tracing::debug!(%peer_addr, peer = %peer.short(), "forwarded docker api connection");
                     super::serve_connection(stream, api).await;
                 }

@@ -40,11 +40,7 @@ impl crate::port::Service for ImageService {
                 }
             };
             // Places only for peers that proved who they are.
-            let Some(_session) = gate.authenticated(peer_addr) else { return };
-            let Ok(_slot) = slots.try_acquire_owned() else {
-                tracing::debug!(%peer_addr, "image connection refused: busy");
-                return;
-            };
+            let Ok(_session) = gate.authenticated(peer_addr, &slots) else { return };
             if let Err(e) = serve_one(&mut stream, store.as_ref()).await {
                 tracing::debug!(%peer_addr, %peer, error = %e, "image request ended with an error");
             }

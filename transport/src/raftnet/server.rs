@@ -74,10 +74,7 @@ pub trait RaftRpc: Send + Sync + 'static {
     /// empty while it knows none. What [`super::authz::check`] checks requests against.
     fn voters(&self) -> BTreeSet<NodeId>;
     /// Voters and learners, for [`shoal_control::check_forward`].
-    fn membership(&self) -> shoal_control::MembershipView {
-        let voters = self.voters();
-        shoal_control::MembershipView { members: voters.clone(), voters }
-    }
+    fn membership(&self) -> shoal_control::MembershipView;
 }
 
 impl<SM> RaftRpc for ShoalRaft<SM>
@@ -265,11 +262,14 @@ async fn serve_connection(
     };
     // Places are taken only now that the peer proved who it is: strangers cannot hold
     // the port's sessions nor this service's slots.
-    let Some(_session) = gate.authenticated(peer_addr) else { return };
-    let Ok(_slot) = slots.try_acquire_owned() else {
-        NetStats::bump(&stats.over_capacity);
-        tracing::debug!(%peer_addr, %peer, "raft connection refused: connection cap reached");
-        return;
+    let _session = match gate.authenticated(peer_addr, &slots) {
+        Ok(session) => session,
+        Err(full) => {
+            if full == crate::port::Full::Service {
+                NetStats::bump(&stats.over_capacity);
+            }
+            return;
+        }
     };
     tracing::debug!(%peer_addr, %peer, "raft connection authenticated");
     match serve_frames(stream, peer, raft, &config, &stats).await {
