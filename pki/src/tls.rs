@@ -408,6 +408,13 @@ pub fn peer_node_id(conn: &CommonState) -> Result<NodeId, TlsError> {
     node_id_of_cert(cert).map_err(|e| TlsError::PeerIdentity(e.to_string()))
 }
 
+/// The role the peer's verified certificate grants (`None`: the certificate names none, or
+/// the connection has none). A role decides what the peer may ask, not who it is.
+pub fn peer_role(conn: &CommonState) -> Option<super::NodeRole> {
+    let cert = conn.peer_certificates().and_then(|certs| certs.first())?;
+    super::CertInfo::parse(cert).ok().and_then(|info| info.role)
+}
+
 /// A node's mutual-TLS endpoint: accepts and opens connections to other nodes.
 #[derive(Clone)]
 pub struct MutualTls {

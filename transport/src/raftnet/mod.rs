@@ -80,7 +80,8 @@ pub struct NetStats {
     /// Server: open connections closed because their peer was revoked since its handshake.
     pub revoked: AtomicU64,
     /// Server: connections closed for a request its peer may not send (`authz`: speaking
-    /// as another node, or running for leader without being a voter).
+    /// as another node, running for leader without being a voter, or leading over a
+    /// certificate that is not a manager's).
     pub refused: AtomicU64,
     /// Requests answered (server) or RPCs that got an answer (client).
     pub rpcs_ok: AtomicU64,

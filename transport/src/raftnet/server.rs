@@ -271,10 +271,12 @@ async fn serve_connection(
             return;
         }
     };
-    tracing::debug!(%peer_addr, %peer, "raft connection authenticated");
+    let role = crate::pki::tls::peer_role(stream.get_ref().1);
+    tracing::debug!(%peer_addr, %peer, ?role, "raft connection authenticated");
+    let peer = super::authz::Peer { id: peer, role };
     match serve_frames(stream, peer, raft, &config, &stats).await {
-        Ok(()) => tracing::debug!(%peer_addr, %peer, "raft connection closed by the peer"),
-        Err(e) => tracing::debug!(%peer_addr, %peer, error = %e, "raft connection closed"),
+        Ok(()) => tracing::debug!(%peer_addr, peer = %peer.id, "raft connection closed by the peer"),
+        Err(e) => tracing::debug!(%peer_addr, peer = %peer.id, error = %e, "raft connection closed"),
     }
 }
 
@@ -306,7 +308,7 @@ fn count(stats: &NetStats, e: &Closed) {
 /// Reads requests and answers them until the peer closes, a frame is bad, or writing fails.
 async fn serve_frames<S>(
     stream: S,
-    peer: NodeId,
+    authenticated: super::authz::Peer,
     raft: Arc<dyn RaftRpc>,
     config: &ServerConfig,
     stats: &Arc<NetStats>,
@@ -314,6 +316,7 @@ async fn serve_frames<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = authenticated.id;
     let (mut reader, mut writer) = tokio::io::split(stream);
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let (answers, mut outbox) = mpsc::channel::<Vec<u8>>(config.max_in_flight.max(1));
@@ -349,7 +352,7 @@ where
         if config.revoked.as_ref().is_some_and(|r| r.contains(&peer)) {
             break Err(Closed::Revoked);
         }
-        if let Err(refusal) = super::authz::check(peer, &request, &raft.voters()) {
+        if let Err(refusal) = super::authz::check(authenticated, &request, &raft.voters()) {
             tracing::warn!(%peer, "raft request refused, closing the connection: {refusal}");
             break Err(refusal.into());
         }

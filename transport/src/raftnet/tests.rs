@@ -389,6 +389,55 @@ async fn a_non_voter_cannot_run_for_leader_nor_speak_as_another_node() {
     .await;
 }
 
+/// Entries claiming `term` from `from`, appending nothing.
+fn entries_from(from: RaftNodeId, term: u64) -> shoal_consensus::openraft::raft::AppendEntriesRequest<TypeConfig> {
+    shoal_consensus::openraft::raft::AppendEntriesRequest {
+        vote: Vote::new_committed(term, from),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workers_certificate_cannot_lead_and_a_managers_is_heard() {
+    bounded(async {
+        let ca = Ca::live(7);
+        let (nodes, _) = start_cluster(&ca).await;
+        let target = &nodes[2];
+        let term_before = target.raft.metrics().borrow_watched().current_term;
+        let leader_before = leader_of(&nodes, None).await.id;
+        let before = target.server.stats();
+        // A worker's certificate, speaking as itself, claims a far higher term as leader.
+        let (key, cert) = ca.join(shoal_pki::NodeRole::Worker, std::time::SystemTime::now());
+        let (worker, worker_id, _) = outsider(ca.ca_der(), cert, &key);
+        let mut client = worker.clone().new_client(target.id, &ShoalNode::new("t", target.addr)).await;
+        let refused = client.append_entries(entries_from(worker_id, 1_000), rpc_option()).await;
+        assert!(matches!(refused, Err(RPCError::Unreachable(_))), "{refused:?}");
+        eventually(|| target.server.stats().refused > before.refused).await;
+        assert_eq!(target.server.stats().refused, before.refused + 1, "the refusal is counted");
+        assert_eq!(target.server.stats().handshakes_failed, before.handshakes_failed, "refused by role, not by TLS");
+        // The follower never saw the term: openraft was not asked.
+        let metrics = target.raft.metrics().borrow_watched().clone();
+        assert!(metrics.current_term < 1_000, "term {} taken from a worker", metrics.current_term);
+        assert_eq!(metrics.current_term, term_before, "the term did not move");
+        // A manager's certificate that is not (yet) a voter is heard, as a leader just
+        // promoted would be: openraft answers it (and rejects its stale term itself).
+        let (key, cert) = ca.issue();
+        let (manager, manager_id, _) = outsider(ca.ca_der(), cert, &key);
+        let mut client = manager.clone().new_client(target.id, &ShoalNode::new("t", target.addr)).await;
+        let answered = client.append_entries(entries_from(manager_id, 0), rpc_option()).await;
+        assert!(answered.is_ok(), "a manager's entries reach openraft: {answered:?}");
+        assert_eq!(target.server.stats().refused, before.refused + 1, "nothing more refused");
+        // The cluster did not notice: same leader, writes commit everywhere.
+        let leader = leader_of(&nodes, None).await;
+        assert_eq!(leader.id, leader_before, "leadership did not move");
+        write_everywhere(&nodes, leader, 7).await;
+        shutdown(nodes).await;
+    })
+    .await;
+}
+
 /// Opens an authenticated connection to `target`, writes `bytes` (then closes the sending
 /// side if `close`), and checks that the server closes the connection without answering.
 async fn send_bad(tls: &MutualTls, target: &Node, bytes: &[u8], close: bool) {
