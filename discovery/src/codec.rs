@@ -67,11 +67,21 @@ impl foca::Codec<ShoalId> for WireCodec {
 /// contended, it only exists because foca gives no access to its handler.
 pub type FactsTable = Arc<Mutex<BTreeMap<NodeId, NodeFacts>>>;
 
-/// Stores facts if they are newer than what is known. Returns whether they were.
+/// Most nodes whose facts one node keeps (far above the small clusters shoal is for). Facts
+/// of a new node id past it are dropped, so a key holder inventing ids cannot grow the table
+/// without bound; it can still fill it (signed facts are what would stop that).
+pub const MAX_FACTS_NODES: usize = 1024;
+
+/// Stores facts if they are newer than what is known (and, for a node not known yet, if the
+/// table has room). Returns whether they were.
 pub fn store_if_newer(table: &FactsTable, facts: NodeFacts) -> bool {
     let mut map = table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     match map.get(&facts.node) {
         Some(known) if known.seq >= facts.seq => false,
+        None if map.len() >= MAX_FACTS_NODES => {
+            tracing::debug!(node = %facts.node.short(), "facts table full: facts of a new node dropped");
+            false
+        }
         _ => {
             map.insert(facts.node, facts);
             true
@@ -111,5 +121,44 @@ impl BroadcastHandler<ShoalId> for FactsHandler {
         }
         let key = FactsKey { node: facts.node, seq: facts.seq };
         Ok(store_if_newer(&self.table, facts).then_some(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(n: u32, seq: u64) -> NodeFacts {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&n.to_be_bytes());
+        NodeFacts {
+            node: NodeId(id),
+            seq,
+            name: format!("n{n}"),
+            gossip_addr: "10.0.0.1:7480".parse().expect("addr"),
+            labels: Default::default(),
+            version: "t".into(),
+            boot: 1,
+            left: false,
+            in_cluster: false,
+            resources: Default::default(),
+        }
+    }
+
+    #[test]
+    fn newer_facts_replace_older_and_the_table_holds_a_bounded_number_of_nodes() {
+        let table: FactsTable = Arc::new(Mutex::new(BTreeMap::new()));
+        assert!(store_if_newer(&table, facts(0, 5)));
+        assert!(!store_if_newer(&table, facts(0, 5)), "the same seq is not news");
+        assert!(!store_if_newer(&table, facts(0, 4)), "an older seq is not news");
+        for n in 1..u32::try_from(MAX_FACTS_NODES).expect("fits") {
+            assert!(store_if_newer(&table, facts(n, 1)));
+        }
+        // Full: a key holder inventing node ids gets nothing more in ...
+        assert!(!store_if_newer(&table, facts(u32::MAX, 1)));
+        assert_eq!(table.lock().expect("lock").len(), MAX_FACTS_NODES);
+        // ... while the nodes already known keep being updated.
+        assert!(store_if_newer(&table, facts(0, 6)));
+        assert_eq!(table.lock().expect("lock").get(&facts(0, 0).node).map(|f| f.seq), Some(6));
     }
 }
