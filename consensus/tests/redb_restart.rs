@@ -260,3 +260,64 @@ async fn a_new_store_holds_nothing_and_a_vote_or_an_entry_is_something() {
     })
     .await;
 }
+
+/// A log of three voters (1, 2, 3) with two commands after the membership.
+fn three_voter_log() -> Vec<Entry> {
+    let nodes: BTreeMap<RaftNodeId, ShoalNode> = (1..=3)
+        .map(|n| (id(n), ShoalNode::new(format!("pi-{n}"), ([10, 0, 0, n], 7481).into())))
+        .collect();
+    let membership = Membership::new(vec![nodes.keys().copied().collect()], nodes).expect("membership");
+    vec![
+        Entry::new_membership(log_id(1), membership),
+        Entry::new_normal(log_id(2), register(1)),
+        Entry::new_normal(log_id(3), register(2)),
+    ]
+}
+
+/// `shoal recover`'s store half: the survivor's log gets, right after its last entry, a
+/// membership with it as the only voter and a revocation of each lost voter; nothing it had
+/// is touched. It works from the log or, when the log was purged, from the snapshot, and
+/// refuses a store with nothing in it, a node that is not a voter, and a second recovery.
+#[tokio::test]
+async fn recovery_makes_the_survivor_the_sole_voter_after_its_last_entry() {
+    with_seed(6, async {
+        use shoal_consensus::openraft::EntryPayload;
+        use shoal_consensus::store::recover::RecoverError;
+        for purged in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = RedbStore::open(dir.path()).expect("open");
+            let (mut log, mut sm) = store.open_raft_storage();
+            log.append(three_voter_log(), IOFlushed::noop()).await.expect("append");
+            if purged {
+                // Compacted: the membership is only in the snapshot.
+                apply(&mut sm, &three_voter_log()).await;
+                sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot");
+                log.purge(log_id(3)).await.expect("purge");
+                assert!(log.get_log_reader().await.try_get_log_entries(..).await.expect("read").is_empty());
+            }
+            let before = log.get_log_reader().await.try_get_log_entries(..).await.expect("read");
+            let recovery = store.recover_as_sole_voter(id(1)).expect("recover");
+            assert_eq!(recovery.index, 4, "right after the last entry (purged: {purged})");
+            assert_eq!(recovery.dropped, vec![id(2), id(3)]);
+            let after = log.get_log_reader().await.try_get_log_entries(..).await.expect("read");
+            assert_eq!(&after[..before.len()], &before[..], "what the survivor had is untouched");
+            let added = &after[before.len()..];
+            assert_eq!(added.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![4, 5, 6]);
+            let EntryPayload::Membership(m) = &added[0].payload else { panic!("a membership first: {:?}", added[0]) };
+            assert_eq!(m.voter_ids().collect::<Vec<_>>(), vec![id(1)]);
+            assert!(matches!(&added[1].payload, EntryPayload::Normal(Command::Revoke { node }) if *node == id(2).node_id()));
+            assert!(matches!(&added[2].payload, EntryPayload::Normal(Command::Revoke { node }) if *node == id(3).node_id()));
+            // Once alone, there is nothing more to recover.
+            assert!(matches!(store.recover_as_sole_voter(id(1)), Err(RecoverError::AlreadyAlone { .. })));
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(dir.path()).expect("open");
+        assert!(matches!(store.recover_as_sole_voter(id(1)), Err(RecoverError::Empty)));
+        let (mut log, _) = store.open_raft_storage();
+        log.append(three_voter_log(), IOFlushed::noop()).await.expect("append");
+        let refused = store.recover_as_sole_voter(id(9)).expect_err("not a voter");
+        assert!(matches!(refused, RecoverError::NotAVoter { .. }), "{refused}");
+        println!("recovering a node that is not a voter: {refused}");
+    })
+    .await;
+}

@@ -12,6 +12,7 @@ pub mod images;
 pub mod output;
 pub use shoal_pki as pki;
 pub use shoal_transport::{frame, joinnet, netutil, port, raftnet};
+pub mod recover;
 pub mod remote;
 pub mod services;
 pub mod simcmd;

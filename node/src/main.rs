@@ -71,6 +71,17 @@ enum Command {
         #[arg(long, value_name = "HOST[:PORT]")]
         node: String,
     },
+    /// Bring a cluster back after most of its managers are lost for good: makes this
+    /// (stopped) node the only voter, from its own Raft log, and revokes the other voters.
+    /// Without --yes it only explains what it would do.
+    Recover {
+        /// Data dir of the surviving manager (its agent must be stopped).
+        #[arg(long, env = "SHOAL_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Do it: the lost managers will not come back (see the explanation without --yes).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Run the deterministic simulator: many nodes, injected faults, invariant checks.
     Sim(simcmd::SimArgs),
 }
@@ -391,6 +402,15 @@ fn run(cli: Cli) -> Result<()> {
             let (host, port) = shoal_node::remote::parse_node_addr(&node, config::DEFAULT_GOSSIP_PORT)?;
             let invocation = format!("shoal env --cert-dir {} --node {node}", dir.display());
             shoal_node::out!("{}", shoal_node::remote::env_script(&host, port, &dir, &invocation));
+            Ok(())
+        }
+        Command::Recover { data_dir, yes } => {
+            if !yes {
+                eprintln!("{}", shoal_node::recover::WARNING);
+                anyhow::bail!("nothing done: run `shoal recover --yes` to recover");
+            }
+            let data_dir = data_dir.unwrap_or_else(identity::default_data_dir);
+            shoal_node::outln!("{}", shoal_node::recover::run(&data_dir)?);
             Ok(())
         }
         Command::Image { command } => image_command(command),

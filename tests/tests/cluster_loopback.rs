@@ -306,6 +306,65 @@ fn a_node_whose_raft_store_is_lost_refuses_to_start_and_its_advice_brings_it_bac
     label_ok(&c, 0, &new_id, "after-lost-log", "ok");
 }
 
+/// Issue 13's `shoal recover`: three managers, two destroyed for good (killed, data dirs
+/// gone), so no leader can be elected and nothing can be written. On the survivor, stopped:
+/// `shoal recover` without `--yes` explains and changes nothing; with it, the survivor
+/// becomes the only voter and the lost voters are revoked; once started it elects itself,
+/// takes writes again and still holds what the cluster agreed before.
+#[test]
+fn two_of_three_managers_lost_the_survivor_recovers_and_takes_writes_again() {
+    let (mut c, _) = three_voters("recover");
+    let survivor = c.node(0).self_id().unwrap_or_else(|e| panic!("{e}"));
+    label_ok(&c, 0, &survivor, "before", "kept");
+    let lost: Vec<String> = [1, 2].iter().map(|&i| c.node(i).self_id().unwrap_or_else(|e| panic!("{e}"))).collect();
+    for i in [1, 2] {
+        c.node_mut(i).kill();
+        let dir = c.node(i).data_dir.clone();
+        std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("destroying {}: {e}", dir.display()));
+    }
+    // Without a quorum the survivor can write nothing.
+    let stuck = c.node(0).shoal(&["node", "update", &survivor, "--label-add", "during=lost"], Duration::from_secs(10));
+    assert!(!matches!(&stuck, Ok(out) if out.status.success()), "a write went through without a quorum\n{}", c.report());
+    c.node_mut(0).kill();
+    let dir = c.node(0).data_dir.clone();
+    let recover = |yes: bool| {
+        let mut cmd = std::process::Command::new(shoal_tests::shoal_bin());
+        cmd.arg("recover").arg("--data-dir").arg(&dir);
+        if yes {
+            cmd.arg("--yes");
+        }
+        shoal_tests::run(&mut cmd, Duration::from_secs(30)).unwrap_or_else(|e| panic!("shoal recover: {e}"))
+    };
+    let asked = recover(false);
+    let said = asked.stderr.clone();
+    assert!(!asked.status.success() && said.contains("--yes") && said.contains("only voter"), "without --yes: {said}");
+    let done = recover(true);
+    let report = done.stdout.clone();
+    assert!(done.status.success(), "shoal recover --yes failed: {}", done.stderr);
+    assert!(report.contains("now the only voter"), "{report}");
+    for id in &lost {
+        assert!(report.contains(&id[..8]), "the report does not name lost voter {id}: {report}");
+    }
+    println!("shoal recover: {}", report.lines().next().unwrap_or("").trim());
+    let again = recover(true);
+    assert!(!again.status.success(), "a second recovery went through");
+    assert!(again.stderr.contains("already is the only voter"));
+    let started = Instant::now();
+    c.node_mut(0).start();
+    c.wait_until(Duration::from_secs(60), "the survivor leads alone", || {
+        statuses(&c, &[0]).is_some_and(|s| s[0].role == "leader" && s[0].voters.len() == 1 && s[0].voters[0].id == survivor)
+    });
+    label_ok(&c, 0, &survivor, "after", "recovered");
+    println!("recovered survivor: leader and a write {:.1} s after its start", started.elapsed().as_secs_f64());
+    let nodes = c.node(0).node_ls().unwrap_or_else(|e| panic!("{e}"));
+    let me = nodes.iter().find(|n| n.id == survivor).unwrap_or_else(|| panic!("the survivor is not listed: {nodes:?}"));
+    assert_eq!(me.labels.get("before").map(String::as_str), Some("kept"), "what was agreed before is kept: {me:?}");
+    assert_eq!(me.labels.get("after").map(String::as_str), Some("recovered"));
+    for id in &lost {
+        assert!(nodes.iter().all(|n| &n.id != id || n.revoked), "lost voter {id} is not revoked: {nodes:?}");
+    }
+}
+
 /// Issue 13's pinned tokens: `shoal token show` prints the cluster's token pinned to its CA
 /// (`shoal2-<CA digest>-<secret>`); a node started with it joins; a node with the same
 /// secret but another CA digest refuses every answer (it holds the secret, but is not that

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use openraft::storage::IOFlushed;
 use openraft::storage::LogState;
 use openraft::storage::RaftLogStorage;
+use openraft::EntryPayload;
 use openraft::OptionalSend;
 use openraft::RaftLogReader;
 use redb::Database;
@@ -38,8 +39,12 @@ use crate::codec::MAX_META_BYTES;
 use crate::codec::MAX_STORED_SNAPSHOT_BYTES;
 use crate::store::SnapshotStore;
 use crate::store::StateMachineStore;
+use crate::store::recover;
+use crate::store::recover::RecoverError;
+use crate::store::recover::Recovery;
 use crate::types::Entry;
 use crate::types::LogId;
+use crate::types::RaftNodeId;
 use crate::types::TypeConfig;
 use crate::types::Vote;
 
@@ -178,6 +183,42 @@ impl RedbStore {
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(true),
             Err(e) => Err(db_err(e)),
         }
+    }
+
+    /// Makes `me` the sole voter of this store's log (`shoal recover`, with the node
+    /// stopped; see [`crate::store::recover`]): appends the entries [`recover::plan`] gives
+    /// after the last log id, in one synced transaction.
+    pub fn recover_as_sole_voter(&self, me: RaftNodeId) -> Result<Recovery, RecoverError> {
+        let snapshot = SnapshotStore::load(&self.snapshots())?;
+        let purged: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let (mut last, mut membership) = (None::<LogId>, None);
+        {
+            let table = txn.open_table(LOG).map_err(db_err)?;
+            for item in table.iter().map_err(db_err)?.rev() {
+                let (index, bytes) = item.map_err(db_err)?;
+                let entry = decode_entry(index.value(), bytes.value())?;
+                last = last.or(Some(entry.log_id));
+                if let EntryPayload::Membership(m) = entry.payload {
+                    membership = Some(m);
+                    break;
+                }
+            }
+        }
+        let from_snapshot = snapshot.as_ref().map(|s| (s.meta.last_log_id, s.meta.last_membership.membership().clone()));
+        let last = [last, purged, from_snapshot.as_ref().and_then(|(id, _)| *id)].into_iter().flatten().max();
+        let membership = membership.or(from_snapshot.map(|(_, m)| m));
+        let (Some(last), Some(membership)) = (last, membership) else { return Err(RecoverError::Empty) };
+        let (entries, recovery) = recover::plan(me, last, &membership)?;
+        {
+            let mut table = txn.open_table(LOG).map_err(db_err)?;
+            for entry in &entries {
+                let bytes = codec::encode::<_, MAX_ENTRY_BYTES>(entry).map_err(io::Error::from)?;
+                table.insert(entry.log_id.index, bytes.as_slice()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(recovery)
     }
 
     /// Reads one value of a `&str`-keyed table; a missing table reads as empty.

@@ -12,6 +12,7 @@
 
 pub mod disk;
 pub mod mem;
+pub mod recover;
 
 use std::io;
 use std::sync::Arc;
