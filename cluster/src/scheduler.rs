@@ -207,7 +207,6 @@ impl Default for SchedulerConfig {
 #[derive(Default)]
 struct Load {
     tasks: u64,
-    per_service: BTreeMap<String, u64>,
     cpu_millis: u64,
     memory_bytes: u64,
     /// Host ports held by the tasks kept or placed on the node so far in this pass.
@@ -263,6 +262,21 @@ fn static_reject(node: &NodeView, service: &ServiceView) -> Option<Reject> {
     service.constraints.iter().find(|c| !c.matches(node)).map(|c| Reject::Constraint(c.to_string()))
 }
 
+/// Whether `node`, carrying `load`, has room for one more task of `svc`: its host ports
+/// free, and the CPU and memory the service reserves.
+fn fits(load: &Load, node: &NodeView, svc: &ServiceView) -> Result<(), Reject> {
+    if let Some(p) = load.port_taken(svc) {
+        return Err(Reject::Port(p));
+    }
+    if svc.reserve_cpu_millis > 0 && load.cpu_millis + svc.reserve_cpu_millis > node.cpu_millis {
+        return Err(Reject::Cpu);
+    }
+    if svc.reserve_memory_bytes > 0 && load.memory_bytes + svc.reserve_memory_bytes > node.memory_bytes {
+        return Err(Reject::Memory);
+    }
+    Ok(())
+}
+
 fn gone_for(node: Option<&NodeView>, svc: &ServiceView, now_ms: u64, cfg: &SchedulerConfig) -> Option<ShutdownReason> {
     match node {
         None => Some(ShutdownReason::NodeGone),
@@ -284,36 +298,46 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
     let node_by_id: BTreeMap<NodeId, &NodeView> = nodes.iter().map(|n| (n.id, n)).collect();
     let service_by_name: BTreeMap<&str, &ServiceView> = services.iter().map(|s| (s.name.as_str(), s)).collect();
 
-    // Tasks grouped by service then slot; orphaned services are shut down right away.
-    let mut by_service: BTreeMap<&str, BTreeMap<Slot, Vec<&TaskView>>> = BTreeMap::new();
+    // Tasks grouped by service then slot (one sort; each slot's tasks by id); tasks of a
+    // service that no longer exists are shut down right away, in id order.
     let mut ordered: Vec<&TaskView> = tasks.iter().collect();
-    ordered.sort_by_key(|t| t.id);
-    for t in ordered {
-        if service_by_name.contains_key(t.service.as_str()) {
-            by_service.entry(t.service.as_str()).or_default().entry(t.slot).or_default().push(t);
+    // Unstable is exact here: the id makes every key unique.
+    ordered.sort_unstable_by(|a, b| (a.service.as_str(), a.slot, a.id).cmp(&(b.service.as_str(), b.slot, b.id)));
+    let mut orphans: Vec<TaskId> = Vec::new();
+    let mut by_service: BTreeMap<&str, Vec<(Slot, &[&TaskView])>> = BTreeMap::new();
+    for live in ordered.chunk_by(|a, b| a.service == b.service && a.slot == b.slot) {
+        let first = live[0];
+        if service_by_name.contains_key(first.service.as_str()) {
+            by_service.entry(first.service.as_str()).or_default().push((first.slot, live));
         } else {
-            out.push(Decision::Shutdown { task: t.id, reason: ShutdownReason::ServiceRemoved });
+            orphans.extend(live.iter().map(|t| t.id));
         }
     }
+    orphans.sort_unstable();
+    out.extend(orphans.into_iter().map(|task| Decision::Shutdown { task, reason: ShutdownReason::ServiceRemoved }));
 
     // Current load of every node from the tasks that stay (and, per node, the host ports
-    // they hold: built once per pass, so a candidate check is a few set lookups).
-    let mut load: BTreeMap<NodeId, Load> = nodes.iter().map(|n| (n.id, Load::default())).collect();
-    let add_load = |load: &mut BTreeMap<NodeId, Load>, node: NodeId, svc: &ServiceView| {
-        if let Some(l) = load.get_mut(&node) {
+    // they hold: built once per pass, so a candidate check is a few set lookups). Indexed
+    // like `nodes`, so the placement scan reads arrays, not maps.
+    let pos: BTreeMap<NodeId, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id, i)).collect();
+    let mut load: Vec<Load> = nodes.iter().map(|_| Load::default()).collect();
+    // Per service (by its index in `services`): the nodes (indices) of its tasks so far.
+    let mut on_nodes: Vec<Vec<usize>> = vec![Vec::new(); services.len()];
+    let add_load = |load: &mut Vec<Load>, on_nodes: &mut Vec<Vec<usize>>, si: usize, node: NodeId, svc: &ServiceView| {
+        if let Some((i, l)) = pos.get(&node).and_then(|&i| Some((i, load.get_mut(i)?))) {
             l.tasks += 1;
-            *l.per_service.entry(svc.name.clone()).or_insert(0) += 1;
+            on_nodes[si].push(i);
             l.cpu_millis += svc.reserve_cpu_millis;
             l.memory_bytes += svc.reserve_memory_bytes;
             l.ports.extend(svc.host_ports.iter().copied());
         }
     };
-    let port_taken = |load: &BTreeMap<NodeId, Load>, node: NodeId, svc: &ServiceView| load.get(&node).and_then(|l| l.port_taken(svc));
+    let port_taken = |load: &[Load], node: NodeId, svc: &ServiceView| pos.get(&node).and_then(|&i| load[i].port_taken(svc));
 
     // First pass: decide which existing tasks stay, so the load is known before placing.
     let mut groups: BTreeMap<String, NodeId> = BTreeMap::new();
-    let mut missing: Vec<(&ServiceView, Slot)> = Vec::new();
-    for svc in services {
+    let mut missing: Vec<(usize, &ServiceView, Slot)> = Vec::new();
+    for (si, svc) in services.iter().enumerate() {
         let slots = by_service.remove(svc.name.as_str()).unwrap_or_default();
         let wanted: Vec<Slot> = match svc.mode {
             Mode::Replicated(n) => (1..=n).map(Slot::Index).collect(),
@@ -323,9 +347,17 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
                 .map(|n| Slot::Node(n.id))
                 .collect(),
         };
-        let wanted_set: std::collections::BTreeSet<Slot> = wanted.iter().copied().collect();
-        for (slot, live) in &slots {
-            if !wanted_set.contains(slot) {
+        let wanted_set: BTreeSet<Slot> = match svc.mode {
+            Mode::Replicated(_) => BTreeSet::new(),
+            Mode::Global => wanted.iter().copied().collect(),
+        };
+        let is_wanted = |slot: &Slot| match (svc.mode, slot) {
+            (Mode::Replicated(n), Slot::Index(k)) => (1..=n).contains(k),
+            (Mode::Replicated(_), Slot::Node(_)) => false,
+            (Mode::Global, _) => wanted_set.contains(slot),
+        };
+        for &(slot, live) in &slots {
+            if !is_wanted(&slot) {
                 let reason = match slot {
                     Slot::Index(_) => ShutdownReason::ScaledDown,
                     Slot::Node(_) => match svc.mode {
@@ -338,7 +370,7 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
                     && live.iter().all(|t| node_by_id.get(&t.node).is_some_and(|n| matches!(n.health, Health::Suspect | Health::Down { .. } | Health::Left { .. })) && gone_for(node_by_id.get(&t.node).copied(), svc, now_ms, cfg).is_none());
                 if keep_in_grace {
                     for t in live {
-                        add_load(&mut load, t.node, svc);
+                        add_load(&mut load, &mut on_nodes, si, t.node, svc);
                         note_group(&mut groups, svc, t.node);
                     }
                     continue;
@@ -349,7 +381,7 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
             }
         }
         for slot in wanted {
-            let live = slots.get(&slot).map(Vec::as_slice).unwrap_or(&[]);
+            let live: &[&TaskView] = slots.binary_search_by_key(&slot, |(s, _)| *s).map_or(&[], |k| slots[k].1);
             let mut kept = false;
             for t in live {
                 if let Some(reason) = gone_for(node_by_id.get(&t.node).copied(), svc, now_ms, cfg) {
@@ -360,58 +392,68 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
                     out.push(Decision::Shutdown { task: t.id, reason: ShutdownReason::PortConflict });
                 } else {
                     kept = true;
-                    add_load(&mut load, t.node, svc);
+                    add_load(&mut load, &mut on_nodes, si, t.node, svc);
                     note_group(&mut groups, svc, t.node);
                 }
             }
             if !kept {
-                missing.push((svc, slot));
+                missing.push((si, svc, slot));
             }
         }
     }
 
-    // Second pass: place every missing slot.
-    let mut eligible_cache: BTreeMap<&str, Vec<(NodeId, Option<Reject>)>> = BTreeMap::new();
-    for (svc, slot) in missing {
-        let statics = eligible_cache
-            .entry(svc.name.as_str())
-            .or_insert_with(|| nodes.iter().map(|n| (n.id, static_reject(n, svc))).collect());
-        let mut best: Option<((u64, u64, NodeId), NodeId)> = None;
-        let mut rejects: BTreeMap<Reject, u64> = BTreeMap::new();
+    // Second pass: place every missing slot. Missing slots come service by service: the
+    // static checks and the service's task count per node are computed once per service,
+    // and a candidate costs a few array reads. Why nodes were refused is only counted when
+    // none fits (a pending slot), by a second look at the same candidates.
+    let mut current: Option<(&ServiceView, Vec<Option<Reject>>, Vec<u64>)> = None;
+    for (si, svc, slot) in missing {
+        if current.as_ref().is_none_or(|(s, ..)| !std::ptr::eq(*s, svc)) {
+            let statics = nodes.iter().map(|n| static_reject(n, svc)).collect();
+            let mut counts = vec![0u64; nodes.len()];
+            on_nodes[si].iter().for_each(|&i| counts[i] += 1);
+            current = Some((svc, statics, counts));
+        }
+        let Some((_, statics, counts)) = current.as_mut() else { continue };
         let pin = group_pin(&groups, svc);
-        for (id, reject) in statics.iter() {
-            let candidate_ok = match slot {
-                Slot::Node(target) => *id == target,
-                Slot::Index(_) => pin.is_none_or(|p| p == *id),
-            };
-            if !candidate_ok {
+        let only = match slot {
+            Slot::Node(target) => Some(target),
+            Slot::Index(_) => pin,
+        };
+        let candidates = match only {
+            Some(id) => pos.get(&id).map_or(0..0, |&i| i..i + 1),
+            None => 0..nodes.len(),
+        };
+        let mut best: Option<((u64, u64, NodeId), usize)> = None;
+        for i in candidates.clone() {
+            if statics[i].is_some() || fits(&load[i], &nodes[i], svc).is_err() {
                 continue;
             }
-            if let Some(r) = reject {
-                *rejects.entry(r.clone()).or_insert(0) += 1;
-                continue;
-            }
-            let (Some(l), Some(n)) = (load.get(id), node_by_id.get(id)) else { continue };
-            if let Some(p) = l.port_taken(svc) {
-                *rejects.entry(Reject::Port(p)).or_insert(0) += 1;
-                continue;
-            }
-            if l.cpu_millis + svc.reserve_cpu_millis > n.cpu_millis && svc.reserve_cpu_millis > 0 {
-                *rejects.entry(Reject::Cpu).or_insert(0) += 1;
-                continue;
-            }
-            if l.memory_bytes + svc.reserve_memory_bytes > n.memory_bytes && svc.reserve_memory_bytes > 0 {
-                *rejects.entry(Reject::Memory).or_insert(0) += 1;
-                continue;
-            }
-            let key = (l.per_service.get(&svc.name).copied().unwrap_or(0), l.tasks, *id);
+            let key = (counts[i], load[i].tasks, nodes[i].id);
             if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                best = Some((key, *id));
+                best = Some((key, i));
+            }
+        }
+        let best = best.map(|(_, i)| {
+            counts[i] += 1;
+            nodes[i].id
+        });
+        let mut rejects: BTreeMap<Reject, u64> = BTreeMap::new();
+        if best.is_none() {
+            for i in candidates {
+                let reject = match &statics[i] {
+                    Some(r) => r.clone(),
+                    None => match fits(&load[i], &nodes[i], svc) {
+                        Err(r) => r,
+                        Ok(()) => continue,
+                    },
+                };
+                *rejects.entry(reject).or_insert(0) += 1;
             }
         }
         match best {
-            Some((_, node)) => {
-                add_load(&mut load, node, svc);
+            Some(node) => {
+                add_load(&mut load, &mut on_nodes, si, node, svc);
                 note_group(&mut groups, svc, node);
                 out.push(Decision::Place { service: svc.name.clone(), slot, node });
             }
