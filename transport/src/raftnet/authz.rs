@@ -75,6 +75,27 @@ pub fn check(peer: Peer, request: &Request, voters: &BTreeSet<NodeId>) -> Result
     }
 }
 
+/// Which (peer, kind of refusal) pairs were already logged, so a peer retrying a refused
+/// request (openraft retries with backoff) is logged once at `warn` and afterwards only
+/// counted. Bounded: past [`FirstRefusals::CAP`] pairs, nothing more is remembered and every
+/// refusal is treated as already logged (an insider cycling through ids cannot grow it).
+#[derive(Debug, Default)]
+pub struct FirstRefusals {
+    seen: BTreeSet<(NodeId, &'static str)>,
+}
+
+impl FirstRefusals {
+    pub const CAP: usize = 256;
+
+    /// Whether this is the first refusal of `what` for `peer` (and remembers it).
+    pub fn first(&mut self, peer: NodeId, what: &'static str) -> bool {
+        if self.seen.len() >= Self::CAP {
+            return false;
+        }
+        self.seen.insert((peer, what))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +181,22 @@ mod tests {
         assert_eq!(check(worker(2), &snapshot(2), &v), Ok(()));
         // A worker may still answer as itself in ways that lead nowhere: a forwarded write.
         assert_eq!(check(worker(9), &Request::Forward(shoal_consensus::Command::Revoke { node: id(1) }), &v), Ok(()));
+    }
+
+    #[test]
+    fn each_peer_and_kind_of_refusal_is_logged_once_within_a_bound() {
+        let mut logged = FirstRefusals::default();
+        assert!(logged.first(id(1), "append_entries"));
+        assert!(!logged.first(id(1), "append_entries"), "the retry is only counted");
+        assert!(logged.first(id(1), "vote"), "another kind is news");
+        assert!(logged.first(id(2), "append_entries"), "another peer is news");
+        for n in 0..FirstRefusals::CAP {
+            let mut bytes = [9u8; 16];
+            bytes[..8].copy_from_slice(&(n as u64).to_be_bytes());
+            logged.first(NodeId(bytes), "vote");
+        }
+        assert!(!logged.first(id(3), "vote"), "past the bound nothing more is remembered");
+        assert!(logged.seen.len() <= FirstRefusals::CAP);
     }
 
     #[test]

@@ -146,12 +146,14 @@ pub struct RaftService {
     stats: Arc<NetStats>,
     /// Connections served at once by this service (the port's cap is over all services).
     slots: Arc<Semaphore>,
+    /// Refusals already logged, per peer (later ones are only counted).
+    logged: Arc<std::sync::Mutex<super::authz::FirstRefusals>>,
 }
 
 impl RaftService {
     pub fn new(tls: MutualTls, raft: Arc<dyn RaftRpc>, config: ServerConfig) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
-        Arc::new(Self { tls, raft, config, stats: Arc::new(NetStats::default()), slots })
+        Arc::new(Self { tls, raft, config, stats: Arc::new(NetStats::default()), slots, logged: Default::default() })
     }
 
     pub fn stats(&self) -> NetStatsSnapshot {
@@ -163,7 +165,8 @@ impl crate::port::Service for RaftService {
     fn serve(&self, start: StartHandshake<TcpStream>, peer_addr: SocketAddr, gate: Gate) -> crate::port::BoxFuture<()> {
         NetStats::bump(&self.stats.connections);
         let (tls, raft, config, stats, slots) = (self.tls.clone(), self.raft.clone(), self.config.clone(), self.stats.clone(), self.slots.clone());
-        Box::pin(async move { serve_connection(start, peer_addr, gate, slots, tls, raft, config, stats).await })
+        let logged = self.logged.clone();
+        Box::pin(async move { serve_connection(start, peer_addr, gate, slots, tls, raft, config, stats, logged).await })
     }
 }
 
@@ -251,6 +254,7 @@ async fn serve_connection(
     raft: Arc<dyn RaftRpc>,
     config: ServerConfig,
     stats: Arc<NetStats>,
+    logged: Arc<std::sync::Mutex<super::authz::FirstRefusals>>,
 ) {
     let (stream, peer) = match tls.accept_started(start).await {
         Ok(accepted) => accepted,
@@ -274,7 +278,7 @@ async fn serve_connection(
     let role = crate::pki::tls::peer_role(stream.get_ref().1);
     tracing::debug!(%peer_addr, %peer, ?role, "raft connection authenticated");
     let peer = super::authz::Peer { id: peer, role };
-    match serve_frames(stream, peer, raft, &config, &stats).await {
+    match serve_frames(stream, peer, raft, &config, &stats, &logged).await {
         Ok(()) => tracing::debug!(%peer_addr, peer = %peer.id, "raft connection closed by the peer"),
         Err(e) => tracing::debug!(%peer_addr, peer = %peer.id, error = %e, "raft connection closed"),
     }
@@ -289,6 +293,11 @@ enum Closed {
     Revoked,
     #[error("refused: {0}")]
     Refused(#[from] super::authz::Refusal),
+}
+
+/// Whether `peer`'s refusal of `what` is the first one (so it is logged at `warn`).
+fn first_refusal(logged: &std::sync::Mutex<super::authz::FirstRefusals>, peer: NodeId, what: &'static str) -> bool {
+    logged.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).first(peer, what)
 }
 
 /// Counts why a connection is being closed.
@@ -312,6 +321,7 @@ async fn serve_frames<S>(
     raft: Arc<dyn RaftRpc>,
     config: &ServerConfig,
     stats: &Arc<NetStats>,
+    logged: &std::sync::Mutex<super::authz::FirstRefusals>,
 ) -> Result<(), Closed>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -353,7 +363,11 @@ where
             break Err(Closed::Revoked);
         }
         if let Err(refusal) = super::authz::check(authenticated, &request, &raft.voters()) {
-            tracing::warn!(%peer, "raft request refused, closing the connection: {refusal}");
+            if first_refusal(logged, peer, request.kind()) {
+                tracing::warn!(%peer, "raft request refused, closing the connection (logged once per peer and kind; `refused` counts them all): {refusal}");
+            } else {
+                tracing::debug!(%peer, "raft request refused again: {refusal}");
+            }
             break Err(refusal.into());
         }
         // A write this peer may not make is answered (the user behind it reads why); the
@@ -361,7 +375,11 @@ where
         if let Request::Forward(cmd) = &request {
             if let Err(refusal) = shoal_control::check_forward(peer, cmd, &raft.membership()) {
                 NetStats::bump(&stats.refused);
-                tracing::warn!(%peer, "forwarded write refused: {refusal}");
+                if first_refusal(logged, peer, "forward") {
+                    tracing::warn!(%peer, "forwarded write refused (logged once per peer; `refused` counts them all): {refusal}");
+                } else {
+                    tracing::debug!(%peer, "forwarded write refused again: {refusal}");
+                }
                 let response = Response::Forwarded(Err(ForwardRefused::NotAllowed(refusal.to_string())));
                 match frame::encode_frame(&ResponseFrame { id, response }) {
                     Ok(bytes) => {
