@@ -65,10 +65,11 @@ pub fn granted_role(voters: &BTreeSet<NodeId>, id: &NodeId, planted: Option<Plan
 }
 
 /// The record of a node that joins: its gossiped name (or one made from its id), its
-/// address (the node's one port: gossip over UDP, the rest over TCP) and its labels.
-pub fn joiner_record(id: &NodeId, member: &MemberView) -> NodeRecord {
+/// address (the node's one port: gossip over UDP, the rest over TCP; the one in its own
+/// signed facts) and its labels. `None` until the joiner's facts have arrived.
+pub fn joiner_record(id: &NodeId, member: &MemberView) -> Option<NodeRecord> {
     let name = member.name.clone().unwrap_or_else(|| format!("node-{}", id.short()));
-    NodeRecord { name, addr: member.addr, labels: member.labels.clone() }
+    Some(NodeRecord { name, addr: member.signed_addr?, labels: member.labels.clone() })
 }
 
 /// Answers `request`: refused for a revoked id or one gossip does not show (a member
@@ -79,10 +80,12 @@ pub fn answer_join(ctx: &JoinContext<'_>, request: &JoinRequest, now: SystemTime
         return Err(PkiError::Revoked(id).into());
     }
     let role = granted_role(ctx.voters, &id, ctx.planted);
-    let member = ctx.members.iter().find(|m| m.id == id);
+    // Only the joiner's own signed facts say where it is (SWIM's address is anyone's claim).
+    let member = ctx.members.iter().find(|m| m.id == id && m.signed_addr.is_some());
     let checked = match member {
         Some(m) => {
-            let grant = NodeGrant { role, addresses: vec![m.addr.ip()], names: m.name.as_deref().map(shoal_pki::node_names).unwrap_or_default() };
+            let addresses = m.signed_addr.iter().map(|a| a.ip()).collect();
+            let grant = NodeGrant { role, addresses, names: m.name.as_deref().map(shoal_pki::node_names).unwrap_or_default() };
             ctx.issuer.answer_join(request, &grant, &ctx.state.revoked, now, rng).map_err(JoinRefusal::from)
         }
         None => Err(JoinRefusal::NotVisible),
@@ -100,8 +103,8 @@ pub fn answer_join(ctx: &JoinContext<'_>, request: &JoinRequest, now: SystemTime
     let info = CertInfo::parse(&response.cert_der)?;
     let mut writes = Vec::new();
     if !ctx.state.nodes.contains_key(&id) {
-        let record = match member {
-            Some(m) => joiner_record(&id, m),
+        let record = match member.and_then(|m| joiner_record(&id, m)) {
+            Some(record) => record,
             None => NodeRecord { name: format!("node-{}", id.short()), addr: SocketAddr::from(([0, 0, 0, 0], 0)), labels: Default::default() },
         };
         writes.push(Command::RegisterNode { id, record });

@@ -95,10 +95,15 @@ fn raft_ids(ids: BTreeSet<NodeId>) -> BTreeSet<RaftNodeId> {
     ids.into_iter().map(RaftNodeId).collect()
 }
 
-/// Where gossip says each alive member is now (each node speaks for itself; this node for
-/// itself with `advertise`).
+/// Where each alive member says it is now: the address in its own signed facts (SWIM's
+/// address can be claimed by any key holder, so it never moves a node); this node speaks
+/// for itself with `advertise`. A member whose facts have not arrived is left out.
 pub fn advertised(members: &[MemberView], advertise: SocketAddr) -> BTreeMap<NodeId, SocketAddr> {
-    members.iter().filter(|m| m.state == MemberState::Alive).map(|m| (m.id, if m.is_self { advertise } else { m.addr })).collect()
+    members
+        .iter()
+        .filter(|m| m.state == MemberState::Alive)
+        .filter_map(|m| if m.is_self { Some((m.id, advertise)) } else { m.signed_addr.map(|a| (m.id, a)) })
+        .collect()
 }
 
 /// The Raft change that carries out a membership step (`None`: no change, or not one of
@@ -245,6 +250,7 @@ mod tests {
         let state = c.state(&[1, 2]);
         let mut moved = member(2);
         moved.addr = SocketAddr::from(([10, 0, 9, 2], 7946));
+        moved.signed_addr = Some(moved.addr);
         let members = vec![member(1), moved.clone()];
         let view = raft(&[1, 2], &[]);
         let input = LeaderInput { state: &state, raft: &view, members: &members, advertise: addr(1), own: own(&rec, None), now_ms: T0_MS };
@@ -283,5 +289,17 @@ mod tests {
         let map = advertised(&[me, member(2)], addr(1));
         assert_eq!(map.get(&id(1)), Some(&addr(1)));
         assert_eq!(map.get(&id(2)), Some(&addr(2)));
+    }
+
+    #[test]
+    fn a_node_is_where_its_own_signed_facts_say_not_where_swim_says() {
+        // A key holder claimed node 2's SWIM identity at its own address: nothing moves.
+        let mut claimed = member(2);
+        claimed.addr = SocketAddr::from(([10, 66, 0, 3], 7946));
+        let mut unsigned = member(3);
+        unsigned.signed_addr = None;
+        let map = advertised(&[member(1), claimed, unsigned], addr(1));
+        assert_eq!(map.get(&id(2)), Some(&addr(2)));
+        assert_eq!(map.get(&id(3)), None, "no facts yet: no word of the node on where it is");
     }
 }

@@ -56,6 +56,7 @@ pub fn member_as(id: NodeId, n: u8) -> MemberView {
         is_self: n == 1,
         in_cluster: true,
         resources: NodeResources { arch: "x86_64".into(), cpu_millis: 2_000, memory_bytes: 1 << 30, engine_ok: true },
+        signed_addr: Some(addr(n)),
     }
 }
 

@@ -1,11 +1,13 @@
 //! Glue between foca and shoal's one codec: foca headers and member updates encoded with
 //! `shoal_wire`, and the custom-broadcast handler that carries [`NodeFacts`].
 
-use crate::identity::{NodeFacts, ShoalId};
+use crate::identity::{FactsDecodeError, NodeFacts, ShoalId, MAX_FACTS_LEN};
+use crate::signing::{verify, Context, SharedSignatures, Signatures, Signed, MAX_PUBLIC_KEY_LEN, MAX_SIGNATURE_LEN};
 use bytes::{Buf, BufMut};
 use foca::{BroadcastHandler, Header, Invalidates, Member};
 use shoal_wire::NodeId;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Bound on one encoded header or member update; both are a few dozen bytes.
@@ -69,7 +71,8 @@ pub type FactsTable = Arc<Mutex<BTreeMap<NodeId, NodeFacts>>>;
 
 /// Most nodes whose facts one node keeps (far above the small clusters shoal is for). Facts
 /// of a new node id past it are dropped, so a key holder inventing ids cannot grow the table
-/// without bound; it can still fill it (signed facts are what would stop that).
+/// without bound. (Facts are signed by the node they are about, so such ids would have to
+/// be hashes of keys the inventor holds: the bound stops a flood of fresh keys.)
 pub const MAX_FACTS_NODES: usize = 1024;
 
 /// Stores facts if they are newer than what is known (and, for a node not known yet, if the
@@ -102,11 +105,55 @@ impl Invalidates for FactsKey {
     }
 }
 
+/// Longest encoded [`Signed`] facts: the facts, a public key, a signature and their lengths.
+pub const MAX_SIGNED_FACTS_LEN: usize = MAX_FACTS_LEN + MAX_PUBLIC_KEY_LEN + MAX_SIGNATURE_LEN + 16;
+
+/// Encodes signed facts (a foca broadcast, or the answer to a pull).
+pub fn encode_signed_facts(signed: &Signed) -> Result<Vec<u8>, shoal_wire::EncodeError> {
+    shoal_wire::encode::<_, MAX_SIGNED_FACTS_LEN>(signed)
+}
+
+/// Whether facts are news: newer than those known of their node (or their node is new).
+fn is_newer(table: &FactsTable, facts: &NodeFacts) -> bool {
+    let map = table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    map.get(&facts.node).is_none_or(|known| known.seq < facts.seq)
+}
+
+/// What became of facts from a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactsVerdict {
+    /// Stored (they were news and the node's own word).
+    Stored(FactsKey),
+    /// Not news (or about this node, or the table is full): nothing changed.
+    Stale,
+    /// Not signed by the node they are about: nothing changed, counted.
+    Forged,
+}
+
+/// Takes facts a peer sent (a broadcast or the answer to a pull): about another node,
+/// newer than what is known, and signed by that node's own key, or nothing is stored. The
+/// signature is checked last, so old news costs no verification.
+pub fn accept_peer_facts(table: &FactsTable, sigs: &dyn Signatures, own: NodeId, signed: &Signed) -> Result<FactsVerdict, FactsDecodeError> {
+    let facts = NodeFacts::decode(&signed.body)?;
+    if facts.node == own || !is_newer(table, &facts) {
+        // Facts about us from someone else are stale echoes, or a forgery.
+        return Ok(FactsVerdict::Stale);
+    }
+    if !verify(sigs, Context::Facts, facts.node, signed) {
+        return Ok(FactsVerdict::Forged);
+    }
+    let key = FactsKey { node: facts.node, seq: facts.seq };
+    Ok(if store_if_newer(table, facts) { FactsVerdict::Stored(key) } else { FactsVerdict::Stale })
+}
+
 /// Receives facts broadcasts.
 pub struct FactsHandler {
     pub table: FactsTable,
     /// This node: only it may say anything about itself.
     pub own: NodeId,
+    pub sigs: SharedSignatures,
+    /// Facts refused because the node they are about did not sign them.
+    pub forged: Arc<AtomicU64>,
 }
 
 impl BroadcastHandler<ShoalId> for FactsHandler {
@@ -114,13 +161,22 @@ impl BroadcastHandler<ShoalId> for FactsHandler {
     type Error = crate::identity::FactsDecodeError;
 
     fn receive_item(&mut self, data: &[u8], sender: Option<&ShoalId>) -> Result<Option<FactsKey>, Self::Error> {
-        let facts = NodeFacts::decode(data)?;
-        if facts.node == self.own && sender.is_some() {
-            // Facts about us from someone else (stale echoes, or a forgery by a key holder).
-            return Ok(None);
+        let signed: Signed = shoal_wire::decode::<_, MAX_SIGNED_FACTS_LEN>(data)?;
+        if sender.is_none() {
+            // Our own, queued by `add_broadcast`: signed by us a moment ago.
+            let facts = NodeFacts::decode(&signed.body)?;
+            let key = FactsKey { node: facts.node, seq: facts.seq };
+            return Ok(store_if_newer(&self.table, facts).then_some(key));
         }
-        let key = FactsKey { node: facts.node, seq: facts.seq };
-        Ok(store_if_newer(&self.table, facts).then_some(key))
+        match accept_peer_facts(&self.table, self.sigs.as_ref(), self.own, &signed)? {
+            FactsVerdict::Stored(key) => Ok(Some(key)),
+            FactsVerdict::Stale => Ok(None),
+            FactsVerdict::Forged => {
+                // Not passed on; the rest of the packet is still read (it may be honest).
+                self.forged.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! - [`secret`]: the join secret, the public cluster id and the gossip key derived from it;
 //! - [`seal`]: AEAD sealing of every datagram, with a replay window;
 //! - [`identity`]: the SWIM identity and the facts a node gossips about itself;
+//! - [`signing`]: what a node says about itself (facts, leave) is signed with its own key;
 //! - [`membership`]: the I/O-free core (foca plus shoal's rules);
 //! - [`ports`]: traits for datagrams, clock and peer discovery, real and in-memory;
 //! - [`driver`]: the task that runs the core against the ports;
@@ -19,6 +20,9 @@ pub mod mdns;
 pub mod membership;
 pub mod ports;
 pub mod seal;
+pub mod signing;
+#[doc(hidden)]
+pub mod testing;
 /// The join secret, re-exported from its own base crate (`shoal_secret`).
 pub use shoal_secret as secret;
 
@@ -26,3 +30,4 @@ pub use driver::{spawn, MembershipHandle};
 pub use identity::{NodeFacts, NodeResources, ShoalId};
 pub use membership::{GossipStats, MemberEvent, MemberState, MemberView, Membership, MembershipConfig, PeerHint};
 pub use secret::{ClusterId, JoinSecret};
+pub use signing::{KeyedHashSignatures, P256Signatures, SharedSignatures, Signatures};

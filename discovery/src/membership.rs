@@ -13,12 +13,15 @@
 //!   times at most) and gossips facts saying it left, so others mark it `left`, not `down`;
 //! - a `Hello` is always answered with an announce, even from a member we think is active:
 //!   the greeter evidently does not see us (typically after our automatic rejoin);
-//! - node facts travel as foca custom broadcasts and are pulled directly when missing.
+//! - node facts travel as foca custom broadcasts and are pulled directly when missing;
+//! - facts and leaves are signed by the node they are about ([`crate::signing`]): a holder
+//!   of the gossip key cannot say for another node that it left, moved or lost its engine.
 
-use crate::codec::{store_if_newer, FactsHandler, FactsTable, WireCodec};
+use crate::codec::{accept_peer_facts, encode_signed_facts, store_if_newer, FactsHandler, FactsTable, FactsVerdict, WireCodec};
 use crate::identity::{NodeFacts, NodeResources, ShoalId};
 use crate::seal::{Addressee, OpenError, Sealer, ANYONE, MAX_PLAINTEXT_LEN};
 use crate::secret::ClusterId;
+use crate::signing::{self, Context, SharedSignatures, Signed};
 use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification, State, Timer};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -26,6 +29,7 @@ use shoal_wire::NodeId;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +41,9 @@ fn interval_passed(last: Option<u64>, now_ms: u64, interval_ms: u64) -> bool {
 
 /// Bound on the peers we remember having warned about (wrong token, clock skew).
 const MAX_WARNED: usize = 256;
+
+/// Bound on one encoded `ShoalId` (a few dozen bytes).
+const MAX_ID_LEN: usize = 128;
 
 /// Timing and size knobs of membership. Presets: [`MembershipConfig::lan`].
 #[derive(Debug, Clone)]
@@ -138,6 +145,11 @@ pub struct MemberView {
     /// What the node offers for placement (empty until its facts arrive).
     #[serde(default)]
     pub resources: NodeResources,
+    /// The gossip address the node gave in its own signed facts (`None` until they arrive).
+    /// Unlike `addr` (which SWIM spreads and any key holder can claim), only the node itself
+    /// can set it: the leader moves a node's Raft address by this one alone.
+    #[serde(default)]
+    pub signed_addr: Option<SocketAddr>,
 }
 
 /// Counters of gossip traffic; every dropped datagram is counted under its reason.
@@ -160,6 +172,9 @@ pub struct GossipStats {
     pub last_foreign_hint: Option<SocketAddr>,
     /// Messages carrying this node's id from another address (see the logged error).
     pub duplicate_identity: u64,
+    /// Facts or leaves about a node that it did not sign (a key holder forging them).
+    #[serde(default)]
+    pub dropped_bad_signature: u64,
 }
 
 /// Timers the core asks the driver to fire.
@@ -185,13 +200,15 @@ pub enum Effect {
 
 /// The plaintext of a sealed datagram.
 #[derive(Debug, Serialize, Deserialize)]
-enum Envelope {
+pub(crate) enum Envelope {
     Foca(Vec<u8>),
     Hello(ShoalId),
-    Leave(ShoalId),
+    /// The leaving identity (encoded `ShoalId`), signed by its node.
+    Leave(Signed),
     LeaveAck(NodeId),
     FactsPull(ShoalId),
-    Facts(NodeFacts),
+    /// The sender's own facts (encoded `NodeFacts`), signed by it.
+    Facts(Signed),
     /// "I have suspected you at this incarnation for a long time": asks the member to refute.
     /// Repairs a foca edge case: a suspicion whose down-timer was invalidated (our own
     /// identity renewal or disconnect resets foca's timer token) and whose gossip never
@@ -238,6 +255,11 @@ pub struct Membership<R: Rng + SeedableRng> {
     rng: R,
     facts: FactsTable,
     own_facts: NodeFacts,
+    /// `own_facts` as last signed (the answer to a pull).
+    own_signed: Option<Signed>,
+    sigs: SharedSignatures,
+    /// Facts and leaves refused for their signature (shared with foca's broadcast handler).
+    forged: Arc<AtomicU64>,
     records: BTreeMap<NodeId, Record>,
     hints: BTreeMap<SocketAddr, Hint>,
     leaving: Option<Leaving>,
@@ -250,14 +272,16 @@ pub struct Membership<R: Rng + SeedableRng> {
 }
 
 impl<R: Rng + SeedableRng> Membership<R> {
-    /// `gossip_key` and `cluster` come from the join secret; `rng` is this node's only source
-    /// of randomness (OS-seeded for real, seed-derived in the simulator).
+    /// `gossip_key` and `cluster` come from the join secret; `sigs` signs what this node says
+    /// about itself and checks what others say about themselves; `rng` is this node's only
+    /// source of randomness (OS-seeded for real, seed-derived in the simulator).
     pub fn new(
         cfg: MembershipConfig,
         identity: ShoalId,
         own_facts: NodeFacts,
         cluster: ClusterId,
         gossip_key: [u8; 32],
+        sigs: SharedSignatures,
         mut rng: R,
     ) -> Self {
         // Our own facts enter the table through `publish_own_facts` (foca's broadcast
@@ -265,13 +289,9 @@ impl<R: Rng + SeedableRng> Membership<R> {
         // stale and foca would never disseminate them.
         let facts: FactsTable = Arc::new(Mutex::new(BTreeMap::new()));
         let foca_rng = R::from_rng(&mut rng);
-        let foca = Foca::with_custom_broadcast(
-            identity,
-            cfg.foca.clone(),
-            foca_rng,
-            WireCodec,
-            FactsHandler { table: facts.clone(), own: own_facts.node },
-        );
+        let forged = Arc::new(AtomicU64::new(0));
+        let handler = FactsHandler { table: facts.clone(), own: own_facts.node, sigs: sigs.clone(), forged: forged.clone() };
+        let foca = Foca::with_custom_broadcast(identity, cfg.foca.clone(), foca_rng, WireCodec, handler);
         Self {
             cfg,
             cluster,
@@ -281,6 +301,9 @@ impl<R: Rng + SeedableRng> Membership<R> {
             rng,
             facts,
             own_facts,
+            own_signed: None,
+            sigs,
+            forged,
             records: BTreeMap::new(),
             hints: BTreeMap::new(),
             leaving: None,
@@ -312,9 +335,15 @@ impl<R: Rng + SeedableRng> Membership<R> {
         out
     }
 
-    /// Queues our facts for dissemination; foca's handler stores them in the table.
+    /// Signs our facts and queues them for dissemination; foca's handler stores them in the
+    /// table.
     fn publish_own_facts(&mut self) {
-        let queued = match self.own_facts.encode() {
+        let signed = self.own_facts.encode().map(|body| signing::sign(self.sigs.as_ref(), Context::Facts, body));
+        let queued = match signed.and_then(|signed| {
+            let bytes = encode_signed_facts(&signed);
+            self.own_signed = Some(signed);
+            bytes
+        }) {
             Ok(bytes) => self.foca.add_broadcast(&bytes).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "could not queue own facts for gossip");
                 false
@@ -432,17 +461,28 @@ impl<R: Rng + SeedableRng> Membership<R> {
                     }
                 }
             }
-            Envelope::Leave(peer) => {
-                if peer.node != self.own_facts.node {
+            Envelope::Leave(signed) => match shoal_wire::decode::<ShoalId, MAX_ID_LEN>(&signed.body) {
+                Ok(peer) if peer.node == self.own_facts.node => {}
+                Ok(peer) if !signing::verify(self.sigs.as_ref(), Context::Leave, peer.node, &signed) => {
+                    self.forged.fetch_add(1, Ordering::Relaxed);
+                    self.warn_once(from, "forged-leave", || {
+                        tracing::warn!(%from, node = %peer.node.short(), "ignored a leave that its node did not sign (a token holder forging it?)")
+                    });
+                }
+                Ok(peer) => {
                     let (addr, node) = (peer.addr, peer.node);
                     self.handle_leave(peer);
                     self.send(now_ms, addr, Some(node), &Envelope::LeaveAck(self.own_facts.node), &mut out);
                 }
-            }
+                Err(e) => {
+                    self.stats.dropped_malformed += 1;
+                    tracing::debug!(%from, error = %e, "dropped undecodable leave");
+                }
+            },
             Envelope::LeaveAck(_) => {}
             Envelope::FactsPull(peer) => {
-                if peer.node != self.own_facts.node {
-                    self.send(now_ms, peer.addr, Some(peer.node), &Envelope::Facts(self.own_facts.clone()), &mut out);
+                if let (true, Some(signed)) = (peer.node != self.own_facts.node, self.own_signed.clone()) {
+                    self.send(now_ms, peer.addr, Some(peer.node), &Envelope::Facts(signed), &mut out);
                 }
             }
             Envelope::Suspected { from, about, incarnation } => {
@@ -465,10 +505,13 @@ impl<R: Rng + SeedableRng> Membership<R> {
                     }
                 }
             }
-            Envelope::Facts(facts) if facts.node == self.own_facts.node => {}
-            Envelope::Facts(facts) => match facts.validate() {
-                Ok(()) => {
-                    store_if_newer(&self.facts, facts);
+            Envelope::Facts(signed) => match accept_peer_facts(&self.facts, self.sigs.as_ref(), self.own_facts.node, &signed) {
+                Ok(FactsVerdict::Stored(_) | FactsVerdict::Stale) => {}
+                Ok(FactsVerdict::Forged) => {
+                    self.forged.fetch_add(1, Ordering::Relaxed);
+                    self.warn_once(from, "forged-facts", || {
+                        tracing::warn!(%from, "ignored facts that their node did not sign (a token holder forging them?)")
+                    });
                 }
                 Err(e) => {
                     self.stats.dropped_malformed += 1;
@@ -562,12 +605,18 @@ impl<R: Rng + SeedableRng> Membership<R> {
         if self.leave_done() {
             return;
         }
-        let me = self.identity().clone();
+        let leave = match shoal_wire::encode::<_, MAX_ID_LEN>(self.identity()) {
+            Ok(body) => Envelope::Leave(signing::sign(self.sigs.as_ref(), Context::Leave, body)),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not encode our leave");
+                return;
+            }
+        };
         let Some(leaving) = self.leaving.as_mut() else { return };
         leaving.attempts += 1;
         let targets: Vec<(NodeId, SocketAddr)> = leaving.pending.iter().map(|(n, a)| (*n, *a)).collect();
         for (node, addr) in targets {
-            self.send(now_ms, addr, Some(node), &Envelope::Leave(me.clone()), out);
+            self.send(now_ms, addr, Some(node), &leave, out);
         }
         if !self.leave_done() {
             out.push(Effect::Schedule { after: Duration::from_millis(LEAVE_RETRY_MS), timer: MemberTimer::LeaveRetry });
@@ -601,6 +650,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
                 is_self,
                 in_cluster: f.is_some_and(|f| f.in_cluster && !f.left),
                 resources: f.map(|f| f.resources.clone()).unwrap_or_default(),
+                signed_addr: f.map(|f| f.gossip_addr),
             }
         };
         let own_state = if self.leaving.is_some() { MemberState::Left } else { MemberState::Alive };
@@ -774,6 +824,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
 
     /// Turns what foca queued into effects, then reconciles the member table with foca.
     fn drain(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
+        self.stats.dropped_bad_signature = self.forged.load(Ordering::Relaxed);
         while let Some((to, data)) = self.rt.to_send() {
             self.send(now_ms, to.addr, Some(to.node), &Envelope::Foca(data.to_vec()), out);
         }
@@ -874,22 +925,7 @@ impl<R: Rng + SeedableRng> Membership<R> {
 mod tests {
     use super::*;
 
-    fn core(n: u8) -> Membership<rand::rngs::StdRng> {
-        let id = ShoalId { node: NodeId([n; 16]), addr: format!("10.0.0.{n}:7480").parse().expect("addr"), bump: 1 << 16 };
-        let facts = NodeFacts {
-            node: id.node,
-            seq: 1 << 16,
-            name: format!("n{n}"),
-            gossip_addr: id.addr,
-            labels: BTreeMap::new(),
-            version: "t".into(),
-            boot: 1,
-            left: false,
-            in_cluster: false,
-            resources: Default::default(),
-        };
-        Membership::new(MembershipConfig::lan(4), id, facts, ClusterId([1; 8]), [7; 32], rand::rngs::StdRng::seed_from_u64(u64::from(n)))
-    }
+    use crate::testing::core;
 
     #[test]
     fn own_facts_are_queued_for_gossip_and_listed() {
@@ -938,5 +974,102 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(a.stats().foreign_cluster_hints, 1);
         assert!(a.stats().last_foreign_hint.is_some());
+    }
+}
+
+#[cfg(test)]
+mod insider_tests {
+    use super::*;
+    use crate::signing::Signatures;
+    use crate::testing::{addr, core, facts, forgeries, id, rng, signatures, GOSSIP_KEY};
+
+    type Core = Membership<rand::rngs::StdRng>;
+
+    /// Delivers sends between `cores` (by address) until none is left; timers are not run.
+    fn pump(cores: &mut [&mut Core], now_ms: u64, mut queue: Vec<(SocketAddr, Effect)>) {
+        let mut rounds = 0;
+        while let Some((from, effect)) = queue.pop() {
+            rounds += 1;
+            assert!(rounds < 10_000, "the exchange does not settle");
+            let Effect::Send { to, packet } = effect else { continue };
+            if let Some(core) = cores.iter_mut().find(|c| c.identity().addr == to) {
+                let at = core.identity().addr;
+                queue.extend(core.handle_datagram(now_ms, from, &packet).into_iter().map(|e| (at, e)));
+            }
+        }
+    }
+
+    fn connected_pair() -> (Core, Core) {
+        let (mut a, mut b) = (core(1), core(2));
+        let mut queue: Vec<(SocketAddr, Effect)> = a.start(0).into_iter().map(|e| (addr(1), e)).collect();
+        queue.extend(b.start(0).into_iter().map(|e| (addr(2), e)));
+        a.add_seed(addr(2));
+        for now in [1, 2_500, 5_000] {
+            queue.extend(a.handle_timer(now, MemberTimer::Tick).into_iter().map(|e| (addr(1), e)));
+            queue.extend(b.handle_timer(now, MemberTimer::Tick).into_iter().map(|e| (addr(2), e)));
+            pump(&mut [&mut a, &mut b], now, std::mem::take(&mut queue));
+        }
+        (a, b)
+    }
+
+    fn view(core: &Core, n: u8) -> MemberView {
+        core.members().into_iter().find(|m| m.id == id(n).node).expect("member listed")
+    }
+
+    #[test]
+    fn an_insider_cannot_say_for_another_node_that_it_left_moved_or_lost_its_engine() {
+        let (mut a, mut b) = connected_pair();
+        let before = view(&a, 2);
+        assert_eq!(before.state, MemberState::Alive);
+        assert_eq!(before.signed_addr, Some(addr(2)), "b's own facts arrived");
+        let known_seq = a.facts.lock().expect("lock").get(&id(2).node).map(|f| f.seq);
+
+        // Node 3 holds the gossip key (the token) but is not b.
+        let insider = signatures(3);
+        let victim = facts(id(2).node, addr(2), known_seq.unwrap_or(0));
+        let moved_to = SocketAddr::from(([10, 66, 0, 3], 7480));
+        let packets = forgeries(GOSSIP_KEY, 6_000, &mut rng(9), id(1).node, insider.as_ref(), &victim, signatures(2).public_key(), moved_to);
+        assert_eq!(packets.len(), 4);
+        for packet in &packets {
+            let out = a.handle_datagram(6_000, addr(3), packet);
+            assert!(!out.iter().any(|e| matches!(e, Effect::Send { to, .. } if *to == moved_to)), "no answer to the forger's address");
+        }
+        let stats = a.stats();
+        assert_eq!(stats.dropped_forged, 0, "the datagrams opened: the forger holds the key");
+        assert_eq!(stats.dropped_bad_signature, 4, "every forgery was refused for its signature");
+        let after = view(&a, 2);
+        assert_eq!(after.state, MemberState::Alive, "a forged leave does not silence b");
+        assert_eq!(after.incarnation, before.incarnation);
+        assert_eq!(after.signed_addr, Some(addr(2)), "a forged address does not move b");
+        assert_eq!(after.resources, before.resources, "forged facts do not change b's engine");
+        assert_eq!(a.facts.lock().expect("lock").get(&id(2).node).map(|f| f.seq), known_seq, "b's facts are not frozen at u64::MAX");
+
+        // b's own leave still works at once.
+        let out: Vec<(SocketAddr, Effect)> = b.leave(7_000).into_iter().map(|e| (addr(2), e)).collect();
+        pump(&mut [&mut a, &mut b], 7_000, out);
+        assert_eq!(view(&a, 2).state, MemberState::Left);
+        assert_eq!(a.stats().dropped_bad_signature, 4);
+    }
+
+    #[test]
+    fn facts_broadcasts_are_kept_and_passed_on_only_when_their_node_signed_them() {
+        use crate::codec::{encode_signed_facts, FactsHandler};
+        use foca::BroadcastHandler;
+        let table: crate::codec::FactsTable = Default::default();
+        let forged = Arc::new(AtomicU64::new(0));
+        let mut handler = FactsHandler { table: table.clone(), own: id(1).node, sigs: signatures(1), forged: forged.clone() };
+        let sender = id(3);
+        let b = facts(id(2).node, addr(2), 5);
+        let body = b.encode().expect("encode");
+        let by_insider = encode_signed_facts(&signing::sign(signatures(3).as_ref(), Context::Facts, body.clone())).expect("encode");
+        assert_eq!(handler.receive_item(&by_insider, Some(&sender)).expect("decodes"), None, "not stored, not passed on");
+        assert_eq!(forged.load(Ordering::Relaxed), 1);
+        assert!(table.lock().expect("lock").is_empty());
+        let by_b = encode_signed_facts(&signing::sign(signatures(2).as_ref(), Context::Facts, body)).expect("encode");
+        assert!(handler.receive_item(&by_b, Some(&sender)).expect("decodes").is_some(), "b's own word is kept and passed on");
+        assert_eq!(table.lock().expect("lock").get(&id(2).node).map(|f| f.seq), Some(5));
+        assert_eq!(handler.receive_item(&by_b, Some(&sender)).expect("decodes"), None, "old news");
+        assert_eq!(forged.load(Ordering::Relaxed), 1, "old news is not even checked");
+        assert!(handler.receive_item(&[0xff; 8], Some(&sender)).is_err(), "garbage is an error");
     }
 }

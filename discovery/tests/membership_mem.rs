@@ -60,6 +60,7 @@ impl Lab {
             facts,
             secret.cluster_id(),
             secret.gossip_key(),
+            std::sync::Arc::new(shoal_discovery::KeyedHashSignatures::new(secret.gossip_key(), id.node)),
             rand::rngs::StdRng::seed_from_u64(i as u64 * 1000 + u64::from(boot)),
         );
         for s in seeds {

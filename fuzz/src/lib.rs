@@ -2,47 +2,16 @@
 //! a target splits its input into several messages. Built once per process (key generation
 //! is far slower than one fuzz run).
 
-use rand::SeedableRng;
-use shoal_discovery::membership::Membership;
-use shoal_discovery::{ClusterId, MembershipConfig, NodeFacts, ShoalId};
 use shoal_wire::NodeId;
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-/// The gossip key the fuzzed node and the harness share.
-pub const GOSSIP_KEY: [u8; 32] = [7; 32];
+/// The gossip key the fuzzed node and the harness share, the fuzzed node's rng, its
+/// address and its membership core: discovery's own fixtures.
+pub use shoal_discovery::testing::{addr, core as membership, rng, Rng, GOSSIP_KEY};
 /// The fuzzed node's id.
 pub const ME: NodeId = NodeId([1; 16]);
 /// The clock the fuzzed node reads at the start of a run (ms).
 pub const NOW_MS: u64 = 1_750_000_000_000;
-
-pub type Rng = rand::rngs::StdRng;
-
-pub fn rng(seed: u64) -> Rng {
-    Rng::seed_from_u64(seed)
-}
-
-/// A membership core for node `n` (node id `[n; 16]`, address 10.0.0.n:7480).
-pub fn membership(n: u8) -> Membership<Rng> {
-    let id = ShoalId { node: NodeId([n; 16]), addr: addr(n), bump: 1 << 16 };
-    let facts = NodeFacts {
-        node: id.node,
-        seq: 1 << 16,
-        name: format!("n{n}"),
-        gossip_addr: id.addr,
-        labels: BTreeMap::new(),
-        version: "fuzz".into(),
-        boot: 1,
-        left: false,
-        in_cluster: false,
-        resources: Default::default(),
-    };
-    Membership::new(MembershipConfig::lan(4), id, facts, ClusterId([1; 8]), GOSSIP_KEY, rng(u64::from(n)))
-}
-
-pub fn addr(n: u8) -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([10, 0, 0, n], 7480))
-}
 
 /// One cluster (CA, issuer, join secret) for every run of a process.
 pub fn cluster() -> &'static shoal_pki::testing::Cluster {

@@ -10,6 +10,8 @@ use shoal_consensus::types::Vote;
 use shoal_consensus::{ClusterState, Command, NodeRecord, RaftNodeId};
 use shoal_discovery::membership::Effect;
 use shoal_discovery::seal::{Addressee, Sealer};
+use shoal_discovery::signing::Context;
+use shoal_discovery::testing::signatures;
 use shoal_discovery::{ClusterId, PeerHint};
 use shoal_transport::frame::{encode_frame, HEADER_BYTES};
 use shoal_transport::joinnet::JoinReply;
@@ -81,19 +83,14 @@ fn write_seeds() {
     conversations.push(conversation(gossip.iter().map(|(op, p)| (*op, p.as_slice())).chain([(3, &[10u8][..]), (5, &[][..])])));
     write("membership", conversations);
 
-    let facts = NodeFacts {
-        node: ME,
-        seq: 3,
-        name: "lab1".into(),
-        gossip_addr: addr(1),
-        labels: [("zone".into(), "attic".into())].into(),
-        version: "0.1.0".into(),
-        boot: 2,
-        left: false,
-        in_cluster: true,
-        resources: Default::default(),
-    };
-    write("facts", vec![facts.encode().expect("facts")]);
+    let mut facts = shoal_discovery::testing::facts(NodeId([2; 16]), addr(2), 3);
+    facts.labels.insert("zone".into(), "attic".into());
+    facts.in_cluster = true;
+    let facts = facts.encode().expect("facts");
+    let by_itself = shoal_discovery::signing::sign(signatures(2).as_ref(), Context::Facts, facts.clone());
+    let by_another = shoal_discovery::signing::sign(signatures(3).as_ref(), Context::Facts, facts.clone());
+    let signed = |s| shoal_discovery::codec::encode_signed_facts(&s).expect("signed facts");
+    write("facts", vec![facts, signed(by_itself), signed(by_another)]);
 
     let ca = cluster();
     let (key, request) = joiner();

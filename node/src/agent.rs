@@ -203,12 +203,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         data_dir = %cfg.data_dir.display(),
         "starting shoal agent"
     );
+    let sigs = identity.gossip_signatures()?;
     let mut core = Membership::new(
         MembershipConfig::lan(cfg.expected_nodes),
         me,
         facts,
         cluster,
         cfg.secret.gossip_key(),
+        sigs,
         rand::rngs::StdRng::from_rng(&mut rand::rng()),
     );
     let peers_path = cfg.data_dir.join(PEERS_FILE);

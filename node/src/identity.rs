@@ -83,6 +83,16 @@ pub fn ensure_data_dir(data_dir: &Path) -> Result<()> {
 }
 
 impl NodeIdentity {
+    /// What this node signs its gossip (facts, leave) with: its own key, whose hash is its id.
+    pub fn gossip_signatures(&self) -> Result<shoal_discovery::SharedSignatures> {
+        let key = rcgen::KeyPair::from_pem(&self.key_pem).context("the node key cannot be read")?;
+        let sigs = shoal_discovery::P256Signatures::from_pkcs8(&key.serialize_der())?;
+        if sigs.node_id() != self.id {
+            bail!("the node key does not match node id {}; move node.key and boot_count away to make a fresh identity", self.id);
+        }
+        Ok(std::sync::Arc::new(sigs))
+    }
+
     /// Loads the identity, creating the data dir and key on first start. The boot is counted
     /// by [`Self::count_boot`] once the node has its ports, so failed starts do not use up
     /// generations.

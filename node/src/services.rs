@@ -601,6 +601,7 @@ mod tests {
             is_self: false,
             in_cluster: true,
             resources: Default::default(),
+            signed_addr: None,
         }
     }
 

@@ -45,7 +45,6 @@ pub use issuer::{node_names, IssuePolicy, Issuer, NodeGrant};
 pub use join::{JoinRequest, JoinResponse, NodeCertificate, MAX_JOIN_MESSAGE_LEN};
 pub use tls::{MutualTls, NodeCredentials, Revocations, TlsError};
 
-use sha2::{Digest, Sha256};
 use shoal_wire::{DecodeError, NodeId};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -103,14 +102,8 @@ impl fmt::Display for NodeRole {
     }
 }
 
-/// The node id of a raw public key (for P-256: the uncompressed point, as
-/// `rcgen::KeyPair::public_key_raw` and a certificate's subjectPublicKey BIT STRING hold it).
-pub fn node_id_of_public_key(raw: &[u8]) -> NodeId {
-    let digest = Sha256::digest(raw);
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&digest[..16]);
-    NodeId(id)
-}
+/// The node id of a raw public key (the rule lives in `shoal_secret`, shared with gossip).
+pub use shoal_secret::node_id_of_public_key;
 
 /// The node id of a key pair (same rule as `identity.rs`).
 pub fn node_id_of_key(key: &rcgen::KeyPair) -> NodeId {
@@ -233,7 +226,8 @@ mod tests {
     #[test]
     fn node_id_matches_identity_rule() {
         let key = rcgen::KeyPair::generate().expect("key");
-        let digest = Sha256::digest(key.public_key_raw());
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.public_key_raw());
         assert_eq!(node_id_of_key(&key).0[..], digest[..16]);
     }
 

@@ -7,8 +7,20 @@
 
 use hkdf::Hkdf;
 use rand::Rng;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
+use shoal_wire::NodeId;
 use std::fmt;
+
+/// The node id of a raw public key: the first 128 bits of its SHA-256 (for P-256, the
+/// uncompressed point, as `rcgen::KeyPair::public_key_raw` and a certificate's
+/// subjectPublicKey BIT STRING hold it). One rule for the PKI (certificates name it) and
+/// gossip (what a node signs about itself is checked against it).
+pub fn node_id_of_public_key(raw: &[u8]) -> NodeId {
+    let digest = Sha256::digest(raw);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    NodeId(id)
+}
 
 /// Text prefix of a token, so a pasted value is recognisable and versioned.
 pub const TOKEN_PREFIX: &str = "shoal1-";

@@ -122,7 +122,8 @@ impl Slot {
         let mut cfg = MembershipConfig::lan(u32::try_from(expected_nodes).unwrap_or(u32::MAX));
         cfg.planted_bug = planted_bug;
         let rng = stream(run_seed, Stream::Node { slot, boot: self.boots });
-        let mut core = Membership::new(cfg, identity, facts, self.secret.cluster_id(), self.secret.gossip_key(), rng);
+        let sigs = std::sync::Arc::new(shoal_discovery::KeyedHashSignatures::new(self.secret.gossip_key(), identity.node));
+        let mut core = Membership::new(cfg, identity, facts, self.secret.cluster_id(), self.secret.gossip_key(), sigs, rng);
         for seed in self.seed_addrs.iter().chain(&self.remembered_peers) {
             core.add_seed(*seed);
         }

@@ -506,6 +506,12 @@ pub struct Member {
     pub version: Option<String>,
     pub since_ms: u64,
     pub is_self: bool,
+    /// The address in the node's own signed facts.
+    #[serde(default)]
+    pub signed_addr: Option<String>,
+    /// What the node offers (`engine_ok`, CPUs, memory), as gossip shows it.
+    #[serde(default)]
+    pub resources: serde_json::Value,
 }
 
 impl Member {
@@ -537,6 +543,8 @@ pub struct Stats {
     pub dropped_malformed: u64,
     pub foca_rejected: u64,
     pub foreign_cluster_hints: u64,
+    #[serde(default)]
+    pub dropped_bad_signature: u64,
 }
 
 /// A log position in [`Status`].

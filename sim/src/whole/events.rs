@@ -88,7 +88,8 @@ impl Driver {
                 resources: NodeResources { arch: "x86_64".into(), cpu_millis: 4_000, memory_bytes: 8 << 30, engine_ok: true },
             };
             let cfg = MembershipConfig::lan(u32::try_from(nodes).unwrap_or(u32::MAX));
-            let mut core = Membership::new(cfg, identity, facts, cluster, gossip_key, stream(seed, Stream::Node { slot, boot: m.boots }));
+            let sigs = std::sync::Arc::new(shoal_discovery::KeyedHashSignatures::new(gossip_key, identity.node));
+            let mut core = Membership::new(cfg, identity, facts, cluster, gossip_key, sigs, stream(seed, Stream::Node { slot, boot: m.boots }));
             for other in (0..nodes).filter(|o| *o != slot) {
                 core.add_seed(gossip_addr(other));
             }

@@ -41,6 +41,7 @@ pub(crate) fn members(down: &[u8]) -> Vec<MemberView> {
             is_self: n == 1,
             in_cluster: true,
             resources: NodeResources { arch: "x86_64".into(), cpu_millis: 2000, memory_bytes: 1 << 30, engine_ok: true },
+            signed_addr: None,
         })
         .collect()
 }
