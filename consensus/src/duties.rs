@@ -112,6 +112,21 @@ impl RaftView {
     }
 }
 
+/// Whom a leader that is stopping on purpose hands leadership to: the other voter it has
+/// replicated the most to (ties: the lowest id), so the new leader needs the least catching
+/// up. `None` when there is no other voter or a membership change is in flight (a transfer
+/// then could land on a voter that is on its way out).
+pub fn handover_target(view: &RaftView, me: NodeId) -> Option<NodeId> {
+    if view.joint {
+        return None;
+    }
+    view.voters
+        .iter()
+        .filter(|v| **v != me)
+        .max_by_key(|v| (view.matched.get(v).copied().unwrap_or(0), std::cmp::Reverse(**v)))
+        .copied()
+}
+
 /// What the duties need to know about this node and its settings.
 #[derive(Debug, Clone, Copy)]
 pub struct DutyConfig {

@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub planted: Option<shoal_control::PlantedBug>,
 }
 
+/// How long a stopping leader waits for another voter to take over before it stops anyway.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a graceful leave may take before the process exits anyway.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// File in the data dir listing the gossip addresses of every peer known so far; a restarted
@@ -281,6 +283,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         why = ctl.fatal() => Err(anyhow::anyhow!("Raft stopped on this node ({why}); exiting so that a supervisor restarts the agent")),
     };
     if outcome.is_ok() {
+        // Leadership first, while this node still gossips and answers Raft: the others
+        // then need no election timeout to go on.
+        ctl.hand_over_leadership(HANDOVER_TIMEOUT).await;
         match tokio::time::timeout(LEAVE_TIMEOUT, handle.leave()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "could not leave gracefully"),

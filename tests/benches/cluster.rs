@@ -5,7 +5,8 @@
 //! (b) SIGKILL of the leader → the survivors agree on a new leader, and → a write issued
 //!     through a survivor at the moment of the kill has committed;
 //! (c) the leader of 3 cut off the network (namespace lab only; it keeps running) → the
-//!     same two figures.
+//!     same two figures;
+//! (d) SIGTERM of the leader of 3 (a graceful stop: it hands leadership over) → the same.
 //! Uses the namespace lab (mDNS) when it can, loopback with --join seeds otherwise;
 //! `SHOAL_BENCH_LOOPBACK=1` forces loopback. Bounded to about 2 minutes.
 //! Run: `cargo build --release -p shoal-node && cargo bench -p shoal-tests --bench cluster`
@@ -85,6 +86,8 @@ fn cold_start(c: &mut Cluster, nodes: usize) -> Duration {
 enum Loss {
     /// SIGKILL: its connections are reset at once.
     Kill,
+    /// SIGTERM: a graceful stop (the leader hands leadership over, then leaves).
+    Term,
     /// Cut off the network (namespace lab only): it keeps running and answers nothing, so
     /// a write forwarded to it gets no answer.
     Cut,
@@ -105,6 +108,7 @@ fn failover(c: &mut Cluster, nodes: usize, loss: Loss) -> (Duration, Duration) {
     let t0 = Instant::now();
     match loss {
         Loss::Kill => c.node_mut(victim).kill(),
+        Loss::Term => c.node(victim).signal("TERM"),
         Loss::Cut => c.lab().expect("a cut needs the namespace lab").isolate(victim).unwrap_or_else(|e| panic!("cutting the leader off: {e}")),
     }
     let writer = std::thread::spawn(move || {
@@ -147,6 +151,8 @@ fn main() {
     let mut written = Vec::new();
     let mut cut_elected = Vec::new();
     let mut cut_written = Vec::new();
+    let mut term_elected = Vec::new();
+    let mut term_written = Vec::new();
     for round in 0..MAX_ROUNDS {
         if round > 0 && began.elapsed() > BUDGET {
             break;
@@ -165,6 +171,14 @@ fn main() {
             if nodes == 3 { &mut cold3 } else { &mut cold5 }.push(f);
             elected.push(e);
             written.push(w);
+        }
+        {
+            let mut c = cluster(mode, 3, round + 20);
+            cold_start(&mut c, 3);
+            let (e, w) = failover(&mut c, 3, Loss::Term);
+            println!("round {} (3 nodes): leader SIGTERM → new leader {:.2} s, → write committed {:.2} s", round + 1, e.as_secs_f64(), w.as_secs_f64());
+            term_elected.push(e);
+            term_written.push(w);
         }
         if mode == BenchMode::Netns {
             let mut c = cluster(mode, 3, round + 10);
@@ -188,5 +202,7 @@ fn main() {
     } else {
         println!("(c) leader cut off: skipped (needs the namespace lab)");
     }
+    summary("(d) leader SIGTERM → survivors agree on a new leader (3 nodes; goal < 0.3 s)", &term_elected);
+    summary("(d) leader SIGTERM → a write through a survivor has committed", &term_written);
     println!("total bench time {:.1} s", began.elapsed().as_secs_f64());
 }

@@ -208,3 +208,17 @@ fn a_second_voter_is_not_revoked_before_the_first_is_out_of_raft() {
     assert_eq!(removal_refusal(&raft(&[1, 2, 3, 4, 5], &[]), &BTreeSet::from([id(1)]), &id(2)), None);
     assert!(removal_refusal(&raft(&[1, 2, 3, 4, 5], &[]), &two, &id(3)).is_some());
 }
+
+#[test]
+fn a_stopping_leader_hands_over_to_the_most_caught_up_other_voter() {
+    let mut view = RaftView { voters: [id(1), id(2), id(3)].into(), ..Default::default() };
+    assert_eq!(handover_target(&view, id(1)), Some(id(2)), "nothing matched yet: the lowest id");
+    view.matched = [(id(2), 7), (id(3), 9), (id(4), 12)].into();
+    assert_eq!(handover_target(&view, id(1)), Some(id(3)), "the learner 4 is not a candidate");
+    view.matched.insert(id(2), 9);
+    assert_eq!(handover_target(&view, id(1)), Some(id(2)), "a tie goes to the lowest id");
+    view.joint = true;
+    assert_eq!(handover_target(&view, id(1)), None, "not while the voters are changing");
+    let alone = RaftView { voters: [id(1)].into(), ..Default::default() };
+    assert_eq!(handover_target(&alone, id(1)), None);
+}

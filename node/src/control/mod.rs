@@ -346,6 +346,36 @@ impl Control {
     }
 
     /// Stops Raft and the servers (before the process exits).
+    /// If this node leads, hands leadership to the most caught-up other voter and waits (at
+    /// most `within`) until another node leads, so that a graceful stop costs the cluster no
+    /// election timeout. Returns how long the handover took, `None` when there was none.
+    pub async fn hand_over_leadership(&self, within: Duration) -> Option<Duration> {
+        let running = self.running()?;
+        let me = RaftNodeId(self.inner.id);
+        let metrics = running.metrics();
+        if metrics.current_leader != Some(me) {
+            return None;
+        }
+        let view = shoal_consensus::duties::RaftView::from_metrics(&metrics);
+        let target = shoal_consensus::duties::handover_target(&view, self.inner.id)?;
+        let started = std::time::Instant::now();
+        if let Err(e) = running.raft.trigger().transfer_leader(RaftNodeId(target)).await {
+            tracing::warn!(error = %e, "could not hand leadership over");
+            return None;
+        }
+        while started.elapsed() < within {
+            let leader = running.metrics().current_leader;
+            if leader.is_some() && leader != Some(me) {
+                let took = started.elapsed();
+                tracing::info!(to = %target.short(), ms = took.as_millis() as u64, "handed leadership over before stopping");
+                return Some(took);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::warn!(to = %target.short(), "leadership was not taken over in time; stopping anyway (the others elect a leader)");
+        None
+    }
+
     pub async fn shutdown(&self) {
         self.inner.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(running) = self.running() {
