@@ -70,6 +70,7 @@ pub fn core(n: u8) -> Membership<Rng> {
 /// 3. the victim's facts at `seq: u64::MAX` saying its engine is down and it moved to
 ///    `moved_to` (would freeze its facts and move its Raft address);
 /// 4. the same with the victim's public key.
+#[allow(clippy::too_many_arguments)] // a fixture: every part of the lie is the caller's to choose
 pub fn forgeries(
     gossip_key: [u8; 32],
     now_ms: u64,
