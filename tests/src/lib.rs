@@ -23,6 +23,7 @@
 
 pub mod cluster;
 pub mod engines;
+pub mod insider;
 pub mod services;
 pub mod story;
 

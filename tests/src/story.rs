@@ -1,5 +1,6 @@
 //! The membership scenario shared by the namespace and the loopback tests: formation, crash,
-//! graceful leave, restart, and a node with another secret that must stay outside.
+//! graceful leave, restart, a node with another secret that must stay outside, and an
+//! insider with the token whose forged leave and facts about another node are refused.
 
 use crate::{every, Cluster, Member};
 use std::collections::{BTreeMap, BTreeSet};
@@ -173,6 +174,29 @@ pub fn membership_story(c: &mut Cluster) -> StoryTimes {
         fv
     );
     assert!(all_see_alive(c, &MEMBERS, &five, &foreign), "views changed after the outsider's packets\n{}", c.report());
+
+    // An insider (holds the token, is not node 1) forges node 1's leave and facts to node 0,
+    // from the outsider's machine in the lab (this process on loopback): node 0 opens them,
+    // refuses each for its signature, and nobody's view of node 1 changes.
+    let before = c.node(0).members().ok().and_then(|v| find(&v, &ids[1]).cloned()).unwrap_or_else(|| panic!("node 0 lists node 1"));
+    let bad_before = c.node(0).stats().unwrap_or_else(|e| panic!("stats of node 0: {e}")).dropped_bad_signature;
+    let from = match c.node(FOREIGN).spec.netns.clone() {
+        Some(ns) => crate::insider::From::Netns(ns),
+        None => crate::insider::From::Loopback,
+    };
+    let sent = crate::insider::send_forgeries(c, 0, 1, from) as u64;
+    c.wait_until(t.facts, "node 0 refuses the insider's forgeries for their signature", || {
+        c.node(0).stats().is_ok_and(|s| s.dropped_bad_signature >= bad_before + sent)
+    });
+    std::thread::sleep(Duration::from_secs(2)); // a few gossip rounds
+    assert!(all_see_alive(c, &MEMBERS, &five, &foreign), "a forged leave changed a view\n{}", c.report());
+    for &i in &MEMBERS {
+        let v = view(c, i, &foreign).unwrap_or_else(|| panic!("members of {}", c.node(i).name()));
+        let m = find(&v, &ids[1]).unwrap_or_else(|| panic!("{} lists node 1", c.node(i).name()));
+        assert_eq!((m.incarnation, &m.addr, &m.signed_addr), (before.incarnation, &before.addr, &before.signed_addr), "{}: forged gossip moved node 1: {}", c.node(i).name(), m.short());
+        assert_eq!(m.signed_addr.as_deref(), Some(c.node(1).spec.expect_addr.as_str()), "{}: node 1's signed address", c.node(i).name());
+    }
+    println!("insider: node 0 refused {sent} forged leaves and facts about node 1 for their signature");
 
     // Crash: SIGKILL one node; the others find it down.
     let old_incarnation = c
