@@ -292,25 +292,47 @@ fn gone_for(node: Option<&NodeView>, svc: &ServiceView, now_ms: u64, cfg: &Sched
     }
 }
 
+/// A task with its service's index in `services` (`usize::MAX`: the service is gone) and
+/// its node's index in `nodes` (`None`: not a known node), looked up once per pass.
+#[derive(Clone, Copy)]
+struct Placed<'a> {
+    service: usize,
+    node: Option<usize>,
+    task: &'a TaskView,
+}
+
 /// One scheduling pass. Deterministic: same input, same decisions, in the same order.
 pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services: &[ServiceView], tasks: &[TaskView]) -> Vec<Decision> {
     let mut out = Vec::new();
-    let node_by_id: BTreeMap<NodeId, &NodeView> = nodes.iter().map(|n| (n.id, n)).collect();
-    let service_by_name: BTreeMap<&str, &ServiceView> = services.iter().map(|s| (s.name.as_str(), s)).collect();
+    // Nodes and services by index: each task's service and node are looked up once, and the
+    // rest of the pass reads arrays. (Ids and names are unique in the state that feeds
+    // this; were a service name repeated, its first service would get the tasks.)
+    let pos: BTreeMap<NodeId, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id, i)).collect();
+    let mut service_ix: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, s) in services.iter().enumerate() {
+        service_ix.entry(s.name.as_str()).or_insert(i);
+    }
 
-    // Tasks grouped by service then slot (one sort; each slot's tasks by id); tasks of a
-    // service that no longer exists are shut down right away, in id order.
-    let mut ordered: Vec<&TaskView> = tasks.iter().collect();
+    // Tasks grouped by service then slot (one sort on integers; each slot's tasks by id);
+    // tasks of a service that no longer exists (sorted last) are shut down right away, in
+    // id order.
+    let mut ordered: Vec<Placed<'_>> = tasks
+        .iter()
+        .map(|t| Placed {
+            service: service_ix.get(t.service.as_str()).copied().unwrap_or(usize::MAX),
+            node: pos.get(&t.node).copied(),
+            task: t,
+        })
+        .collect();
     // Unstable is exact here: the id makes every key unique.
-    ordered.sort_unstable_by(|a, b| (a.service.as_str(), a.slot, a.id).cmp(&(b.service.as_str(), b.slot, b.id)));
+    ordered.sort_unstable_by_key(|p| (p.service, p.task.slot, p.task.id));
     let mut orphans: Vec<TaskId> = Vec::new();
-    let mut by_service: BTreeMap<&str, Vec<(Slot, &[&TaskView])>> = BTreeMap::new();
-    for live in ordered.chunk_by(|a, b| a.service == b.service && a.slot == b.slot) {
-        let first = live[0];
-        if service_by_name.contains_key(first.service.as_str()) {
-            by_service.entry(first.service.as_str()).or_default().push((first.slot, live));
-        } else {
-            orphans.extend(live.iter().map(|t| t.id));
+    let mut by_service: Vec<Vec<(Slot, &[Placed<'_>])>> = vec![Vec::new(); services.len()];
+    for live in ordered.chunk_by(|a, b| a.service == b.service && a.task.slot == b.task.slot) {
+        let first = &live[0];
+        match by_service.get_mut(first.service) {
+            Some(slots) => slots.push((first.task.slot, live)),
+            None => orphans.extend(live.iter().map(|p| p.task.id)),
         }
     }
     orphans.sort_unstable();
@@ -319,12 +341,11 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
     // Current load of every node from the tasks that stay (and, per node, the host ports
     // they hold: built once per pass, so a candidate check is a few set lookups). Indexed
     // like `nodes`, so the placement scan reads arrays, not maps.
-    let pos: BTreeMap<NodeId, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id, i)).collect();
     let mut load: Vec<Load> = nodes.iter().map(|_| Load::default()).collect();
     // Per service (by its index in `services`): the nodes (indices) of its tasks so far.
     let mut on_nodes: Vec<Vec<usize>> = vec![Vec::new(); services.len()];
-    let add_load = |load: &mut Vec<Load>, on_nodes: &mut Vec<Vec<usize>>, si: usize, node: NodeId, svc: &ServiceView| {
-        if let Some((i, l)) = pos.get(&node).and_then(|&i| Some((i, load.get_mut(i)?))) {
+    let add_load = |load: &mut Vec<Load>, on_nodes: &mut Vec<Vec<usize>>, si: usize, node: Option<usize>, svc: &ServiceView| {
+        if let Some((i, l)) = node.and_then(|i| Some((i, load.get_mut(i)?))) {
             l.tasks += 1;
             on_nodes[si].push(i);
             l.cpu_millis += svc.reserve_cpu_millis;
@@ -332,13 +353,13 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
             l.ports.extend(svc.host_ports.iter().copied());
         }
     };
-    let port_taken = |load: &[Load], node: NodeId, svc: &ServiceView| pos.get(&node).and_then(|&i| load[i].port_taken(svc));
+    let node_at = |i: Option<usize>| i.and_then(|i| nodes.get(i));
 
     // First pass: decide which existing tasks stay, so the load is known before placing.
     let mut groups: BTreeMap<String, NodeId> = BTreeMap::new();
     let mut missing: Vec<(usize, &ServiceView, Slot)> = Vec::new();
     for (si, svc) in services.iter().enumerate() {
-        let slots = by_service.remove(svc.name.as_str()).unwrap_or_default();
+        let slots = std::mem::take(&mut by_service[si]);
         let wanted: Vec<Slot> = match svc.mode {
             Mode::Replicated(n) => (1..=n).map(Slot::Index).collect(),
             Mode::Global => nodes
@@ -367,32 +388,33 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
                 };
                 // A global slot whose node is down within grace keeps its task for now.
                 let keep_in_grace = matches!((svc.mode, slot), (Mode::Global, Slot::Node(_)))
-                    && live.iter().all(|t| node_by_id.get(&t.node).is_some_and(|n| matches!(n.health, Health::Suspect | Health::Down { .. } | Health::Left { .. })) && gone_for(node_by_id.get(&t.node).copied(), svc, now_ms, cfg).is_none());
+                    && live.iter().all(|p| node_at(p.node).is_some_and(|n| matches!(n.health, Health::Suspect | Health::Down { .. } | Health::Left { .. })) && gone_for(node_at(p.node), svc, now_ms, cfg).is_none());
                 if keep_in_grace {
-                    for t in live {
-                        add_load(&mut load, &mut on_nodes, si, t.node, svc);
-                        note_group(&mut groups, svc, t.node);
+                    for p in live {
+                        add_load(&mut load, &mut on_nodes, si, p.node, svc);
+                        note_group(&mut groups, svc, p.task.node);
                     }
                     continue;
                 }
-                for t in live {
-                    out.push(Decision::Shutdown { task: t.id, reason });
+                for p in live {
+                    out.push(Decision::Shutdown { task: p.task.id, reason });
                 }
             }
         }
         for slot in wanted {
-            let live: &[&TaskView] = slots.binary_search_by_key(&slot, |(s, _)| *s).map_or(&[], |k| slots[k].1);
+            let live: &[Placed<'_>] = slots.binary_search_by_key(&slot, |(s, _)| *s).map_or(&[], |k| slots[k].1);
             let mut kept = false;
-            for t in live {
-                if let Some(reason) = gone_for(node_by_id.get(&t.node).copied(), svc, now_ms, cfg) {
+            for p in live {
+                let t = p.task;
+                if let Some(reason) = gone_for(node_at(p.node), svc, now_ms, cfg) {
                     out.push(Decision::Shutdown { task: t.id, reason });
                 } else if kept {
                     out.push(Decision::Shutdown { task: t.id, reason: ShutdownReason::Duplicate });
-                } else if port_taken(&load, t.node, svc).is_some() {
+                } else if p.node.and_then(|i| load[i].port_taken(svc)).is_some() {
                     out.push(Decision::Shutdown { task: t.id, reason: ShutdownReason::PortConflict });
                 } else {
                     kept = true;
-                    add_load(&mut load, &mut on_nodes, si, t.node, svc);
+                    add_load(&mut load, &mut on_nodes, si, p.node, svc);
                     note_group(&mut groups, svc, t.node);
                 }
             }
@@ -436,7 +458,7 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
         }
         let best = best.map(|(_, i)| {
             counts[i] += 1;
-            nodes[i].id
+            i
         });
         let mut rejects: BTreeMap<Reject, u64> = BTreeMap::new();
         if best.is_none() {
@@ -452,8 +474,9 @@ pub fn schedule(cfg: &SchedulerConfig, now_ms: u64, nodes: &[NodeView], services
             }
         }
         match best {
-            Some(node) => {
-                add_load(&mut load, &mut on_nodes, si, node, svc);
+            Some(i) => {
+                let node = nodes[i].id;
+                add_load(&mut load, &mut on_nodes, si, Some(i), svc);
                 note_group(&mut groups, svc, node);
                 out.push(Decision::Place { service: svc.name.clone(), slot, node });
             }
