@@ -66,10 +66,10 @@ pub fn granted_role(voters: &BTreeSet<NodeId>, id: &NodeId, planted: Option<Plan
 
 /// The record of a node that joins: its gossiped name (or one made from its id), its
 /// address (the node's one port: gossip over UDP, the rest over TCP; the one in its own
-/// signed facts) and its labels. `None` until the joiner's facts have arrived.
-pub fn joiner_record(id: &NodeId, member: &MemberView) -> Option<NodeRecord> {
+/// signed facts, `addr`) and its labels.
+pub fn joiner_record(id: &NodeId, member: &MemberView, addr: SocketAddr) -> NodeRecord {
     let name = member.name.clone().unwrap_or_else(|| format!("node-{}", id.short()));
-    Some(NodeRecord { name, addr: member.signed_addr?, labels: member.labels.clone() })
+    NodeRecord { name, addr, labels: member.labels.clone() }
 }
 
 /// Answers `request`: refused for a revoked id or one gossip does not show (a member
@@ -81,11 +81,10 @@ pub fn answer_join(ctx: &JoinContext<'_>, request: &JoinRequest, now: SystemTime
     }
     let role = granted_role(ctx.voters, &id, ctx.planted);
     // Only the joiner's own signed facts say where it is (SWIM's address is anyone's claim).
-    let member = ctx.members.iter().find(|m| m.id == id && m.signed_addr.is_some());
+    let member = ctx.members.iter().filter(|m| m.id == id).find_map(|m| Some((m, m.signed_addr?)));
     let checked = match member {
-        Some(m) => {
-            let addresses = m.signed_addr.iter().map(|a| a.ip()).collect();
-            let grant = NodeGrant { role, addresses, names: m.name.as_deref().map(shoal_pki::node_names).unwrap_or_default() };
+        Some((m, addr)) => {
+            let grant = NodeGrant { role, addresses: vec![addr.ip()], names: m.name.as_deref().map(shoal_pki::node_names).unwrap_or_default() };
             ctx.issuer.answer_join(request, &grant, &ctx.state.revoked, now, rng).map_err(JoinRefusal::from)
         }
         None => Err(JoinRefusal::NotVisible),
@@ -103,8 +102,8 @@ pub fn answer_join(ctx: &JoinContext<'_>, request: &JoinRequest, now: SystemTime
     let info = CertInfo::parse(&response.cert_der)?;
     let mut writes = Vec::new();
     if !ctx.state.nodes.contains_key(&id) {
-        let record = match member.and_then(|m| joiner_record(&id, m)) {
-            Some(record) => record,
+        let record = match member {
+            Some((m, addr)) => joiner_record(&id, m, addr),
             None => NodeRecord { name: format!("node-{}", id.short()), addr: SocketAddr::from(([0, 0, 0, 0], 0)), labels: Default::default() },
         };
         writes.push(Command::RegisterNode { id, record });

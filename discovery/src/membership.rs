@@ -43,7 +43,7 @@ fn interval_passed(last: Option<u64>, now_ms: u64, interval_ms: u64) -> bool {
 const MAX_WARNED: usize = 256;
 
 /// Bound on one encoded `ShoalId` (a few dozen bytes).
-const MAX_ID_LEN: usize = 128;
+pub(crate) const MAX_ID_LEN: usize = 128;
 
 /// Timing and size knobs of membership. Presets: [`MembershipConfig::lan`].
 #[derive(Debug, Clone)]

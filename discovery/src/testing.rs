@@ -87,7 +87,7 @@ pub fn forgeries(
     lie.gossip_addr = moved_to;
     lie.resources.engine_ok = false;
     let bodies = [
-        (Context::Leave, shoal_wire::encode::<_, 128>(&leave_id).expect("encode id")),
+        (Context::Leave, shoal_wire::encode::<_, { crate::membership::MAX_ID_LEN }>(&leave_id).expect("encode id")),
         (Context::Facts, lie.encode().expect("encode facts")),
     ];
     let sealer = Sealer::new(gossip_key);
